@@ -1,0 +1,54 @@
+"""The ``lorakiln`` command: the desktop app with no arguments, or a headless subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from core import __version__
+
+# Each entry: (module, one-line help). A module provides `add_arguments(parser)` and
+# `run(args) -> int`. Imports happen only for the subcommand that runs, so `lorakiln
+# --help` and the GUI's start stay fast.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("core.cmd_check", "validate a preset (with --set overrides) and print the result"),
+    "gui": ("core.cmd_gui", "open the desktop app, optionally on a preset"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorakiln",
+        description="LoRA Kiln trains Stable Diffusion LoRAs and shows what the training does. "
+                    "With no command it opens the desktop app on the built-in demo project.",
+    )
+    parser.add_argument("--version", action="version", version=f"LoRA Kiln {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        _module(module_name).add_arguments(sub)
+    return parser
+
+
+def _module(name: str):  # noqa: ANN202 - a command module
+    return importlib.import_module(name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["gui"])
+    run: Callable[[argparse.Namespace], int] = _module(args._module).run
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

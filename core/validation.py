@@ -1,0 +1,210 @@
+"""Validation of a whole configuration: ranges, contradictions and missing paths.
+
+Returns problems as :class:`Problem` (field path, message, severity). The GUI marks the
+fields, the CLI prints the list, and training does not start while any error remains.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.buckets import BucketError, BucketSettings, adjusted_limits
+from core.config import (DEMO_MODEL, GROUPS, DatasetParams, Duration, LatentCache, ModelFamily, NetworkType,
+                         OptimizerType, Scheduler, TrainConfig)
+from core.params import param_specs, range_problem
+from core.resources import is_builtin, resolve_builtin
+
+ERROR = "error"
+WARNING = "warning"
+
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+_BAD_NAME = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    severity: str = ERROR
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def errors(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == ERROR]
+
+
+def _ranges(config: TrainConfig) -> list[Problem]:
+    found = []
+    for group in GROUPS:
+        obj = getattr(config, group)
+        items = [(group, obj)] + [(f"{group}.subsets[{i}]", s) for i, s in enumerate(getattr(obj, "subsets", []))]
+        for prefix, target in items:
+            for spec in param_specs(type(target)):
+                value = getattr(target, spec.name)
+                if value is None or spec.name == "subsets":
+                    continue
+                message = range_problem(value, spec.info)
+                if message:
+                    found.append(Problem(f"{prefix}.{spec.name}", message))
+    return found
+
+
+def _existing(value: str) -> Path:
+    return resolve_builtin(value) if is_builtin(value) else Path(value).expanduser()
+
+
+def _check_paths(config: TrainConfig) -> list[Problem]:
+    found = []
+    model = config.model.base_model
+    if not model:
+        found.append(Problem("model.base_model", "choose a base model: a .safetensors/.ckpt file, "
+                                                 f"a diffusers folder, or {DEMO_MODEL}"))
+    elif model != DEMO_MODEL:
+        path = _existing(model)
+        if not path.exists():
+            found.append(Problem("model.base_model", f"'{model}' does not exist"))
+        elif path.is_file() and path.suffix.lower() not in MODEL_SUFFIXES:
+            found.append(Problem("model.base_model", f"'{path.name}' is not a model file "
+                                                     f"({', '.join(MODEL_SUFFIXES)})"))
+        elif path.is_dir() and not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+            found.append(Problem("model.base_model", f"'{model}' is a folder but not a diffusers "
+                                                     "model (no model_index.json or unet/)"))
+    for field_path, value, want_dir in (
+        ("model.vae", config.model.vae, None),
+        ("network.init_weights", config.network.init_weights, False),
+        ("dataset.train_data_dir", config.dataset.train_data_dir, True),
+        ("dataset.reg_data_dir", config.dataset.reg_data_dir, True),
+    ):
+        if value:
+            found += _path_problem(field_path, value, want_dir)
+    for i, subset in enumerate(config.dataset.subsets):
+        if not subset.image_dir:
+            found.append(Problem(f"dataset.subsets[{i}].image_dir", "choose the subset's image folder"))
+        else:
+            found += _path_problem(f"dataset.subsets[{i}].image_dir", subset.image_dir, True)
+    out_dir = config.output.output_dir
+    if out_dir:
+        path = Path(out_dir).expanduser()
+        if path.exists() and not path.is_dir():
+            found.append(Problem("output.output_dir", f"'{out_dir}' is a file, not a folder"))
+        else:
+            probe = path
+            while not probe.exists() and probe.parent != probe:
+                probe = probe.parent
+            if not os.access(probe, os.W_OK):
+                found.append(Problem("output.output_dir", f"'{probe}' is not writable; choose another folder"))
+    return found
+
+
+def _path_problem(field_path: str, value: str, want_dir: bool | None) -> list[Problem]:
+    path = _existing(value)
+    if not path.exists():
+        return [Problem(field_path, f"'{value}' does not exist")]
+    if want_dir is True and not path.is_dir():
+        return [Problem(field_path, f"'{value}' is a file; choose a folder")]
+    if want_dir is False and not path.is_file():
+        return [Problem(field_path, f"'{value}' is a folder; choose a file")]
+    return []
+
+
+def bucket_settings(data: DatasetParams) -> BucketSettings:
+    """The bucketing arguments of a dataset's parameters."""
+    return BucketSettings(resolution=data.resolution, enable_bucket=data.enable_bucket,
+                          min_bucket_reso=data.min_bucket_reso, max_bucket_reso=data.max_bucket_reso,
+                          bucket_reso_steps=data.bucket_reso_steps, no_upscale=data.bucket_no_upscale)
+
+
+def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Problem]:
+    found: list[Problem] = []
+    add = lambda path, message, severity=ERROR: found.append(Problem(path, message, severity))  # noqa: E731
+    model, data, net, opt = config.model, config.dataset, config.network, config.optimizer
+    sched, train, out, sample = config.schedule, config.training, config.output, config.sampling
+
+    if model.family is not ModelFamily.SD1:
+        add("model.family", f"{'SDXL' if model.family is ModelFamily.SDXL else 'SD 2.x'} "
+                            "is not supported yet; only SD 1.x can be trained")
+    if not data.train_data_dir and not data.subsets:
+        add("dataset", "no images: set the training folder or add a subset")
+    if data.subsets and all(s.is_reg for s in data.subsets) and not data.train_data_dir:
+        add("dataset.subsets", "every subset is marked as regularisation; at least one must hold training images")
+
+    width, height = data.resolution
+    step = data.bucket_reso_steps
+    if step % 8:
+        add("dataset.bucket_reso_steps", f"{step} is not a multiple of 8 (the VAE works in 8-pixel blocks)")
+    if data.enable_bucket:
+        try:
+            adjusted_limits(bucket_settings(data))  # sd-scripts' checks, also in no-upscale mode
+        except BucketError as err:
+            add(f"dataset.{err.field}", str(err))
+    elif width % 8 or height % 8:
+        add("dataset.resolution", f"{width}x{height}: without buckets both sides must be multiples of 8")
+    if data.latent_cache is not LatentCache.OFF:
+        for i, s in enumerate(data.subsets):
+            if s.random_crop:
+                add(f"dataset.subsets[{i}].random_crop", "random crop cannot be used with a latent cache "
+                                                         "(the crop is baked into the cached latent); "
+                                                         "turn one of them off")
+    for i, s in enumerate(data.subsets):
+        if s.keep_tokens and not s.shuffle_caption:
+            add(f"dataset.subsets[{i}].keep_tokens", "has no effect unless shuffle caption is on", WARNING)
+
+    if not net.train_unet and not net.train_text_encoder:
+        add("network.train_unet", "nothing to train: turn on the U-Net, the text encoder, or both")
+    if net.type is NetworkType.LORA and (net.conv_dim != 1 or net.conv_alpha != 1.0):
+        add("network.conv_dim", "conv dim and conv alpha are only used by LoCon", WARNING)
+    if net.alpha > net.dim:
+        add("network.alpha", f"alpha {net.alpha:g} above dim {net.dim} amplifies the LoRA "
+                             f"{net.alpha / net.dim:g}x; this is rarely intended", WARNING)
+
+    if opt.type.adapts_lr:
+        for field_name in ("learning_rate", "unet_lr", "text_encoder_lr"):
+            value = getattr(opt, field_name)
+            if value is not None and 0 < value < 0.1:
+                add(f"optimizer.{field_name}", f"{opt.type.value} finds its own step size; its learning "
+                                               f"rate is a multiplier, usually 1.0 (not {value:g})", WARNING)
+    rates = [opt.learning_rate if opt.unet_lr is None else opt.unet_lr] if net.train_unet else []
+    rates += [opt.learning_rate if opt.text_encoder_lr is None else opt.text_encoder_lr] if net.train_text_encoder else []
+    if rates and all(r == 0 for r in rates):
+        add("optimizer.learning_rate", "every learning rate is 0: nothing would change")
+    if opt.type is not OptimizerType.PRODIGY and opt.type is not OptimizerType.DADAPT_ADAM and opt.growth_rate != float("inf"):
+        add("optimizer.growth_rate", "only Prodigy and DAdaptAdam use the growth rate", WARNING)
+
+    if sched.warmup_steps and sched.warmup_ratio:
+        add("schedule.warmup_steps", "set either warmup steps or warmup ratio, not both")
+    if total_steps is None and train.duration is Duration.STEPS:
+        total_steps = train.max_train_steps
+    if total_steps is not None:
+        warmup = sched.warmup_steps or int(sched.warmup_ratio * total_steps)
+        if warmup >= total_steps:
+            add("schedule.warmup_steps", f"warmup ({warmup} steps) is not shorter than training "
+                                         f"({total_steps} steps)")
+    if sched.scheduler is Scheduler.CONSTANT and (sched.warmup_steps or sched.warmup_ratio):
+        add("schedule.scheduler", "'constant' ignores warmup; use 'constant_with_warmup'", WARNING)
+
+    if not out.output_name.strip():
+        add("output.output_name", "give the LoRA a file name")
+    elif _BAD_NAME.search(out.output_name) or out.output_name.strip() in (".", ".."):
+        add("output.output_name", f"'{out.output_name}' cannot be a file name "
+                                  "(no / \\ : * ? \" < > | characters)")
+    if (sample.every_n_steps or sample.every_n_epochs or sample.at_step_0) and not _has_prompt(sample.prompts):
+        add("sampling.prompts", "sampling is turned on but there is no prompt")
+    return found
+
+
+def _has_prompt(text: str) -> bool:
+    return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
+
+
+def validate(config: TrainConfig, *, check_paths: bool = True, total_steps: int | None = None) -> list[Problem]:
+    """Every problem with ``config``; errors first. ``total_steps`` (from the bucket plan)
+    enables the checks that need the length of training when it is counted in epochs."""
+    found = _ranges(config) + _contradictions(config, total_steps)
+    if check_paths:
+        found += _check_paths(config)
+    return sorted(found, key=lambda p: p.severity != ERROR)
