@@ -112,16 +112,23 @@ class SubsetParams:
     image_dir: str = param(
         "", label="Image folder", path=PathKind.DIR, kohya="image_dir",
         help="Folder of training images (and their caption files).")
+    kohya_layout: bool = param(
+        False, label="Kohya layout (N_name sub-folders)",
+        help="The folder holds N_name sub-folders, as kohya_ss's training and regularisation "
+             "folders do: each becomes a subset with N repeats and 'name' as class tokens, "
+             "and the options below apply to all of them.")
     num_repeats: int = param(
         1, label="Repeats", minimum=1, maximum=10000, kohya="num_repeats",
-        help="How many times each image is seen per epoch.")
+        help="How many times each image is seen per epoch (in Kohya layout the folder "
+             "names give the repeats instead).")
     caption_extension: str = param(
         ".txt", label="Caption extension", kohya="caption_extension",
         help="Caption file of img.png is img + this extension (kohya_ss uses .txt; "
              "sd-scripts' dataset config defaults to .caption).")
     class_tokens: str = param(
         "", label="Class tokens", kohya="class_tokens",
-        help="Caption used for images that have no caption file.")
+        help="Caption used for images that have no caption file (in Kohya layout the folder "
+             "names give them instead).")
     is_reg: bool = param(
         False, label="Regularisation images", kohya="is_reg",
         help="These images keep the model's prior; their loss is weighted by the prior loss weight.")
@@ -154,16 +161,11 @@ class SubsetParams:
 
 @dataclass
 class DatasetParams:
-    train_data_dir: str = param(
-        "", label="Training folder (Kohya layout)", path=PathKind.DIR, kohya="train_data_dir",
-        help="A folder of N_words sub-folders, as kohya_ss uses: N is the repeat count, "
-             "words the class tokens. Each sub-folder becomes a subset.")
-    reg_data_dir: str = param(
-        "", label="Regularisation folder (Kohya layout)", path=PathKind.DIR, kohya="reg_data_dir",
-        help="A folder of N_words sub-folders of regularisation images.")
     subsets: list[SubsetParams] = param(
-        label="Subsets", default_factory=list,
-        help="Image folders listed one by one, each with its own repeats and caption options.")
+        label="Image folders", default_factory=list,
+        help="The image folders to train on, each with its own repeats and caption options. "
+             "A folder in Kohya layout (kohya_ss's training or regularisation folder) "
+             "expands into one subset per N_name sub-folder.")
     resolution: tuple[int, int] = param(
         (512, 512), label="Resolution", unit="px", minimum=64, maximum=8192, kohya="resolution",
         help="Training resolution as width, height. Buckets keep about this many pixels.")

@@ -77,8 +77,6 @@ def _check_paths(config: TrainConfig) -> list[Problem]:
     for field_path, value, want_dir in (
         ("model.vae", config.model.vae, None),
         ("network.init_weights", config.network.init_weights, False),
-        ("dataset.train_data_dir", config.dataset.train_data_dir, True),
-        ("dataset.reg_data_dir", config.dataset.reg_data_dir, True),
     ):
         if value:
             found += _path_problem(field_path, value, want_dir)
@@ -128,10 +126,11 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
     if model.family is not ModelFamily.SD1:
         add("model.family", f"{'SDXL' if model.family is ModelFamily.SDXL else 'SD 2.x'} "
                             "is not supported yet; only SD 1.x can be trained")
-    if not data.train_data_dir and not data.subsets:
-        add("dataset", "no images: set the training folder or add a subset")
-    if data.subsets and all(s.is_reg for s in data.subsets) and not data.train_data_dir:
-        add("dataset.subsets", "every subset is marked as regularisation; at least one must hold training images")
+    if not data.subsets:
+        add("dataset.subsets", "no images: add an image folder")
+    elif all(s.is_reg for s in data.subsets):
+        add("dataset.subsets", "every image folder is marked as regularisation; at least one must "
+                               "hold training images")
 
     width, height = data.resolution
     step = data.bucket_reso_steps

@@ -64,7 +64,7 @@ class MainWindow(QMainWindow):
         self._summary.setHtml(
             f"<h2>{html.escape(name)}</h2><p>{html.escape(loaded.description)}</p>"
             f"<p>Base model: <code>{html.escape(cfg.model.base_model or '(none)')}</code><br>"
-            f"Training folder: <code>{html.escape(cfg.dataset.train_data_dir or '(none)')}</code><br>"
+            f"Image folders: <code>{html.escape(', '.join(s.image_dir for s in cfg.dataset.subsets) or '(none)')}</code><br>"
             f"Resolution: {cfg.dataset.resolution[0]}x{cfg.dataset.resolution[1]}, "
             f"batch size {cfg.training.batch_size}, optimizer {cfg.optimizer.type.value}</p>"
             f"<h3>Validation</h3><ul>{rows}</ul>"

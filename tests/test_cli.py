@@ -48,7 +48,7 @@ def test_set_overrides_apply_and_can_be_saved(tmp_path, capsys):
     assert code == 0
     config = load_preset(out_file).config
     assert (config.training.batch_size, config.network.dim) == (3, 16)
-    assert config.dataset.train_data_dir == "builtin:demo/dataset"
+    assert config.dataset.subsets[0].image_dir == "builtin:demo/dataset"
 
 
 def test_bad_overrides_are_all_named(capsys):

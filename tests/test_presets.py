@@ -174,12 +174,12 @@ def test_a_binary_file_is_refused_clearly(tmp_path):
 def test_relative_paths_are_read_relative_to_the_preset_file(tmp_path):
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "p.toml"
-    path.write_text('[dataset]\ntrain_data_dir = "../images"\n'
+    path.write_text('[[dataset.subsets]]\nimage_dir = "../images"\nkohya_layout = true\n'
                     '[[dataset.subsets]]\nimage_dir = "more"\n'
                     '[model]\nbase_model = "builtin:demo-model"\n', encoding="utf-8")
     config = load_preset(path).config
-    assert Path(config.dataset.train_data_dir) == (tmp_path / "sub" / ".." / "images")
-    assert Path(config.dataset.subsets[0].image_dir) == tmp_path / "sub" / "more"
+    assert Path(config.dataset.subsets[0].image_dir) == (tmp_path / "sub" / ".." / "images")
+    assert Path(config.dataset.subsets[1].image_dir) == tmp_path / "sub" / "more"
     assert config.model.base_model == "builtin:demo-model"
 
 

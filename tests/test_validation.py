@@ -21,7 +21,7 @@ def test_a_complete_config_has_no_errors(tmp_path):
 
 
 def test_defaults_alone_name_what_is_missing():
-    assert _paths(validate(TrainConfig())) == ["dataset", "model.base_model"]
+    assert _paths(validate(TrainConfig())) == ["dataset.subsets", "model.base_model"]
 
 
 def test_out_of_range_values_set_in_code_are_caught(tmp_path):
