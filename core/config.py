@@ -295,9 +295,10 @@ class TrainingParams:
         help="Images per step and device. Batches never mix buckets, so a small bucket "
              "gives a smaller batch.")
     duration: Duration = param(
-        Duration.EPOCHS, label="Train for",
-        help="Whether the epoch count or the step count decides when training ends. "
-             "The other number is computed from the bucket plan and shown.")
+        Duration.STEPS, label="Train for",
+        help="Whether the epoch count or the step count decides when training ends; the "
+             "other number is computed from the bucket plan and shown. sd-scripts trains "
+             "1600 steps unless given epochs, hence the default.")
     max_train_epochs: int = param(
         10, label="Epochs", minimum=1, maximum=100_000, kohya="max_train_epochs",
         help="Passes over the dataset (used when 'Train for' is epochs).")

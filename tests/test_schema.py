@@ -37,6 +37,11 @@ def test_defaults_follow_sd_scripts_bucketing():
             data.bucket_reso_steps, data.bucket_no_upscale) == ((512, 512), True, 256, 1024, 64, False)
 
 
+def test_training_length_defaults_to_sd_scripts_1600_steps():
+    training = TrainConfig().training
+    assert (training.duration.value, training.max_train_steps) == ("steps", 1600)
+
+
 def test_prodigy_growth_rate_defaults_to_unbounded():
     assert math.isinf(TrainConfig().optimizer.growth_rate)
 
