@@ -15,6 +15,7 @@ from core import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check": ("core.cmd_check", "validate a preset (with --set overrides) and print the result"),
     "gui": ("core.cmd_gui", "open the desktop app, optionally on a preset"),
+    "plan": ("core.cmd_plan", "show the buckets, batches and steps a dataset trains with"),
 }
 
 

@@ -11,10 +11,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.buckets import BucketError, BucketSettings, adjusted_limits
-from core.config import (DEMO_MODEL, GROUPS, DatasetParams, Duration, LatentCache, ModelFamily, NetworkType,
+from core.buckets import BucketError, adjusted_limits
+from core.config import (DEMO_MODEL, GROUPS, Duration, LatentCache, ModelFamily, NetworkType,
                          OptimizerType, Scheduler, TrainConfig)
 from core.params import param_specs, range_problem
+from core.plan import bucket_settings
 from core.resources import is_builtin, resolve_builtin
 
 ERROR = "error"
@@ -108,13 +109,6 @@ def _path_problem(field_path: str, value: str, want_dir: bool | None) -> list[Pr
     if want_dir is False and not path.is_file():
         return [Problem(field_path, f"'{value}' is a folder; choose a file")]
     return []
-
-
-def bucket_settings(data: DatasetParams) -> BucketSettings:
-    """The bucketing arguments of a dataset's parameters."""
-    return BucketSettings(resolution=data.resolution, enable_bucket=data.enable_bucket,
-                          min_bucket_reso=data.min_bucket_reso, max_bucket_reso=data.max_bucket_reso,
-                          bucket_reso_steps=data.bucket_reso_steps, no_upscale=data.bucket_no_upscale)
 
 
 def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Problem]:

@@ -1,0 +1,136 @@
+"""What a person needs to know about a plan: warnings, notes, and the printed table.
+
+These are the facts that the resolution comparisons users run turn on: how many buckets
+the resolution splits the data into, which batches come out short, which images are
+enlarged or cropped hard, and why the step count is what it is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.plan import DatasetPlan
+
+SHOW_AT_MOST = 5
+
+
+def _name(image) -> str:  # noqa: ANN001 - PlanImage
+    return image.record.path.name
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:SHOW_AT_MOST])
+    return shown + (f" and {len(items) - SHOW_AT_MOST} more" if len(items) > SHOW_AT_MOST else "")
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def cropped_fraction(image) -> float:  # noqa: ANN001 - PlanImage
+    (rw, rh), (bw, bh) = image.assignment.resized, image.bucket
+    return 1.0 - (bw * bh) / (rw * rh)
+
+
+def plan_warnings(plan: DatasetPlan) -> tuple[list[str], list[str]]:
+    """(warnings, notes) for a plan."""
+    warnings: list[str] = []
+    notes: list[str] = []
+    if not plan.images:
+        warnings.append("no usable images: nothing can be trained")
+        return warnings, notes
+    s, batch = plan.settings, plan.batch_size
+    distinct: dict[tuple[int, int], list] = {}
+    for image in plan.images:
+        distinct.setdefault(image.bucket, []).append(image)
+
+    mode = ("bucketing off" if not s.enable_bucket else
+            "no upscaling" if s.no_upscale else f"buckets {s.min_bucket_reso}-{s.max_bucket_reso}")
+    notes.append(f"{len(plan.images)} images ({plan.num_train_images + plan.num_reg_images} with repeats) "
+                 f"fall into {len(plan.buckets)} bucket(s) at {_wxh(s.resolution)} "
+                 f"({mode}, step {s.bucket_reso_steps})")
+
+    if batch > 1:
+        small = [f"{_wxh(b)} ({n})" for b, n in plan.buckets.items() if n < batch]
+        if small:
+            warnings.append(f"{len(small)} bucket(s) hold fewer images than the batch size {batch}, so "
+                            f"their batches are smaller: {_listing(small)}")
+        short = sum(1 for n in plan.buckets.values() if n % batch)
+        total = sum(plan.buckets.values())
+        naive = math.ceil(total / batch)
+        if plan.batches_per_epoch != naive:
+            notes.append(f"batches never mix buckets: {plan.batches_per_epoch} batches per epoch, "
+                         f"not {total}/{batch} rounded up = {naive}; {short} of them are short")
+    single = [f"{_wxh(b)} ({_name(imgs[0])})" for b, imgs in distinct.items() if len(imgs) == 1]
+    if single:
+        warnings.append(f"{len(single)} bucket(s) hold a single image, so their batches only ever "
+                        f"repeat it: {_listing(single)}")
+
+    upscaled = [f"{_name(i)} ({_wxh(i.record.size)} -> {_wxh(i.assignment.resized)})"
+                for i in plan.images if i.assignment.upscaled]
+    if upscaled:
+        warnings.append(f"{len(upscaled)} image(s) are enlarged to fill their bucket, which softens "
+                        f"them: {_listing(upscaled)}")
+    if s.enable_bucket and not s.no_upscale:
+        low = s.min_bucket_reso - s.min_bucket_reso % s.bucket_reso_steps
+        tiny = [f"{_name(i)} ({_wxh(i.record.size)})" for i in plan.images if min(i.record.size) < low]
+        if tiny:
+            warnings.append(f"{len(tiny)} image(s) are smaller than the minimum bucket side ({low} px): "
+                            f"{_listing(tiny)}")
+    elif s.enable_bucket:
+        area = s.resolution[0] * s.resolution[1]
+        small_imgs = [i for i in plan.images if i.record.size[0] * i.record.size[1] < area]
+        if small_imgs:
+            notes.append(f"{len(small_imgs)} image(s) have fewer pixels than {_wxh(s.resolution)} and "
+                         "train at their own size (no upscaling), in buckets of their own size")
+
+    notes.append(f"mean aspect-ratio error {plan.mean_ar_error:.4f} (bucket shape vs image shape)")
+    fractions = [(cropped_fraction(i), i) for i in plan.images]
+    mean_crop = sum(f for f, _ in fractions) / len(fractions)
+    worst_fraction, worst = max(fractions, key=lambda pair: pair[0])
+    if worst_fraction > 0:
+        notes.append(f"cropping removes {mean_crop:.1%} of each image's pixels on average "
+                     f"(most: {_name(worst)}, {worst_fraction:.1%})")
+    if worst_fraction > 0.2:
+        warnings.append(f"{_name(worst)} loses {worst_fraction:.0%} of its pixels to cropping; "
+                        "check that the subject stays in frame")
+    if plan.steps and plan.steps.stops_mid_epoch:
+        done = plan.steps.max_train_steps - (plan.steps.epochs - 1) * plan.steps.steps_per_epoch
+        notes.append(f"max_train_steps {plan.steps.max_train_steps} ends epoch {plan.steps.epochs} after "
+                     f"{done} of its {plan.steps.steps_per_epoch} steps")
+    return warnings, notes
+
+
+def format_plan(plan: DatasetPlan, title: str = "") -> str:
+    """A readable table of the plan for the terminal."""
+    lines = [title] if title else []
+    s = plan.settings
+    lines.append(f"resolution {_wxh(s.resolution)}, batch size {plan.batch_size}, "
+                 + ("bucketing off" if not s.enable_bucket else
+                    f"bucket step {s.bucket_reso_steps}, "
+                    + ("no upscaling" if s.no_upscale else f"buckets {s.min_bucket_reso}..{s.max_bucket_reso}")))
+    lines.append("")
+    lines.append(f"{'bucket':>11}  {'aspect':>6}  {'images':>6}  {'batches':>7}")
+    for bucket, count in plan.buckets.items():
+        n_batches = math.ceil(count / plan.batch_size)
+        lines.append(f"{_wxh(bucket):>11}  {bucket[0] / bucket[1]:>6.2f}  {count:>6}  {n_batches:>7}")
+    lines.append(f"{'total':>11}  {'':>6}  {sum(plan.buckets.values()):>6}  {plan.batches_per_epoch:>7}")
+    lines.append("")
+    if plan.steps:
+        lines.append(f"batches per epoch {plan.steps.batches_per_epoch}, steps per epoch "
+                     f"{plan.steps.steps_per_epoch}, epochs {plan.steps.epochs}, "
+                     f"max train steps {plan.steps.max_train_steps}")
+    lines.append(f"training images {plan.num_train_images} and regularisation images "
+                 f"{plan.num_reg_images} (with repeats)")
+    for heading, items in (("notes", plan.notes), ("warnings", plan.scan_warnings + plan.warnings)):
+        if items:
+            lines.append("")
+            lines.append(f"{heading}:")
+            lines += [f"  - {item}" for item in items]
+    if plan.skipped:
+        lines.append("")
+        lines.append(f"skipped ({len(plan.skipped)}):")
+        lines += [f"  - {s.display_path}: {s.reason}" for s in plan.skipped]
+    return "\n".join(lines)
