@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lorakiln plan: {err}", file=sys.stderr)
         return 2
     if args.json:
-        json.dump(plan_to_json(plan), sys.stdout, indent=1, ensure_ascii=False)
+        json.dump(plan_to_json(plan), sys.stdout, ensure_ascii=False)
         print()
     else:
         title = args.dataset_dir or args.preset
