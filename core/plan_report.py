@@ -113,7 +113,7 @@ def format_plan(plan: DatasetPlan, title: str = "") -> str:
                     + ("no upscaling" if s.no_upscale else f"buckets {s.min_bucket_reso}..{s.max_bucket_reso}")))
     lines.append("")
     lines.append(f"{'bucket':>11}  {'aspect':>6}  {'images':>6}  {'batches':>7}")
-    for bucket, count in plan.buckets.items():
+    for bucket, count in sorted(plan.buckets.items(), key=lambda item: item[0][0] / item[0][1]):
         n_batches = math.ceil(count / plan.batch_size)
         lines.append(f"{_wxh(bucket):>11}  {bucket[0] / bucket[1]:>6.2f}  {count:>6}  {n_batches:>7}")
     lines.append(f"{'total':>11}  {'':>6}  {sum(plan.buckets.values()):>6}  {plan.batches_per_epoch:>7}")

@@ -1,0 +1,86 @@
+"""Pure helpers for the numbers shown while training: running loss, throughput, ETA."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+
+
+class EpochWindowAverage:
+    """Kohya's loss/average: the mean of the last ``window`` step losses, where the
+    window is one epoch's worth of steps (a step replaces the same step of the previous
+    epoch)."""
+
+    def __init__(self, window: int) -> None:
+        self._values: deque[float] = deque(maxlen=max(1, window))
+        self._total = 0.0
+
+    def add(self, value: float) -> float:
+        if len(self._values) == self._values.maxlen:
+            self._total -= self._values[0]
+        self._values.append(value)
+        self._total += value
+        return self.mean
+
+    @property
+    def mean(self) -> float:
+        # Re-sum now and then would guard drift; the window is small enough that float
+        # error stays far below what a plot shows, but recompute exactly when cheap.
+        if len(self._values) <= 4096:
+            return math.fsum(self._values) / len(self._values) if self._values else math.nan
+        return self._total / len(self._values)
+
+
+class Throughput:
+    """Steps per second over the last ``window`` steps, with paused time left out."""
+
+    def __init__(self, window: int = 20, clock=time.perf_counter) -> None:  # noqa: ANN001
+        self._clock = clock
+        self._times: deque[float] = deque(maxlen=window + 1)
+        self._paused_since: float | None = None
+        self._offset = 0.0
+
+    def mark(self) -> None:
+        self._times.append(self._clock() - self._offset)
+
+    def pause(self) -> None:
+        if self._paused_since is None:
+            self._paused_since = self._clock()
+
+    def resume(self) -> None:
+        if self._paused_since is not None:
+            self._offset += self._clock() - self._paused_since
+            self._paused_since = None
+
+    @property
+    def steps_per_second(self) -> float:
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+def eta_seconds(steps_done: int, total_steps: int, steps_per_second: float) -> float | None:
+    if steps_per_second <= 0:
+        return None
+    return max(0, total_steps - steps_done) / steps_per_second
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def smooth(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's debiased exponential moving average (weight 0 = raw, 0.99 = very smooth)."""
+    out, last, debias = [], 0.0, 0.0
+    for value in values:
+        last = last * weight + (1 - weight) * value
+        debias = debias * weight + (1 - weight)
+        out.append(last / debias if debias else value)
+    return out
