@@ -161,6 +161,12 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
             if value is not None and 0 < value < 0.1:
                 add(f"optimizer.{field_name}", f"{opt.type.value} finds its own step size; its learning "
                                                f"rate is a multiplier, usually 1.0 (not {value:g})", WARNING)
+    if opt.type.adapts_lr and net.train_unet and net.train_text_encoder:
+        unet_lr = opt.learning_rate if opt.unet_lr is None else opt.unet_lr
+        text_lr = opt.learning_rate if opt.text_encoder_lr is None else opt.text_encoder_lr
+        if unet_lr != text_lr and 0 not in (unet_lr, text_lr):
+            add("optimizer.text_encoder_lr", f"{opt.type.value} needs the same learning rate for the U-Net "
+                                             f"({unet_lr:g}) and the text encoder ({text_lr:g}), or 0 for one")
     rates = [opt.learning_rate if opt.unet_lr is None else opt.unet_lr] if net.train_unet else []
     rates += [opt.learning_rate if opt.text_encoder_lr is None else opt.text_encoder_lr] if net.train_text_encoder else []
     if rates and all(r == 0 for r in rates):

@@ -160,6 +160,15 @@ def test_prodigy_with_a_small_learning_rate_is_warned_about(tmp_path):
     assert _paths(problems, WARNING) == ["optimizer.learning_rate"]
 
 
+def test_prodigy_with_different_group_rates_is_refused_before_training(tmp_path):
+    config = _valid(tmp_path)
+    config.optimizer.type = OptimizerType.PRODIGY
+    config.optimizer.learning_rate, config.optimizer.text_encoder_lr = 1.0, 0.5
+    assert _paths(validate(config)) == ["optimizer.text_encoder_lr"]
+    config.optimizer.text_encoder_lr = 0.0
+    assert errors(validate(config)) == []
+
+
 def test_errors_come_before_warnings(tmp_path):
     config = _valid(tmp_path)
     config.network.alpha = 64.0  # warning: above dim
