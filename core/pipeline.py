@@ -1,0 +1,193 @@
+"""The training data as a torch Dataset whose items are whole bucket batches.
+
+Batches never mix buckets (every image in a batch must have the same size), so the unit
+the loader hands out is one batch, in the order core.batching.epoch_batches gives for the
+epoch. Every random choice for a batch (caption shuffle and dropout, flip, random crop)
+comes from a generator seeded by (seed, epoch, batch index) through a string, which
+Python hashes the same way in every process: a worker process, a second run with the
+same seed and a resumed run all see exactly the same batch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.utils.data
+
+from core.batching import epoch_batches
+from core.buckets import BucketAssignment
+from core.captions_aug import process_caption
+from core.config import SubsetParams
+from core.dataset import ImageRecord
+from core.images import ImageLoadError, load_rgb, prepare, random_crop_offset, to_tensor
+from core.plan import DatasetPlan
+
+if TYPE_CHECKING:
+    from core.latent_cache import LatentCache
+
+Bucket = tuple[int, int]
+
+
+class MissingLatents(LookupError):
+    """A latent cache was given but lacks a sample's latents: fill it before training."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one batch element needs, resolved once from the plan."""
+
+    key: str  # str(record.path)
+    record: ImageRecord
+    assignment: BucketAssignment
+    options: SubsetParams  # the options of the image's subset
+    loss_weight: float  # prior_loss_weight for regularisation images, else 1.0
+
+
+@dataclass
+class Batch:
+    bucket: Bucket  # (w, h)
+    keys: list[str]
+    captions: list[str]
+    loss_weights: torch.Tensor  # [B] float32
+    pixels: torch.Tensor | None  # [B, 3, H, W] in [-1, 1]; None when latents come from a cache
+    latents: torch.Tensor | None  # [B, 4, H/8, W/8] from the cache, else None
+    flipped: list[bool]
+
+
+def samples(plan: DatasetPlan, prior_loss_weight: float = 1.0) -> list[Sample]:
+    """One sample per planned image, in plan order."""
+    result = []
+    for image in plan.images:
+        record = image.record
+        result.append(Sample(
+            key=str(record.path), record=record, assignment=image.assignment,
+            options=plan.subsets[record.subset_index].params,
+            loss_weight=prior_loss_weight if record.is_reg else 1.0))
+    return result
+
+
+def _members(plan: DatasetPlan) -> dict[Bucket, list[str]]:
+    """Like plan.bucket_members(), but naming samples by their index in samples(plan).
+
+    The shuffles in epoch_batches depend only on how many entries there are and where,
+    so the batch order is the one plan.bucket_members() gives; indexes keep two subsets
+    that list the same file (with different options) apart, where paths would not.
+    """
+    members: dict[Bucket, list[str]] = {}
+    for index, image in enumerate(plan.images):
+        members.setdefault(image.bucket, []).extend([str(index)] * image.repeats)
+    return members
+
+
+def batch_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """The generator for one batch's random choices, the same in every process."""
+    return random.Random(f"{seed}:{epoch}:{index}")
+
+
+def load_pixels(sample: Sample, crop_offset: tuple[int, int] | None, flip: bool) -> torch.Tensor:
+    """One sample's [3, H, W] pixels in [-1, 1], at its bucket's size."""
+    image = load_rgb(sample.record.path)
+    if image.size != sample.record.size:
+        w, h = image.size
+        pw, ph = sample.record.size
+        raise ImageLoadError(sample.record.path, f"it is {w}x{h} now but was {pw}x{ph} when the "
+                                                 "dataset was planned; plan the dataset again")
+    return to_tensor(prepare(image, sample.assignment, crop_offset, flip))
+
+
+class BucketBatchDataset(torch.utils.data.Dataset):
+    """Batch ``index`` of the current epoch, fully augmented; use with batch_size=None.
+
+    Call set_epoch before iterating each epoch (epochs count from 1). Worker processes
+    take a copy of the dataset when the loader starts iterating, so make the loader's
+    iterator after set_epoch and do not use persistent workers.
+    """
+
+    def __init__(self, plan: DatasetPlan, *, batch_size: int, seed: int,
+                 prior_loss_weight: float = 1.0, latent_cache: LatentCache | None = None) -> None:
+        self.plan = plan
+        self.batch_size = batch_size
+        self.seed = seed
+        self.latent_cache = latent_cache
+        self.samples = samples(plan, prior_loss_weight)
+        if latent_cache is not None:
+            _check_no_random_crop(self.samples)
+        self._members = _members(plan)
+        self.epoch = 0
+        self._batches: list[tuple[Bucket, list[str]]] = []
+        self.set_epoch(1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._batches = epoch_batches(self._members, self.batch_size, self.seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __getitem__(self, index: int) -> Batch:
+        if not 0 <= index < len(self._batches):
+            raise IndexError(f"batch {index} out of range: epoch {self.epoch} has "
+                             f"{len(self._batches)} batches")
+        bucket, ids = self._batches[index]
+        rng = batch_rng(self.seed, self.epoch, index)
+        chosen = [self.samples[int(i)] for i in ids]
+        captions, flipped, offsets = _augment(chosen, rng)
+        pixels = latents = None
+        if self.latent_cache is None:
+            pixels = torch.stack([load_pixels(s, o, f) for s, o, f in zip(chosen, offsets, flipped)])
+        else:
+            latents = torch.stack([self._cached(s, f) for s, f in zip(chosen, flipped)])
+        return Batch(bucket=bucket, keys=[s.key for s in chosen], captions=captions,
+                     loss_weights=torch.tensor([s.loss_weight for s in chosen], dtype=torch.float32),
+                     pixels=pixels, latents=latents, flipped=flipped)
+
+    def _cached(self, sample: Sample, flipped: bool) -> torch.Tensor:
+        assert self.latent_cache is not None
+        latents = self.latent_cache.get(self.latent_cache.key(sample, flipped))
+        if latents is None:
+            side = "flipped " if flipped else ""
+            raise MissingLatents(f"no cached {side}latents for {sample.record.display_path}: "
+                                 "fill the latent cache before training")
+        return latents
+
+
+def _augment(chosen: Sequence[Sample], rng: random.Random
+             ) -> tuple[list[str], list[bool], list[tuple[int, int] | None]]:
+    """Captions, flips and crop offsets of a batch, drawn in a fixed order from ``rng``."""
+    captions: list[str] = []
+    flipped: list[bool] = []
+    offsets: list[tuple[int, int] | None] = []
+    for sample in chosen:
+        options = sample.options
+        # Draw only for the options that are on, as sd-scripts does: a dataset without
+        # augmentation consumes no randomness at all.
+        flipped.append(options.flip_aug and rng.random() < 0.5)
+        offset = None
+        if options.random_crop:
+            offset = random_crop_offset(sample.assignment.resized, sample.assignment.bucket, rng)
+        offsets.append(offset)
+        captions.append(process_caption(sample.record.caption, options, rng))
+    return captions, flipped, offsets
+
+
+def _check_no_random_crop(chosen: Sequence[Sample]) -> None:
+    for sample in chosen:
+        if sample.options.random_crop:
+            raise ValueError(f"{sample.record.display_path}: random crop cannot be used with a "
+                             "latent cache (the cache holds one fixed crop per image)")
+
+
+def _pass_through(batch: Batch) -> Batch:
+    # A module-level function, not a lambda: worker processes started by "spawn"
+    # (Windows, macOS) must pickle the collate function.
+    return batch
+
+
+def make_loader(dataset: BucketBatchDataset, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A loader that yields the dataset's Batch objects in order, one per step."""
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
+                                       num_workers=num_workers, collate_fn=_pass_through)
