@@ -16,12 +16,15 @@ import os
 import random
 import struct
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.buckets import BucketAssignment
+
+if TYPE_CHECKING:
+    import torch
 
 Size = tuple[int, int]
 
@@ -171,9 +174,11 @@ def random_crop_offset(resized: Size, bucket: Size, rng: random.Random) -> tuple
     return rng.randint(0, trim_w), rng.randint(0, trim_h)
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
+def to_tensor(image: Image.Image) -> "torch.Tensor":
     """An RGB image as a float32 [3, H, W] tensor scaled to [-1, 1], as the VAE expects."""
     # The uint8 -> float32 conversion makes a fresh, writable array that torch can share.
     pixels = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.float32)
+    import torch  # here, so planning (which needs conversion_note) never loads torch
+
     tensor = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
     return tensor / 127.5 - 1.0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from core.images import conversion_note
+
 if TYPE_CHECKING:  # pragma: no cover
     from core.plan import DatasetPlan
 
@@ -86,6 +88,13 @@ def plan_warnings(plan: DatasetPlan) -> tuple[list[str], list[str]]:
             notes.append(f"{len(small_imgs)} image(s) have fewer pixels than {_wxh(s.resolution)} and "
                          "train at their own size (no upscaling), in buckets of their own size")
 
+    converted: dict[str, list[str]] = {}
+    for image in plan.images:
+        note = conversion_note(image.record.info.mode)
+        if note:
+            converted.setdefault(note, []).append(_name(image))
+    for note, names in converted.items():
+        notes.append(f"{len(names)} image(s) are converted when loaded ({note}): {_listing(names)}")
     notes.append(f"mean aspect-ratio error {plan.mean_ar_error:.4f} (bucket shape vs image shape)")
     fractions = [(cropped_fraction(i), i) for i in plan.images]
     mean_crop = sum(f for f, _ in fractions) / len(fractions)

@@ -154,3 +154,22 @@ def test_the_demo_dataset_plans_differently_at_512_and_1024():
     assert len(low.images) == len(high.images) == 24
     assert sum(low.buckets.values()) == sum(high.buckets.values()) == 80
     assert low.mean_ar_error != high.mean_ar_error
+
+
+def test_colour_conversions_are_listed_in_the_plan(tmp_path):
+    _image(tmp_path / "1_c" / "rgb.png", (512, 512))
+    Image.new("RGBA", (512, 512), (0, 0, 0, 0)).save(tmp_path / "1_c" / "alpha.png")
+    Image.new("CMYK", (512, 512)).save(tmp_path / "1_c" / "print.jpg")
+    plan = plan_dataset(_kohya(tmp_path), _training(epochs=1))
+    text = "\n".join(plan.notes)
+    assert "transparency flattened onto white): alpha.png" in text
+    assert "CMYK converted to RGB): print.jpg" in text
+    assert "rgb.png" not in text
+
+
+def test_planning_does_not_load_torch():
+    import subprocess, sys
+    script = "import sys, core.plan, core.cmd_plan; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
+    assert result.stdout.strip() == "False", result.stderr
