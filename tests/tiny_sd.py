@@ -1,0 +1,71 @@
+"""Tiny Stable-Diffusion-1.x-shaped models for tests, and the full SD 1.5 shapes on meta.
+
+The tiny models have every block type of SD 1.5 (three cross-attention down blocks and a
+plain one, mirrored up blocks, a cross-attention mid block, a CLIP text encoder) at a
+size that runs a forward pass in milliseconds on a CPU. They do not depend on
+core/models.py so the LoRA tests keep working whatever that module becomes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from core.sd15_files import sd15_config_dir
+
+TINY_CONTEXT_DIM = 32
+
+
+def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=TINY_CONTEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    ).eval()
+
+
+def tiny_text_encoder(seed: int = 0) -> CLIPTextModel:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(hidden_size=TINY_CONTEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, vocab_size=49408, max_position_embeddings=77,
+                            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    return CLIPTextModel(config).eval()
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2,
+                         block_out_channels=(32, 32), latent_channels=4,
+                         norm_num_groups=32, sample_size=16).eval()
+
+
+def _load_config(component: str) -> dict[str, Any]:
+    return json.loads((Path(sd15_config_dir()) / component / "config.json").read_text("utf-8"))
+
+
+def sd15_unet_on_meta() -> UNet2DConditionModel:
+    """The full SD 1.5 U-Net with no storage behind its weights (architecture only)."""
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(_load_config("unet"))
+
+
+def sd15_text_encoder_on_meta() -> CLIPTextModel:
+    config = CLIPTextConfig(**{k: v for k, v in _load_config("text_encoder").items()
+                               if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        return CLIPTextModel(config)
