@@ -1,0 +1,226 @@
+"""Reading single-file checkpoints safely, and telling what kind of model a file holds.
+
+What a file is comes from its tensor names and shapes only. For .safetensors that is the
+JSON header, so a 4 GB model is classified without reading its weights. A .ckpt is a
+pickle: it is opened with ``weights_only=True`` (no code runs) and memory-mapped where the
+format allows, so only the small pickle is read, not the tensors.
+
+Old training checkpoints pickle more than weights (a Lightning ``ModelCheckpoint``
+callback, numpy scalars). Those objects are replaced with inert stand-ins instead of being
+imported, so such a file still loads and still runs no code. What torch's weights-only
+loader blocks outright (os, subprocess and the like: a file built to run code) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+# The safetensors format caps its header at 100 MB; a bigger length means "not safetensors".
+_MAX_HEADER = 100 * 1024 * 1024
+
+_UNET = "model.diffusion_model."
+_VAE_PREFIXES = ("first_stage_model.", "vae.")
+_CLIP_PREFIX = "cond_stage_model.transformer."
+_CLIP_TEXT_MODEL = _CLIP_PREFIX + "text_model."
+_LORA_MARKERS = (".lora_down.weight", ".lora_up.weight", "lora_A", "lora_B", ".hada_w1_a", ".lokr_w1")
+
+
+class ModelLoadError(ValueError):
+    """A base model or VAE cannot be used; the message names the file and what to do."""
+
+
+class ModelLoadCancelled(Exception):
+    """The caller's ``cancelled()`` returned True between two components."""
+
+
+def damaged(path: Path, detail: str) -> ModelLoadError:
+    return ModelLoadError(f"{path.name} is damaged or incomplete ({detail}); download it again")
+
+
+# --- safetensors -------------------------------------------------------------------------
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor name -> (dtype, shape) from the header alone, after checking it fits the file."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise damaged(path, f"only {size} bytes, too short for a .safetensors file")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > _MAX_HEADER or header_len > size - 8:
+            raise damaged(path, "its header is cut off, or it is not a .safetensors file at all")
+        raw = handle.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise damaged(path, "its header is not valid, or it is not a .safetensors file "
+                            "at all") from None
+    if not isinstance(header, dict):
+        raise damaged(path, "its header is not valid")
+    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
+    data_end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            shapes[name] = (str(dtype), tuple(int(n) for n in shape))
+            data_end = max(data_end, int(end), int(begin))
+        except (TypeError, KeyError, ValueError):
+            raise damaged(path, f"its header entry for {name!r} is not valid") from None
+    if 8 + header_len + data_end > size:
+        missing = 8 + header_len + data_end - size
+        raise damaged(path, f"{missing:,} bytes of tensor data are missing at the end")
+    return shapes
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    read_safetensors_header(path)  # a clear message for a cut-off file before the loader's own
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:  # safetensors raises its own exception types; all mean "bad file"
+        raise damaged(path, f"{type(error).__name__}: {error}") from None
+
+
+# --- .ckpt / .pt ---------------------------------------------------------------------------
+
+
+def load_pickled(path: Path) -> dict[str, Any]:
+    """Load a torch.save'd checkpoint without running code; the 'state_dict' level removed."""
+    import pickle
+
+    import torch
+
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and _is_not_a_pickle(path):
+        raise damaged(path, "it is not a PyTorch checkpoint")
+    try:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        except pickle.UnpicklingError:
+            if not is_zip:
+                raise
+            # Foreign objects next to the weights: load again with inert stand-ins for them.
+            with torch.serialization.safe_globals(_stand_ins(path)):
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        raise ModelLoadError(
+            f"{path.name} holds Python objects besides weights that cannot be loaded safely "
+            f"({_unpickling_detail(error)}); use a .safetensors version of this model") from None
+    except Exception as error:  # zip, pickle and storage errors all mean a broken file here
+        first_line = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise damaged(path, first_line) from None
+    # Lightning and LDM training scripts nest the weights under "state_dict".
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path.name} is a PyTorch file but holds no model weights")
+    return data
+
+
+def _unpickling_detail(error: Exception) -> str:
+    """torch's message starts with advice to load unsafely; keep only the line naming the object."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "global" in line]
+    return (named or lines or [type(error).__name__])[0][:160]
+
+
+def _stand_ins(path: Path) -> list[tuple[type, str]]:
+    import torch
+
+    stand_ins: list[tuple[type, str]] = []
+    for full_name in torch.serialization.get_unsafe_globals_in_checkpoint(path):
+        _, _, name = full_name.rpartition(".")
+        # Accepts any constructor arguments and state and keeps none of them: nothing runs.
+        stand_in = type(name or "StandIn", (), {
+            "__init__": lambda self, *args, **kwargs: None,
+            "__setstate__": lambda self, state: None,
+        })
+        stand_ins.append((stand_in, full_name))
+    return stand_ins
+
+
+def _is_not_a_pickle(path: Path) -> bool:
+    """Legacy (pre-zip) torch files start with a pickle protocol opcode (0x80)."""
+    with path.open("rb") as handle:
+        first = handle.read(1)
+    return first != b"\x80"
+
+
+# --- detection ----------------------------------------------------------------------------
+
+
+def read_key_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor name with its shape; tensor data is not read (header / mmap only)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return {name: shape for name, (_, shape) in read_safetensors_header(path).items()}
+    data = load_pickled(path)
+    return {str(name): tuple(value.shape) for name, value in data.items()
+            if hasattr(value, "shape")}
+
+
+def classify_keys(shapes: dict[str, tuple[int, ...]]) -> str:
+    """'sd1', 'sd2', 'sdxl', 'lora' or 'unknown', from tensor names and shapes."""
+    keys = shapes.keys()
+    model_prefixes = (_UNET, "cond_stage_model.", "conditioner.") + _VAE_PREFIXES
+    has_full_weights = any(k.startswith(model_prefixes) for k in keys)
+    if not has_full_weights and any(marker in k for k in keys for marker in _LORA_MARKERS):
+        return "lora"
+    sdxl_keys = (_UNET + "label_emb.0.0.weight", "add_embedding.linear_1.weight")
+    if any(k.startswith("conditioner.embedders.") for k in keys) or any(k in shapes for k in sdxl_keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"  # OpenCLIP ViT-H text encoder
+    context_dims = {shape[1] for k, shape in shapes.items()
+                    if k.startswith(_UNET) and k.endswith("attn2.to_k.weight") and len(shape) == 2}
+    if 1024 in context_dims:
+        return "sd2"
+    has_clip = any(k.startswith(_CLIP_PREFIX) for k in keys)
+    if _UNET + "input_blocks.0.0.weight" in shapes and has_clip:
+        return "sd1"
+    return "unknown"
+
+
+def inspect_checkpoint(path: str | Path) -> str:
+    """'sd1', 'sd2', 'sdxl', 'lora' or 'unknown' for a .safetensors / .ckpt / .pt file.
+
+    Raises ModelLoadError for a file that cannot be read (cut short, not a model file).
+    """
+    return classify_keys(read_key_shapes(path))
+
+
+def unet_in_channels(shapes: dict[str, tuple[int, ...]]) -> int | None:
+    shape = shapes.get(_UNET + "input_blocks.0.0.weight")
+    return shape[1] if shape and len(shape) == 4 else None
+
+
+def has_vae_weights(shapes: dict[str, tuple[int, ...]]) -> bool:
+    return any(k.startswith(p + "decoder.") for k in shapes for p in _VAE_PREFIXES)
+
+
+def normalise_clip_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Some early SD 1.x files lack the ``text_model.`` level under the CLIP prefix: add it.
+
+    diffusers' converter only recognises the text encoder by its ``text_model.`` keys.
+    """
+    if any(k.startswith(_CLIP_TEXT_MODEL) for k in state_dict):
+        return state_dict
+    renamed: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if key.startswith(_CLIP_PREFIX):
+            key = _CLIP_TEXT_MODEL + key[len(_CLIP_PREFIX):]
+        renamed[key] = value
+    return renamed
