@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check": ("core.cmd_check", "validate a preset (with --set overrides) and print the result"),
     "gui": ("core.cmd_gui", "open the desktop app, optionally on a preset"),
     "plan": ("core.cmd_plan", "show the buckets, batches and steps a dataset trains with"),
+    "train": ("core.cmd_train", "train a LoRA from a preset, headless (Ctrl+C stops and saves)"),
 }
 
 

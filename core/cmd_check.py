@@ -10,9 +10,10 @@ from core.presets import PresetError, dumps_preset, find_preset, load_preset, sa
 from core.validation import ERROR, validate
 
 
-def add_preset_arguments(parser: argparse.ArgumentParser) -> None:
+def add_preset_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     """PRESET and --set, shared by every command that takes a preset."""
-    parser.add_argument("preset", help="a preset file, or the name of a built-in preset (e.g. demo)")
+    parser.add_argument("preset", nargs="?" if optional else None,
+                        help="a preset file, or the name of a built-in preset (e.g. demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="GROUP.FIELD=VALUE",
                         help="override one parameter, e.g. --set training.batch_size=2 "
                              "(repeatable; subsets: dataset.subsets[0].num_repeats=5)")

@@ -30,3 +30,8 @@ def log_dir() -> Path:
 
 def settings_dir() -> Path:
     return platformdirs.user_config_path(APP_NAME, appauthor=False)
+
+
+def user_cache_dir() -> Path:
+    """Disposable data (the disk latent cache): safe to delete at any time."""
+    return platformdirs.user_cache_path(APP_NAME, appauthor=False)

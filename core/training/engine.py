@@ -1,0 +1,484 @@
+"""The engine: ``Trainer(config, sink, control).run()`` trains one LoRA and reports it all.
+
+It plans the dataset (the same plan the GUI shows), loads the model, attaches LoRA, caches
+latents, trains by the plan's step count, saves checkpoints and state, samples, and emits
+typed events. It polls ``control`` between steps and inside long phases. Every failure
+ends as a ``Failed`` event with advice; nothing is raised to the caller but interrupts.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from core.config import TrainConfig
+from core.plan import DatasetPlan, plan_dataset, plan_to_json
+from core.runs import (LOG, PLAN, MetricsWriter, RunSummary, create_run_dir, write_config, write_json)
+from core.training import setup
+from core.training.checkpoint import (CHECKPOINT_DIR, SAVE_DTYPES, STATE_DIR, TrainingState, capture_rng,
+                                      checkpoint_name, latest_state, load_state, load_trainable_state,
+                                      prune_checkpoints, restore_rng, save_state, trainable_state)
+from core.training.control import Cancelled, Control
+from core.training.errors import ConfigProblems, NonFiniteLoss, diagnose, format_traceback
+from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, PhaseProgress, RunStarted,
+                                  SampleImage, Sink, Status, StepMetrics)
+from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds
+from core.training.optim import current_lrs
+from core.validation import errors, validate
+
+log = logging.getLogger("lorakiln.run")
+
+
+def _is_cancel(error: BaseException) -> bool:
+    return isinstance(error, Cancelled) or type(error).__name__ in ("ModelLoadCancelled", "ScanCancelled",
+                                                                   "CacheCancelled")
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, sink: Sink, control: Control | None = None, *,
+                 description: str = "", resume_from: Path | None = None, base_dir: Path | None = None) -> None:
+        self.config = config
+        self.sink = sink
+        self.control = control or Control()
+        self.description = description
+        self.resume_from = Path(resume_from) if resume_from else None
+        self.base_dir = base_dir
+        self.run_dir: Path | None = None
+        self.summary: RunSummary | None = None
+        self.plan: DatasetPlan | None = None
+        self.accelerator = None
+        self.network = None
+        self.step = 0
+        self.epoch = 1
+        self.last_checkpoint: str | None = None
+        self._metrics: MetricsWriter | None = None
+        self._tensorboard = None
+        self._log_handler: logging.Handler | None = None
+        self._peak_memory = 0.0
+        self._wall_before = 0.0  # training time of earlier sessions of a resumed run
+        self._session_id = uuid.uuid4().hex
+
+    # ------------------------------------------------------------------ outline
+    def run(self) -> Finished | Failed:
+        self._started = time.time()
+        try:
+            self._prepare()
+            reason = self._train()
+            return self._finish(reason)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # noqa: BLE001 - every failure is reported to the person
+            if _is_cancel(error):
+                return self._finish("cancelled")
+            return self._fail(error)
+        finally:
+            self._cleanup()
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def _emit(self, event) -> None:  # noqa: ANN001
+        if self.is_main:
+            self.sink.emit(event)
+
+    def _status(self, text: str, phase: str = "training") -> None:
+        log.info(text)
+        self._emit(Status(text, phase))
+
+    # ------------------------------------------------------------------ preparing
+    def _prepare(self) -> None:
+        config, control = self.config, self.control
+        problems = errors(validate(config))
+        if problems:
+            raise ConfigProblems(problems)
+        precision, note = setup.choose_precision(config, torch.cuda.is_available())
+        self.accelerator = setup.make_accelerator(precision, config.training.gradient_accumulation_steps)
+        self.device = self.accelerator.device
+        self.weight_dtype = setup.WEIGHT_DTYPES[precision]
+        from accelerate.utils import set_seed
+
+        set_seed(config.training.seed)
+        self._status("planning the dataset…", "loading")
+        self.plan = plan_dataset(config.dataset, config.training, base_dir=self.base_dir,
+                                 num_processes=self.accelerator.num_processes, cancelled=control.should_end)
+        if self.plan.steps is None:
+            raise ConfigProblems(["dataset: no usable images (see the plan's skipped files)"])
+        total = self.plan.steps.max_train_steps
+        problems = errors(validate(config, total_steps=total))
+        if problems:
+            raise ConfigProblems(problems)
+        self._open_run_dir()
+        if note:
+            self._status(note, "loading")
+        steps = self.plan.steps
+        self._emit(RunStarted(str(self.run_dir), config.output.output_name, total, steps.epochs,
+                              steps.batches_per_epoch, steps.steps_per_epoch, 0))
+        control.raise_if_cancelled()
+        self.network = setup.load_network(config, self.device, self.weight_dtype, control.should_end,
+                                          lambda text: self._status(text, "loading"))
+        self.optimizer, self.lr_scheduler = setup.make_optimizer_and_schedule(config, self.network, total)
+        prepared = self.accelerator.prepare(*self.network.trained.values(), self.optimizer)
+        self.optimizer = prepared[-1]
+        self.trained_models = list(prepared[:-1])
+        self.generator = torch.Generator().manual_seed(config.training.seed)
+        self._prepare_data()
+        if self.resume_from is not None:
+            self._load_state()
+        from core.training.step import StepComputer
+
+        self.computer = StepComputer(config, self.network.components, self.device, self.generator,
+                                     self.accelerator.autocast)
+
+    def _open_run_dir(self) -> None:
+        config = self.config
+        if not self.is_main:
+            return
+        self.run_dir = self.resume_from or create_run_dir(config)
+        handler = logging.FileHandler(self.run_dir / LOG, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("lorakiln").addHandler(handler)
+        logging.getLogger("lorakiln").setLevel(logging.INFO)
+        self._log_handler = handler
+        if self.resume_from is None:
+            write_config(self.run_dir, config, self.description)
+        write_json(self.run_dir / PLAN, plan_to_json(self.plan))
+        self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        if config.logging.tensorboard:
+            from core.training.tensorboard import EventWriter
+
+            self._tensorboard = EventWriter(self.run_dir / "tensorboard")
+        steps = self.plan.steps
+        self.summary = RunSummary(status="running", name=config.output.output_name,
+                                  total_steps=steps.max_train_steps, total_epochs=steps.epochs,
+                                  started_at=self._started,
+                                  memory_kind="cuda" if torch.cuda.is_available() else "rss")
+        self.summary.write(self.run_dir)
+        log.info("run folder %s; %d steps, %d epochs, %d batches per epoch", self.run_dir,
+                 steps.max_train_steps, steps.epochs, steps.batches_per_epoch)
+
+    def _prepare_data(self) -> None:
+        from core.pipeline import BucketBatchDataset, samples
+
+        config = self.config
+        cache = setup.make_latent_cache(config)
+        if cache is not None:
+            self._status("caching latents…", "caching")
+            items = samples(self.plan, config.dataset.prior_loss_weight)
+            encode = setup.vae_encoder(self.network.components, self.device, config.training.seed)
+            flips = any(s.options.flip_aug for s in items)
+            encoded = cache.fill(items, encode, batch_size=config.training.batch_size, flip_aug_keys=flips,
+                                 cancelled=self.control.should_end,
+                                 progress=lambda done, total: self._emit(PhaseProgress("caching", done, total)))
+            self._status(f"latents ready ({encoded} newly encoded)" if encoded
+                         else "latents ready (all from the cache)", "caching")
+        self.dataset = BucketBatchDataset(self.plan, batch_size=config.training.batch_size,
+                                          seed=config.training.seed,
+                                          prior_loss_weight=config.dataset.prior_loss_weight, latent_cache=cache)
+        self._start_epoch, self._skip_batches = 1, 0
+
+    def _load_state(self) -> None:
+        path = latest_state(self.resume_from / STATE_DIR)
+        if path is None:
+            raise ConfigProblems([f"{self.resume_from}: no saved training state to resume from "
+                                  "(state is saved on stop, and with output.save_state)"])
+        state = load_state(path)
+        load_trainable_state(self.network.trained, state.lora)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.lr_scheduler.load_state_dict(state.scheduler)
+        self.generator.set_state(state.generator)
+        restore_rng(state)
+        self.step, self._start_epoch, self._skip_batches = state.step, state.epoch, state.batch_in_epoch
+        self._wall_before = state.wall_seconds
+        self._peak_memory = state.peak_memory_mb
+        self._resumed = state
+        self._status(f"resumed at step {state.step} (epoch {state.epoch})", "loading")
+
+    # ------------------------------------------------------------------ training
+    def _train(self) -> str:
+        from core.pipeline import make_loader
+
+        config, control, plan = self.config, self.control, self.plan
+        steps = plan.steps
+        total = steps.max_train_steps
+        window = EpochWindowAverage(steps.steps_per_epoch)
+        epoch_losses: list[float] = []
+        resumed = getattr(self, "_resumed", None)
+        if resumed is not None:
+            for value in resumed.loss_window:
+                window.add(value)
+            epoch_losses = list(resumed.epoch_losses)
+        throughput = Throughput()
+        throughput.mark()
+        self._train_started = time.perf_counter()
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        if self.step == 0 and config.sampling.at_step_0:
+            self._sample(0, 0)
+        self._status("training")
+        for epoch in range(self._start_epoch, steps.epochs + 1):
+            self.epoch = epoch
+            self.dataset.set_epoch(epoch)
+            order = setup.shard(list(range(len(self.dataset))), rank, world)
+            skip = self._skip_batches if epoch == self._start_epoch else 0
+            self._batch_in_epoch = skip
+            loader = make_loader(self.dataset, indices=order[skip:])
+            micro_losses: list[float] = []
+            for batch in loader:
+                if control.paused:
+                    self._hold(throughput)
+                if control.cancel_requested:
+                    return "cancelled"
+                if control.stop_requested:
+                    self._epoch_losses, self._window = epoch_losses, window
+                    return "stopped"
+                with self.accelerator.accumulate(*self.trained_models):
+                    loss = self.computer.loss(batch)
+                    value = float(loss.detach().item())
+                    if not math.isfinite(value):
+                        raise NonFiniteLoss(self.step + 1, value)
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients and config.training.max_grad_norm:
+                        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                        self.accelerator.clip_grad_norm_(params, config.training.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                micro_losses.append(value)
+                self._batch_in_epoch += 1
+                if not self.accelerator.sync_gradients:
+                    continue
+                self.lr_scheduler.step()
+                self.step += 1
+                step_loss = sum(micro_losses) / len(micro_losses)
+                micro_losses = []
+                epoch_losses.append(step_loss)
+                average = window.add(step_loss)
+                throughput.mark()
+                self._epoch_losses, self._window = epoch_losses, window
+                self._report_step(step_loss, average, throughput, len(batch.keys) * world)
+                self._after_step()
+                if self.step >= total:
+                    break
+            if epoch_losses:
+                mean = sum(epoch_losses) / len(epoch_losses)
+                self._emit(EpochMetrics(epoch, self.step, mean))
+                self._record({"type": "epoch", "epoch": epoch, "step": self.step, "mean_loss": mean})
+                if self._tensorboard:
+                    self._tensorboard.scalars({"loss/epoch_average": mean}, epoch)
+                self._last_epoch_mean = mean
+            epoch_losses = []
+            self._after_epoch(epoch, finished=self.step >= total)
+            if self.step >= total:
+                break
+        return "completed"
+
+    def _hold(self, throughput: Throughput) -> None:
+        throughput.pause()
+        self._status("paused", "paused")
+        while not self.control.wait_while_paused(0.2):
+            pass
+        throughput.resume()
+        self._status("training")
+
+    def _memory(self) -> tuple[float, float, float, str]:
+        if self.device.type == "cuda":
+            mb = 1024 * 1024
+            return (torch.cuda.memory_allocated(self.device) / mb, torch.cuda.memory_reserved(self.device) / mb,
+                    torch.cuda.max_memory_allocated(self.device) / mb, "cuda")
+        import psutil
+
+        rss = psutil.Process().memory_info().rss / (1024 * 1024)
+        self._peak_memory = max(self._peak_memory, rss)
+        return rss, rss, self._peak_memory, "rss"
+
+    def _report_step(self, loss: float, average: float, throughput: Throughput, images: int) -> None:
+        lrs, dlrs = current_lrs(self.optimizer)
+        allocated, reserved, peak, kind = self._memory()
+        self._peak_memory = max(self._peak_memory, peak)
+        rate = throughput.steps_per_second
+        total = self.plan.steps.max_train_steps
+        metrics = StepMetrics(step=self.step, epoch=self.epoch, total_steps=total, loss=loss, avg_loss=average,
+                              lr=lrs, dlr=dlrs, memory_allocated_mb=allocated, memory_reserved_mb=reserved,
+                              memory_peak_mb=peak, memory_kind=kind, it_per_s=rate,
+                              images_per_s=rate * images * self.config.training.gradient_accumulation_steps,
+                              eta_s=eta_seconds(self.step, total, rate),
+                              elapsed_s=self._wall_before + time.perf_counter() - self._train_started)
+        self._emit(metrics)
+        record = {"type": "step", **{k: v for k, v in metrics.__dict__.items() if k != "total_steps"}}
+        self._record(record)
+        if self._tensorboard:
+            values = {"loss/current": loss, "loss/average": average}
+            values.update({f"lr/{name}": value for name, value in lrs.items()})
+            values.update({f"lr/d*lr/{name}": value for name, value in dlrs.items()})
+            self._tensorboard.scalars(values, self.step)
+
+    def _record(self, record: dict) -> None:
+        if self._metrics is not None:
+            self._metrics.write(record)
+
+    def _after_step(self) -> None:
+        output, sampling = self.config.output, self.config.sampling
+        if self.control.take_save_request():
+            self._save_checkpoint("manual", with_state=True)
+        elif output.save_every_n_steps and self.step % output.save_every_n_steps == 0 \
+                and self.step < self.plan.steps.max_train_steps:
+            self._save_checkpoint("step", with_state=output.save_state)
+        if self.control.take_sample_request() or (sampling.every_n_steps and self.step % sampling.every_n_steps == 0):
+            self._sample(self.step, self.epoch)
+
+    def _after_epoch(self, epoch: int, finished: bool) -> None:
+        output, sampling = self.config.output, self.config.sampling
+        if output.save_every_n_epochs and epoch % output.save_every_n_epochs == 0 and not finished:
+            self._save_checkpoint("epoch", with_state=output.save_state)
+        if sampling.every_n_epochs and (epoch % sampling.every_n_epochs == 0 or finished):
+            self._sample(self.step, epoch)
+
+    # ------------------------------------------------------------------ saving
+    def _save_lora(self, path: Path, kind: str) -> str:
+        from core.kohya_format import to_kohya_state_dict
+        from core.lora_metadata import build_metadata, save_lora_file
+
+        self._status(f"saving {path.name}…", "saving")
+        config = self.config
+        tensors = to_kohya_state_dict(self.network.handles, SAVE_DTYPES[config.output.save_precision])
+        metadata = build_metadata(config, self.plan, epoch=self.epoch, step=self.step, session_id=self._session_id,
+                                  training_started_at=self._started, training_finished_at=None,
+                                  model_name=self.network.components.source, title=config.output.output_name,
+                                  num_processes=self.accelerator.num_processes)
+        save_lora_file(path, tensors, metadata)
+        self.last_checkpoint = str(path)
+        log.info("saved %s (%s)", path, kind)
+        self._status("training")
+        return str(path)
+
+    def _state(self) -> TrainingState:
+        torch_rng, python_rng, cuda_rng = capture_rng()
+        return TrainingState(
+            step=self.step, epoch=self.epoch, batch_in_epoch=getattr(self, "_batch_in_epoch", 0),
+            wall_seconds=self._wall_before + time.perf_counter() - getattr(self, "_train_started", time.perf_counter()),
+            lora=trainable_state(self.network.trained), optimizer=self.optimizer.state_dict(),
+            scheduler=self.lr_scheduler.state_dict(), generator=self.generator.get_state(), torch_rng=torch_rng,
+            python_rng=python_rng, cuda_rng=cuda_rng, loss_window=list(getattr(self, "_window", EpochWindowAverage(1))._values),
+            epoch_losses=list(getattr(self, "_epoch_losses", [])), peak_memory_mb=self._peak_memory)
+
+    def _save_checkpoint(self, kind: str, with_state: bool) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return
+        output = self.config.output
+        folder = self.run_dir / CHECKPOINT_DIR
+        folder.mkdir(exist_ok=True)
+        name = checkpoint_name(output.output_name, epoch=self.epoch) if kind == "epoch" else \
+            checkpoint_name(output.output_name, step=self.step)
+        path = self._save_lora(folder / name, kind)
+        state_path = str(save_state(self.run_dir / STATE_DIR, self._state())) if with_state else None
+        prune_checkpoints(folder, output.output_name, output.keep_last_n)
+        self._record({"type": "checkpoint", "path": path, "step": self.step, "epoch": self.epoch, "kind": kind})
+        self._emit(CheckpointSaved(path, self.step, self.epoch, kind, state_path))
+
+    def _sample(self, step: int, epoch: int) -> None:
+        if not self.is_main or not self.config.sampling.prompts.strip():
+            return
+        from core.prompts import parse_prompts
+        from core.training.sampling import generate, save_sample
+
+        components = self.network.components
+        prompts = parse_prompts(self.config.sampling.prompts, self.config.sampling)
+        was_training = {m: m.training for m in (components.unet, components.text_encoder)}
+        components.unet.eval()
+        components.text_encoder.eval()
+        try:
+            for index, prompt in enumerate(prompts):
+                self._status(f"sampling {index + 1}/{len(prompts)}…", "sampling")
+                image = generate(components, prompt, self.config.model.clip_skip, self.device, self.weight_dtype)
+                name = f"{self.config.output.output_name}_s{step:06d}_e{epoch:04d}_{index:02d}.png"
+                path = save_sample(image, self.run_dir / "samples", name, prompt, step, epoch)
+                self._record({"type": "sample", "path": str(path), "step": step, "epoch": epoch,
+                              "index": index, "prompt": prompt.prompt})
+                self._emit(SampleImage(str(path), prompt.prompt, step, epoch, index))
+        finally:
+            for module, mode in was_training.items():
+                module.train(mode)
+        self._status("training")
+
+    # ------------------------------------------------------------------ ending
+    def _finish(self, reason: str) -> Finished:
+        lora_path = None
+        if reason in ("completed", "stopped") and self.network is not None and self.run_dir is not None:
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                final = self.run_dir / f"{self.config.output.output_name}.safetensors"
+                lora_path = self._save_lora(final, "final")
+                state_path = None
+                if reason == "stopped" or self.config.output.save_state:
+                    state_path = str(save_state(self.run_dir / STATE_DIR, self._state()))
+                self._emit(CheckpointSaved(lora_path, self.step, self.epoch, "final", state_path))
+        wall = self._wall_seconds()
+        if self.summary is not None:
+            self._complete_summary(reason, lora_path, wall)
+        event = Finished(reason, str(self.run_dir) if self.run_dir else "", lora_path, self.step, self.epoch, wall)
+        log.info("finished: %s after %d steps", reason, self.step)
+        self._emit(event)
+        return event
+
+    def _wall_seconds(self) -> float:
+        if hasattr(self, "_train_started"):
+            return self._wall_before + time.perf_counter() - self._train_started
+        return self._wall_before
+
+    def _complete_summary(self, status: str, lora_path: str | None, wall: float, error: str | None = None) -> None:
+        summary = self.summary
+        summary.status, summary.steps, summary.epochs = status, self.step, self.epoch
+        summary.wall_seconds, summary.peak_vram_mb = wall, self._peak_memory
+        losses = getattr(self, "_epoch_losses", None)
+        window = getattr(self, "_window", None)
+        summary.final_loss = window._values[-1] if window is not None and window._values else None
+        summary.mean_last_epoch_loss = getattr(self, "_last_epoch_mean", None) if not losses else sum(losses) / len(losses)
+        summary.lora_path, summary.finished_at, summary.error = lora_path, time.time(), error
+        summary.last_checkpoint = self.last_checkpoint
+        try:
+            summary.write(self.run_dir)
+        except OSError as err:  # a full disk must not hide the original outcome
+            log.error("could not write the summary: %s", err)
+
+    def _fail(self, error: BaseException) -> Failed:
+        diagnosis = diagnose(error, self.config)
+        trace = format_traceback(error)
+        log.error("%s\n%s", diagnosis.summary, trace)
+        if self.summary is not None:
+            self._complete_summary("failed", None, self._wall_seconds(), diagnosis.summary)
+        log_path = str(self.run_dir / LOG) if self.run_dir else None
+        event = Failed(diagnosis.kind, diagnosis.summary, diagnosis.advice, trace, log_path,
+                       str(self.run_dir) if self.run_dir else None, self.last_checkpoint)
+        self._emit(event)
+        return event
+
+    def _cleanup(self) -> None:
+        for closer in (self._metrics, self._tensorboard):
+            if closer is not None:
+                try:
+                    closer.close()
+                except OSError:
+                    pass
+        if self._log_handler is not None:
+            logging.getLogger("lorakiln").removeHandler(self._log_handler)
+            self._log_handler.close()
+        # Release the model and optimizer now (an out-of-memory run must leave the GPU usable
+        # for the next run in the same process) and reset accelerate's process-wide state.
+        self.network = self.optimizer = self.lr_scheduler = self.trained_models = self.computer = None
+        self.dataset = None
+        distributed = self.accelerator is not None and self.accelerator.num_processes > 1
+        if self.accelerator is not None:
+            self.accelerator.free_memory()
+            self.accelerator = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        setup.reset_accelerate_state(distributed)
+        os.environ.pop("ACCELERATE_MIXED_PRECISION", None)

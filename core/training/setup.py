@@ -1,0 +1,157 @@
+"""Building what a run trains with: devices and precision, models with LoRA, optimizer,
+schedule, data loader and latent cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from core.config import Attention, DEMO_MODEL, LatentCache as CacheMode, MixedPrecision, TrainConfig
+from core.paths import user_cache_dir
+from core.training.optim import ParamGroup, build_optimizer, build_scheduler, group_lrs
+
+WEIGHT_DTYPES = {MixedPrecision.NO: torch.float32, MixedPrecision.FP16: torch.float16,
+                 MixedPrecision.BF16: torch.bfloat16}
+
+
+def choose_precision(config: TrainConfig, has_cuda: bool) -> tuple[MixedPrecision, str | None]:
+    """The precision to train in, and a note when the configured one cannot run here."""
+    wanted = config.training.mixed_precision
+    if wanted is MixedPrecision.FP16 and not has_cuda:
+        return MixedPrecision.NO, "fp16 mixed precision needs a CUDA GPU; training in fp32 on the CPU"
+    if wanted is MixedPrecision.BF16 and has_cuda and not torch.cuda.is_bf16_supported():
+        return MixedPrecision.FP16, "this GPU has no bf16 support; training in fp16 instead"
+    return wanted, None
+
+
+def make_accelerator(precision: MixedPrecision, grad_accum: int):  # noqa: ANN201 - Accelerator
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=precision.value, gradient_accumulation_steps=grad_accum,
+                       cpu=not torch.cuda.is_available())
+
+
+def reset_accelerate_state(distributed: bool) -> None:
+    """accelerate keeps process-wide state; a second run in the same process (queue, GUI)
+    with another precision must start clean. A distributed launch keeps its process group."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=not distributed)
+    GradientState._reset_state()
+
+
+@dataclass
+class Network:
+    components: object  # core.models.SDComponents
+    handles: object  # core.lora.LoraHandles
+    trained: dict[str, torch.nn.Module]  # "unet" / "textencoder" -> module with trainable LoRA
+
+
+def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
+                 cancelled: Callable[[], bool], status: Callable[[str], None]) -> Network:
+    from core.kohya_format import describe_lora, ensure_sd1, load_kohya_into, read_kohya_file
+    from core.lora import attach_lora
+    from core.models import load_base_model
+
+    components = load_base_model(config.model.base_model, vae=config.model.vae,
+                                 v_parameterization=config.model.v_parameterization,
+                                 cancelled=cancelled, status=status)
+    status("attaching LoRA…")
+    handles = attach_lora(components.unet, components.text_encoder, config.network)
+    if config.network.init_weights:
+        state, metadata = read_kohya_file(config.network.init_weights)
+        ensure_sd1(describe_lora(state, metadata), f"network.init_weights ({Path(config.network.init_weights).name})")
+        load_kohya_into(handles, state)
+    if config.training.attention is Attention.EAGER:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        components.unet.set_attn_processor(AttnProcessor())
+    if config.training.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+        if config.network.train_text_encoder:
+            components.text_encoder.gradient_checkpointing_enable()
+    # Frozen weights in the training precision, LoRA weights in fp32 (autocast mixes them);
+    # the VAE always in fp32: an fp16 VAE is the classic source of NaN latents.
+    for module in (components.unet, components.text_encoder):
+        for param in module.parameters():
+            param.data = param.data.to(device, torch.float32 if param.requires_grad else weight_dtype)
+        for buffer_name, buffer in list(module.named_buffers()):
+            if buffer.is_floating_point():
+                buffer.data = buffer.data.to(device, weight_dtype)
+            else:
+                buffer.data = buffer.data.to(device)
+    components.vae.to(device, torch.float32)
+    components.vae.requires_grad_(False)
+    components.vae.eval()
+    trained = {}
+    if config.network.train_unet:
+        trained["unet"] = components.unet
+    if config.network.train_text_encoder:
+        trained["textencoder"] = components.text_encoder
+    for module in (components.unet, components.text_encoder):
+        module.train(module in trained.values())
+    return Network(components, handles, trained)
+
+
+def param_groups(config: TrainConfig, network: Network) -> list[ParamGroup]:
+    unet_lr, text_lr = group_lrs(config.optimizer)
+    groups = []
+    if config.network.train_unet:
+        groups.append(ParamGroup("unet", network.handles.unet_params(), unet_lr))
+    if config.network.train_text_encoder:
+        groups.append(ParamGroup("textencoder", network.handles.text_encoder_params(), text_lr))
+    return groups
+
+
+def make_optimizer_and_schedule(config: TrainConfig, network: Network, total_steps: int):  # noqa: ANN201
+    optimizer = build_optimizer(param_groups(config, network), config.optimizer)
+    return optimizer, build_scheduler(optimizer, config.schedule, total_steps)
+
+
+def vae_identity(config: TrainConfig) -> str:
+    """What the cached latents depend on besides the image: which VAE encoded them."""
+    parts = []
+    for value in (config.model.base_model, config.model.vae):
+        if value and value != DEMO_MODEL and os.path.exists(value):
+            stat = os.stat(value)
+            parts.append(f"{os.path.abspath(value)}:{stat.st_size}:{stat.st_mtime_ns}")
+        else:
+            parts.append(value)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def make_latent_cache(config: TrainConfig):  # noqa: ANN201 - LatentCache | None
+    from core.latent_cache import LatentCache
+
+    mode = config.dataset.latent_cache
+    if mode is CacheMode.OFF:
+        return None
+    folder = user_cache_dir() / "latents" if mode is CacheMode.DISK else None
+    return LatentCache(mode.value, folder, vae_identity(config))
+
+
+def vae_encoder(components, device: torch.device, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:  # noqa: ANN001
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    @torch.no_grad()
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        distribution = components.vae.encode(pixels.to(device, torch.float32)).latent_dist
+        noise = torch.randn(distribution.mean.shape, generator=generator).to(device)
+        latents = distribution.mean + distribution.std * noise  # a sample, as sd-scripts caches
+        return (latents * components.vae_scale_factor).float().cpu()
+
+    return encode
+
+
+def shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """This process's batches: every world-th, the list padded by wrapping so every process
+    runs the same number of steps (as a distributed sampler does)."""
+    if world <= 1 or not indices:
+        return indices
+    padded = indices + indices[: (-len(indices)) % world]
+    return padded[rank::world]
