@@ -17,6 +17,9 @@ def make_app() -> QApplication:
     app.setApplicationName("LoRA Kiln")
     app.setOrganizationName("LoRA Kiln")
     app.setApplicationVersion(__version__)
+    from gui import theme
+
+    theme.apply(app)
     return app  # type: ignore[return-value]
 
 
