@@ -95,3 +95,20 @@ def test_ctrl_c_stops_saves_and_resume_finishes(tmp_path):
                              capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"completed: {summary['steps'] + 2} steps" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_batches_and_only_the_main_one_writes(tmp_path):
+    # accelerate on a CPU needs MPI for several processes; torchrun starts the same
+    # distributed setup (gloo) that `accelerate launch --multi_gpu` starts on GPUs.
+    preset = _preset(tmp_path, steps=4)  # 5 batches per epoch -> 3 steps per epoch on 2 processes
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "core.cli", "train", str(preset)],
+                            capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 steps, 2 epochs, 5 batches per epoch" in result.stdout
+    assert result.stdout.count("completed: 4 steps") == 1  # one process reports
+    [run_dir] = list((tmp_path / "runs").iterdir())  # one run folder, written by the main process
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "step"]
+    assert steps == [1, 2, 3, 4]

@@ -410,9 +410,11 @@ class Trainer:
     # ------------------------------------------------------------------ ending
     def _finish(self, reason: str) -> Finished:
         lora_path = None
-        if reason in ("completed", "stopped") and self.network is not None and self.run_dir is not None:
+        if reason in ("completed", "stopped") and self.network is not None:
+            # Every process meets here (only the main one has a run folder and saves), so
+            # none leaves while the others are still inside a collective operation.
             self.accelerator.wait_for_everyone()
-            if self.is_main:
+            if self.is_main and self.run_dir is not None:
                 final = self.run_dir / f"{self.config.output.output_name}.safetensors"
                 lora_path = self._save_lora(final, "final")
                 state_path = None
