@@ -162,3 +162,10 @@ def test_a_full_disk_is_named():
     import errno
     diagnosis = diagnose(OSError(errno.ENOSPC, "No space left on device"), TrainConfig())
     assert diagnosis.kind == "disk"
+
+
+def test_a_starting_lora_of_other_dims_is_a_config_problem_naming_the_field():
+    from core.kohya_format import KohyaFormatError
+    diagnosis = diagnose(KohyaFormatError("the file has dim 16, alpha 8; the settings say dim 4, alpha 1"),
+                         TrainConfig())
+    assert diagnosis.kind == "config" and diagnosis.summary.startswith("network.init_weights")

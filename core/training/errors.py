@@ -79,8 +79,14 @@ def diagnose(error: BaseException, config: TrainConfig) -> Diagnosis:
         return Diagnosis("data", str(error), ("fix the dataset settings named above",))
     if isinstance(error, OptimizerSetupError):
         return Diagnosis("config", str(error), ("change the optimizer settings named above",))
-    if type(error).__name__ in ("ModelLoadError",):
-        return Diagnosis("model", str(error), ("choose another base model file",))
+    if type(error).__name__ == "ModelLoadError":
+        return Diagnosis("model", str(error), ("choose another base model (model.base_model)",))
+    if type(error).__name__ == "KohyaFormatError":
+        return Diagnosis("config", f"network.init_weights: {error}",
+                         ("set network.dim / network.alpha to the file's values, or choose another "
+                          "starting LoRA",))
+    if type(error).__name__ == "ImageLoadError":
+        return Diagnosis("data", str(error), ("replace or remove that image, then plan the dataset again",))
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return Diagnosis("disk", f"The disk is full: {error}.",
                          ("free space on the output drive or choose another output.output_dir",
