@@ -14,7 +14,10 @@ from core import __version__
 # --help` and the GUI's start stay fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check": ("core.cmd_check", "validate a preset (with --set overrides) and print the result"),
+    "export-kohya": ("core.cmd_export_kohya", "write a preset as sd-scripts config and dataset config TOMLs"),
     "gui": ("core.cmd_gui", "open the desktop app, optionally on a preset"),
+    "import-kohya": ("core.cmd_import_kohya", "turn a kohya_ss JSON or sd-scripts TOML config into a preset"),
+    "inspect": ("core.cmd_inspect", "show what a LoRA file holds and how it was trained"),
     "plan": ("core.cmd_plan", "show the buckets, batches and steps a dataset trains with"),
     "train": ("core.cmd_train", "train a LoRA from a preset, headless (Ctrl+C stops and saves)"),
 }

@@ -58,12 +58,12 @@ def group_lrs(opt: OptimizerParams) -> tuple[float, float]:
 
 def optimizer_description(opt: OptimizerParams) -> str:
     """Kohya's ss_optimizer form: "module.Class(key=value,...)"."""
-    cls, kwargs = _optimizer_class_and_kwargs(opt, check_only=True)
+    cls, kwargs = optimizer_class_and_kwargs(opt, check_only=True)
     args = ",".join(f"{k}={v}" for k, v in kwargs.items())
     return f"{cls.__module__}.{cls.__name__}({args})"
 
 
-def _optimizer_class_and_kwargs(opt: OptimizerParams, check_only: bool = False) -> tuple[type, dict[str, Any]]:
+def optimizer_class_and_kwargs(opt: OptimizerParams, check_only: bool = False) -> tuple[type, dict[str, Any]]:
     kind = opt.type
     betas = tuple(opt.betas)
     if kind is OptimizerType.ADAMW:
@@ -117,7 +117,7 @@ def _adamw8bit(check_only: bool) -> type:
 
 
 def build_optimizer(groups: list[ParamGroup], opt: OptimizerParams) -> torch.optim.Optimizer:
-    cls, kwargs = _optimizer_class_and_kwargs(opt)
+    cls, kwargs = optimizer_class_and_kwargs(opt)
     param_groups = [{"params": g.params, "lr": g.lr, "name": g.name} for g in groups if g.params]
     if not param_groups:
         raise OptimizerSetupError("network: there are no trainable parameters")
