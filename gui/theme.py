@@ -16,6 +16,7 @@ ERROR = "#C0392B"
 OK = "#1E8449"
 CROP_OVERLAY = QColor(0, 0, 0, 120)  # the part of an image that training crops away
 BUCKET_FRAME = QColor("#E69F00")
+DISABLED_TEXT = "#9a9a9a"
 PLOT_BACKGROUND = "w"
 PLOT_FOREGROUND = "#333333"
 
@@ -35,6 +36,10 @@ def apply(app: QApplication) -> None:
     palette.setColor(QPalette.ColorRole.Highlight, QColor(ACCENT))
     palette.setColor(QPalette.ColorRole.HighlightedText, QColor("#ffffff"))
     palette.setColor(QPalette.ColorRole.PlaceholderText, QColor("#8a8a8a"))
+    # setColor(role, colour) sets every colour group, Disabled included: without these a
+    # disabled button or label would look exactly like an enabled one.
+    for role in (QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText, QPalette.ColorRole.Text):
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor(DISABLED_TEXT))
     app.setPalette(palette)
 
 

@@ -1,0 +1,73 @@
+"""The Training tab's command row: Start, Pause/Resume, Stop, Cancel, Save now, Sample now
+and the phase label, with each button enabled only where its command means something."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from gui import theme
+
+IDLE, RUNNING, PAUSED, STOPPING = "idle", "running", "paused", "stopping"
+START_TIP = "Train a LoRA with the current settings"
+SAMPLE_TIP = "Generate the sample prompts after this step"
+
+
+class RunControls(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.start_button = _button("Start", START_TIP)
+        self.pause_button = _button("Pause", "Hold training after the current step")
+        self.stop_button = _button("Stop", "Finish the current step, save the LoRA and end")
+        self.cancel_button = _button("Cancel", "End now without saving")
+        self.save_button = _button("Save now", "Save a checkpoint (and training state) after this step")
+        self.sample_button = _button("Sample now", SAMPLE_TIP)
+        self.status_label = QLabel("Ready")
+        self.status_label.setStyleSheet("font-weight: bold")
+        self.blocked_label = QLabel()
+        self.blocked_label.setWordWrap(True)
+        self.blocked_label.setStyleSheet(f"color: {theme.ERROR}")
+        self.blocked_label.hide()
+
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        for button in (self.start_button, self.pause_button, self.stop_button, self.cancel_button):
+            row.addWidget(button)
+        separator = QFrame()
+        separator.setFrameShape(QFrame.Shape.VLine)
+        row.addWidget(separator)
+        row.addWidget(self.save_button)
+        row.addWidget(self.sample_button)
+        row.addSpacing(12)
+        row.addWidget(self.status_label, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.blocked_label)
+
+    def show_blocked(self, reasons: list[str]) -> None:
+        """Why Start is disabled: the first reason in a label, all of them in the tooltip."""
+        if reasons:
+            more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+            self.blocked_label.setText(f"Cannot start: {reasons[0]}{more}")
+            self.start_button.setToolTip("Cannot start:\n" + "\n".join(f"• {r}" for r in reasons))
+        else:
+            self.start_button.setToolTip(START_TIP)
+        self.blocked_label.setVisible(bool(reasons))
+
+    def show_state(self, state: str, *, blocked: bool, has_prompts: bool) -> None:
+        active = state in (RUNNING, PAUSED)
+        self.start_button.setEnabled(state == IDLE and not blocked)
+        self.pause_button.setEnabled(active)
+        self.pause_button.setText("Resume" if state == PAUSED else "Pause")
+        self.stop_button.setEnabled(active)
+        self.cancel_button.setEnabled(active)
+        # The engine takes save and sample requests between steps, which a pause holds back.
+        self.save_button.setEnabled(state == RUNNING)
+        self.sample_button.setEnabled(state == RUNNING and has_prompts)
+        self.sample_button.setToolTip(SAMPLE_TIP if has_prompts or state == IDLE else "This run has no sample prompts")
+
+
+def _button(text: str, tip: str) -> QPushButton:
+    button = QPushButton(text)
+    button.setToolTip(tip)
+    return button

@@ -1,0 +1,337 @@
+"""The Training tab: start, pause, stop and cancel a run of the open project and watch it —
+progress, live plots, samples and a log. The engine runs in ``TrainingWorker``'s thread; this
+tab only receives its events (queued signals) and sends commands through it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import (QGridLayout, QMessageBox, QPlainTextEdit, QProgressBar, QSplitter,
+                               QVBoxLayout, QWidget)
+
+from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, PhaseProgress, RunStarted,
+                                  SampleImage, Status, StepMetrics)
+from core.training.metrics import format_duration
+from gui.error_dialog import ErrorDialog
+from gui.project import Project
+from gui.run_controls import IDLE, PAUSED, RUNNING, STOPPING, RunControls
+from gui.sample_strip import SampleStrip
+from gui.training_plots import TrainingPlots
+from gui.worker import TrainingWorker
+
+TICK_MS = 50  # the throttle keeps redraws at <= 10/s; a finer tick just lands them on time
+LOG_LINES = 5000
+PHASE_NAMES = {"loading": "Loading", "caching": "Caching latents", "training": "Training", "paused": "Paused",
+               "sampling": "Sampling", "saving": "Saving"}
+
+
+class TrainingTab(QWidget):
+    run_finished = Signal(object)  # Finished or Failed
+    running_changed = Signal(bool)
+
+    def __init__(self, project: Project, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.project = project
+        self.state = IDLE
+        self.run_config = None  # the snapshot the current (or last) run trains
+        self.run_dir: str | None = None
+        self.last_result: Finished | Failed | None = None
+        self._blocked: list[str] = []
+        self._total_steps = self._epochs = 0
+        self._latest: StepMetrics | None = None
+        self._progress_dirty = False
+        self._last_status = ""
+        self._logged_training = False
+
+        self._worker = TrainingWorker()
+        self._worker.event.connect(self._on_worker_event)
+        self._worker.finished.connect(self._on_worker_finished)
+        self.plots = TrainingPlots()
+        self._build()
+        self._timer = QTimer(self)
+        self._timer.setInterval(TICK_MS)
+        self._timer.timeout.connect(self._on_redraw_timer_timeout)
+        self._timer.start()
+        self._update_buttons()
+
+    # ---------------------------------------------------------------- layout
+    def _build(self) -> None:
+        self.controls = RunControls()
+        controls = self.controls
+        # The buttons under their own names: the main window and tests reach them here.
+        self.start_button, self.pause_button = controls.start_button, controls.pause_button
+        self.stop_button, self.cancel_button = controls.stop_button, controls.cancel_button
+        self.save_button, self.sample_button = controls.save_button, controls.sample_button
+        self.status_label, self.blocked_label = controls.status_label, controls.blocked_label
+        for button, slot in ((self.start_button, self._on_start_button_clicked),
+                             (self.pause_button, self._on_pause_button_clicked),
+                             (self.stop_button, self._on_stop_button_clicked),
+                             (self.cancel_button, self._on_cancel_button_clicked),
+                             (self.save_button, self._on_save_button_clicked),
+                             (self.sample_button, self._on_sample_button_clicked)):
+            button.clicked.connect(slot)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("not started")
+
+        grid_widget = QWidget()
+        grid = QGridLayout(grid_widget)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setSpacing(6)
+        self.samples = SampleStrip()
+        samples_box = self.samples.titled("Samples")
+        plots = self.plots
+        for widget, row, column in ((plots.loss, 0, 0), (plots.epoch_loss, 0, 1), (samples_box, 0, 2),
+                                    (plots.lr, 1, 0), (plots.dlr, 1, 1), (plots.memory, 1, 2)):
+            grid.addWidget(widget, row, column)
+        for column in range(3):
+            grid.setColumnStretch(column, 1)
+
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(LOG_LINES)
+        self.log.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.log.setPlaceholderText("Status messages, checkpoints, epoch summaries and errors appear here.")
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(grid_widget)
+        splitter.addWidget(self.log)
+        splitter.setStretchFactor(0, 4)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([700, 140])  # room for a handful of log lines from the start
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(controls)
+        layout.addWidget(self.progress)
+        layout.addWidget(splitter, 1)
+
+    # ---------------------------------------------------------------- public API
+    def start(self, config: object | None = None, resume_from: Path | None = None) -> bool:
+        """Train the project's current settings (a snapshot: later edits do not reach the
+        run), or ``config`` when given; ``resume_from`` continues a stopped run's folder.
+        False when a run is going or starting is blocked."""
+        if self.is_running() or self._blocked:
+            return False
+        self.run_config = config if config is not None else self.project.snapshot()
+        self._reset_view()
+        self._worker.start(self.run_config, self.project.description, self.project.base_dir, resume_from)
+        self._append_log(f"starting “{self.run_config.output.output_name}”")
+        self._set_state(RUNNING)
+        self.status_label.setText("Starting…")
+        self.progress.setRange(0, 0)  # busy until the engine reports a phase with a size
+        self.progress.setFormat("starting…")
+        self.running_changed.emit(True)
+        return True
+
+    def is_running(self) -> bool:
+        return self.state != IDLE
+
+    def request_stop_and_wait(self, timeout_ms: int) -> bool:
+        """Stop (the LoRA is saved) and block until the run has ended: for closing the
+        window mid-run. True when it ended within ``timeout_ms``."""
+        if not self.is_running():
+            return True
+        self.stop()
+        return self._worker.wait(timeout_ms)
+
+    def set_start_blocked(self, reasons: list[str]) -> None:
+        """While the configuration has errors, Start is disabled and says why."""
+        self._blocked = list(reasons)
+        self.controls.show_blocked(self._blocked)
+        self._update_buttons()
+
+    def pause(self) -> None:
+        if self.state == RUNNING:
+            self._worker.pause()
+            self._set_state(PAUSED)
+            self.status_label.setText("Pausing after this step…")
+
+    def resume(self) -> None:
+        if self.state == PAUSED:
+            self._worker.resume()
+            self._set_state(RUNNING)
+            self.status_label.setText("Resuming…")
+
+    def stop(self) -> None:
+        if self.state in (RUNNING, PAUSED):
+            self._worker.stop()
+            self._set_state(STOPPING)
+            self.status_label.setText("Stopping: finishing this step and saving…")
+            self._append_log("stop requested: the LoRA will be saved")
+
+    def cancel(self, confirm: bool = True) -> bool:
+        if self.state not in (RUNNING, PAUSED) or (confirm and not self.confirm_cancel()):
+            return False
+        self._worker.cancel()
+        self._set_state(STOPPING)
+        self.status_label.setText("Cancelling…")
+        self._append_log("cancel requested: nothing more will be saved")
+        return True
+
+    def save_now(self) -> None:
+        if self.state == RUNNING:
+            self._worker.save_now()
+            self._append_log("save requested: a checkpoint follows this step")
+
+    def sample_now(self) -> None:
+        if self.state == RUNNING:
+            self._worker.sample_now()
+            self._append_log("samples requested after this step")
+
+    def confirm_cancel(self) -> bool:
+        answer = QMessageBox.question(
+            self, "Cancel training", "Cancel without saving?\n\nThe run ends now; training since the last "
+            "checkpoint is lost.", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def show_error(self, failed: Failed) -> None:
+        """Shows the error dialog; tests replace this to capture the failure instead."""
+        dialog = ErrorDialog(failed, self)  # owned by the tab until closed
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+
+    # ---------------------------------------------------------------- state
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        has_prompts = self.run_config is not None and bool(self.run_config.sampling.prompts.strip())
+        self.controls.show_state(self.state, blocked=bool(self._blocked), has_prompts=has_prompts)
+
+    def _reset_view(self) -> None:
+        self.plots.clear()
+        self.samples.clear()
+        self._latest = None
+        self._total_steps = self._epochs = 0
+        self._last_status = ""
+        self._logged_training = False
+        self.run_dir = None
+        self.last_result = None
+
+    # ---------------------------------------------------------------- events (GUI thread)
+    @Slot(object)
+    def _on_worker_event(self, event: object) -> None:
+        # Called once per engine event, maybe thousands a second: only store and append
+        # here; widgets are updated from the timer.
+        if isinstance(event, StepMetrics):
+            self.plots.add_step(event)
+            self._latest = event
+            self._progress_dirty = True
+        elif isinstance(event, Status):
+            self._on_status(event)
+        elif isinstance(event, PhaseProgress):
+            self.progress.setRange(0, max(1, event.total))
+            self.progress.setValue(event.done)
+            name = PHASE_NAMES.get(event.phase, event.phase).lower()
+            self.progress.setFormat(f"{name} {event.done}/{event.total}")
+        elif isinstance(event, EpochMetrics):
+            self.plots.add_epoch(event)
+            self._append_log(f"epoch {event.epoch}/{self._epochs} done at step {event.step}: "
+                             f"mean loss {event.mean_loss:.4f}")
+        elif isinstance(event, CheckpointSaved):
+            state = " (with training state)" if event.state_path else ""
+            self._append_log(f"saved {event.kind} checkpoint at step {event.step}{state}: {event.path}")
+        elif isinstance(event, SampleImage):
+            self.samples.add_sample(event)
+            self._append_log(f"sample at step {event.step}: {event.prompt}")
+        elif isinstance(event, RunStarted):
+            self._total_steps, self._epochs, self.run_dir = event.total_steps, event.epochs, event.run_dir
+            self._append_log(f"run folder {event.run_dir}: {event.total_steps} steps, {event.epochs} epochs, "
+                             f"{event.batches_per_epoch} batches per epoch")
+        # Finished and Failed also arrive here; they are handled once, from ``finished``.
+
+    def _on_status(self, status: Status) -> None:
+        # "training" follows every save and sample: worth a log line only the first time.
+        repeat = status.text == self._last_status or (status.text == "training" and self._logged_training)
+        if not repeat:
+            self._append_log(status.text)
+        self._logged_training |= status.text == "training"
+        self._last_status = status.text
+        if self.state == STOPPING:
+            return  # keep saying that it is stopping
+        if status.phase == "paused" or self.state != PAUSED:
+            name = PHASE_NAMES.get(status.phase, status.phase.capitalize())
+            text = status.text if status.text.lower().startswith(status.phase[:4]) else f"{name}: {status.text}"
+            self.status_label.setText(text[:1].upper() + text[1:])
+        if status.phase == "loading" and self._latest is None:
+            self.progress.setRange(0, 0)
+            self.progress.setFormat("loading…")
+        elif status.phase == "training":
+            self._progress_dirty = True
+
+    @Slot(object)
+    def _on_worker_finished(self, result: Finished | Failed) -> None:
+        self.last_result = result
+        self.plots.redraw_now()
+        self._update_progress()
+        if isinstance(result, Failed):
+            self.status_label.setText(f"Failed: {result.summary}")
+            self._append_log(f"FAILED: {result.summary}")
+            for line in result.advice:
+                self._append_log(f"  - {line}")
+            if result.log_path:
+                self._append_log(f"  log: {result.log_path}")
+        else:
+            took = format_duration(result.wall_seconds)
+            saved = f": {result.lora_path}" if result.lora_path else " (nothing saved)"
+            self.status_label.setText(f"{result.reason.capitalize()} after {result.steps} steps")
+            self._append_log(f"{result.reason} after {result.steps} steps in {took}{saved}")
+        self._set_state(IDLE)
+        self.running_changed.emit(False)
+        if isinstance(result, Failed):
+            self.show_error(result)
+        self.run_finished.emit(result)
+
+    def _on_redraw_timer_timeout(self) -> None:
+        self.plots.tick()
+        if self._progress_dirty:
+            self._update_progress()
+
+    def _update_progress(self) -> None:
+        self._progress_dirty = False
+        metrics = self._latest
+        if metrics is None:
+            return
+        total = metrics.total_steps or self._total_steps
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(metrics.step)
+        self.progress.setFormat(progress_text(metrics, self._epochs))
+
+    def _append_log(self, text: str) -> None:
+        self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
+
+    # ---------------------------------------------------------------- buttons
+    def _on_start_button_clicked(self) -> None:
+        self.start()
+
+    def _on_pause_button_clicked(self) -> None:
+        if self.state == PAUSED:
+            self.resume()
+        else:
+            self.pause()
+
+    def _on_stop_button_clicked(self) -> None:
+        self.stop()
+
+    def _on_cancel_button_clicked(self) -> None:
+        self.cancel()
+
+    def _on_save_button_clicked(self) -> None:
+        self.save_now()
+
+    def _on_sample_button_clicked(self) -> None:
+        self.sample_now()
+
+
+def progress_text(metrics: StepMetrics, epochs: int) -> str:
+    """"step 120/1600 · epoch 2/10 · 1.85 it/s · ETA 12:34"."""
+    epoch = f"epoch {metrics.epoch}/{epochs}" if epochs else f"epoch {metrics.epoch}"
+    return (f"step {metrics.step}/{metrics.total_steps} · {epoch} · {metrics.it_per_s:.2f} it/s · "
+            f"ETA {format_duration(metrics.eta_s)}")

@@ -1,0 +1,86 @@
+"""Screenshots of the Training tab during and after a tiny run of the demo model, for the docs.
+
+Run from the repository root: ``QT_QPA_PLATFORM=offscreen python packaging/screenshots/training_tab.py``.
+It trains 40 steps (samples every 10), grabs the tab after ~20 steps to
+docs/screenshots/training_running.png and after the run to docs/screenshots/training.png.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+
+from gui.app import make_app  # noqa: E402
+from gui.project import Project  # noqa: E402
+from gui.training_tab import TrainingTab  # noqa: E402
+from tests.engine_fixtures import tiny_config  # noqa: E402
+
+OUTPUT = ROOT / "docs" / "screenshots" / "training.png"
+RUNNING = ROOT / "docs" / "screenshots" / "training_running.png"
+STEPS = 40
+TIMEOUT_S = 120
+
+
+def _wait(app, done) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        app.processEvents()
+        if done():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _settle(app, seconds: float = 0.3) -> None:  # noqa: ANN001
+    # Let the throttled redraw and the repaints after it happen before grabbing.
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def main() -> int:
+    app = make_app()
+    project = Project()
+    tab = TrainingTab(project)
+    tab.resize(1400, 900)
+    tab.show()
+    finished: list[object] = []
+    tab.run_finished.connect(finished.append)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = tiny_config(Path(tmp), steps=STEPS)
+        config.sampling.prompts = "kiln, blue background --w 64 --h 64 --s 8\nkiln on a table --w 64 --h 64 --s 8"
+        config.sampling.every_n_steps = 10
+        project.config = config
+        tab.start()
+        if not _wait(app, lambda: len(tab.plots.loss.series("raw")) >= STEPS // 2 or finished):
+            print("training did not reach the middle", file=sys.stderr)
+            return 1
+        _settle(app, 0.15)
+        RUNNING.parent.mkdir(parents=True, exist_ok=True)
+        running_ok = tab.grab().save(str(RUNNING))
+        if not _wait(app, lambda: bool(finished)):
+            tab.request_stop_and_wait(30_000)
+            print("training did not finish", file=sys.stderr)
+            return 1
+        _settle(app)
+        ok = tab.grab().save(str(OUTPUT)) and running_ok
+    if not ok:
+        print(f"could not write {OUTPUT}", file=sys.stderr)
+        return 1
+    print(RUNNING)
+    print(OUTPUT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
