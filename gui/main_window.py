@@ -1,83 +1,290 @@
-"""The main window. This issue's version shows the open preset and its validation;
-the Dataset, Parameters, Training and Runs tabs are built over it in later issues."""
+"""The main window: the Dataset, Parameters and Training tabs over one Project, the File and
+Help menus, remembered window state and last preset, and care for unsaved work."""
 
 from __future__ import annotations
 
-import html
+import logging
 from pathlib import Path
 
-from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox, QTextBrowser
+from PySide6.QtCore import QSettings, QUrl
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from core import __version__
-from core.presets import LoadedPreset, PresetError, find_preset, load_preset
-from core.validation import ERROR, validate
+from core.paths import log_dir, user_data_dir, user_presets_dir
+from core.presets import PresetError, builtin_preset_names, find_preset, load_preset
+from core.resources import resource_path
+from gui.project import Project
+
+log = logging.getLogger("lorakiln.gui")
+MAX_RECENT = 8
+SAVE, DISCARD, CANCEL = "save", "discard", "cancel"
+
+
+def settings() -> QSettings:
+    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "LoRA Kiln", "LoRA Kiln")
 
 
 class MainWindow(QMainWindow):
     def __init__(self) -> None:
         super().__init__()
-        self.setWindowTitle("LoRA Kiln")
-        self.resize(1000, 700)
-        self.preset: LoadedPreset | None = None
-        self._summary = QTextBrowser()
-        self._summary.setOpenExternalLinks(False)
-        self.setCentralWidget(self._summary)
+        self.project = Project()
+        self.resize(1280, 860)
+        self._build_tabs()
         self._build_menus()
+        self._dirty_label = QLabel()
+        self.statusBar().addPermanentWidget(self._dirty_label)
         self.statusBar().showMessage("Ready")
+        self.project.loaded.connect(self._on_project_loaded)
+        self.project.dirty_changed.connect(self._on_project_dirty_changed)
+        self._update_title()
+        geometry = settings().value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        # Hooks the tests replace: questions and messages that would block offscreen.
+        self.ask_unsaved = self._ask_unsaved
+        self.ask_stop_training = self._ask_stop_training
+        self.show_message = lambda title, text: QMessageBox.warning(self, title, text)
+
+    # ------------------------------------------------------------------ building
+    def _build_tabs(self) -> None:
+        from gui.dataset_tab import DatasetTab
+        from gui.parameters_tab import ParametersTab
+        from gui.training_tab import TrainingTab
+
+        self.tabs = QTabWidget()
+        self.dataset_tab = DatasetTab(self.project)
+        self.parameters_tab = ParametersTab(self.project)
+        self.training_tab = TrainingTab(self.project)
+        self.tabs.addTab(self.dataset_tab, "Dataset")
+        self.tabs.addTab(self.parameters_tab, "Parameters")
+        self.tabs.addTab(self.training_tab, "Training")
+        self.setCentralWidget(self.tabs)
+        self.parameters_tab.validity_changed.connect(self._on_parameters_validity_changed)
+        self.parameters_tab.problem_activated.connect(self._on_parameters_problem_activated)
+        messages = self.parameters_tab.error_messages()  # the tab checked once while being built
+        self.training_tab.set_start_blocked(messages)
+        self.training_tab.running_changed.connect(self._on_training_running_changed)
+
+    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:  # noqa: ANN001
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(shortcut)
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        return action
 
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
-        open_action = QAction("&Open preset…", self)
-        open_action.setShortcut(QKeySequence.StandardKey.Open)
-        open_action.triggered.connect(self._on_open_triggered)
-        file_menu.addAction(open_action)
+        self._action(file_menu, "&New", self._on_new_triggered, QKeySequence.StandardKey.New)
+        self._action(file_menu, "&Open preset…", self._on_open_triggered, QKeySequence.StandardKey.Open)
+        builtin = file_menu.addMenu("Open &built-in preset")
+        for name in builtin_preset_names():
+            self._action(builtin, name, lambda _=False, n=name: self.open_preset(str(find_preset(n))))
+        self.recent_menu = file_menu.addMenu("Open &recent")
+        self._rebuild_recent_menu()
         file_menu.addSeparator()
-        quit_action = QAction("&Quit", self)
-        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
-        quit_action.triggered.connect(self.close)
-        file_menu.addAction(quit_action)
+        self._action(file_menu, "&Save", self._on_save_triggered, QKeySequence.StandardKey.Save)
+        self._action(file_menu, "Save &as…", self._on_save_as_triggered, QKeySequence.StandardKey.SaveAs)
+        file_menu.addSeparator()
+        self._action(file_menu, "&Import Kohya config…", self._on_import_triggered)
+        self._action(file_menu, "Inspect &LoRA file…", self._on_inspect_triggered)
+        file_menu.addSeparator()
+        self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         help_menu = self.menuBar().addMenu("&Help")
-        about_action = QAction("&About LoRA Kiln", self)
-        about_action.triggered.connect(self._on_about_triggered)
-        help_menu.addAction(about_action)
+        self._action(help_menu, "&About LoRA Kiln", self._on_about_triggered)
+        self._action(help_menu, "Open &log folder", self._on_open_log_folder_triggered)
 
-    def open_preset_ref(self, ref: str) -> bool:
-        """Open a preset file or built-in preset name; errors are shown, never swallowed."""
-        try:
-            self.show_preset(load_preset(find_preset(ref)))
-        except PresetError as err:
-            QMessageBox.warning(self, "Cannot open preset", str(err))
-            self.statusBar().showMessage(f"Could not open {ref}")
+    # ------------------------------------------------------------------ presets
+    def open_initial_preset(self) -> None:
+        """The last preset of the previous session, else the demo project."""
+        last = settings().value("project/last_preset", "")
+        if last and Path(last).is_file() and self.open_preset(last, remember=False):
+            return
+        self.open_preset(str(find_preset("demo")), remember=False)
+
+    def open_preset(self, path: str, remember: bool = True) -> bool:
+        if not self._confirm_discard():
             return False
+        try:
+            loaded = load_preset(path)
+        except PresetError as err:
+            self.show_message("Cannot open preset", str(err))
+            self.statusBar().showMessage(f"Could not open {path}")
+            return False
+        builtin = Path(path).resolve().is_relative_to(resource_path("presets").resolve())
+        self.project.load(loaded, builtin=builtin)
+        if remember and not builtin:
+            self._remember(path)
+        settings().setValue("project/last_preset", str(Path(path).resolve()))
+        self.statusBar().showMessage(f"Opened {path}")
         return True
 
-    def show_preset(self, loaded: LoadedPreset) -> None:
-        self.preset = loaded
-        name = Path(loaded.path).stem if loaded.path else "untitled"
-        self.setWindowTitle(f"{name} — LoRA Kiln")
-        problems = validate(loaded.config)
-        rows = "".join(
-            f"<li><b>{p.severity}</b> {html.escape(str(p))}</li>" for p in problems
-        ) or "<li>No problems: this configuration can be trained.</li>"
-        cfg = loaded.config
-        self._summary.setHtml(
-            f"<h2>{html.escape(name)}</h2><p>{html.escape(loaded.description)}</p>"
-            f"<p>Base model: <code>{html.escape(cfg.model.base_model or '(none)')}</code><br>"
-            f"Image folders: <code>{html.escape(', '.join(s.image_dir for s in cfg.dataset.subsets) or '(none)')}</code><br>"
-            f"Resolution: {cfg.dataset.resolution[0]}x{cfg.dataset.resolution[1]}, "
-            f"batch size {cfg.training.batch_size}, optimizer {cfg.optimizer.type.value}</p>"
-            f"<h3>Validation</h3><ul>{rows}</ul>"
-        )
-        n_errors = sum(p.severity == ERROR for p in problems)
-        self.statusBar().showMessage(f"Opened {loaded.path}" + (f" — {n_errors} error(s)" if n_errors else ""))
+    def save(self) -> bool:
+        if self.project.path is None or self.project.builtin:
+            return self.save_as()
+        return self._save_to(self.project.path)
+
+    def save_as(self, path: str | None = None) -> bool:
+        if path is None:
+            start = str(user_presets_dir() / f"{self.project.name}.toml")
+            user_presets_dir().mkdir(parents=True, exist_ok=True)
+            path, _ = QFileDialog.getSaveFileName(self, "Save preset as", start, "LoRA Kiln presets (*.toml)")
+            if not path:
+                return False
+            if not path.endswith(".toml"):
+                path += ".toml"
+        return self._save_to(Path(path))
+
+    def _save_to(self, path: Path) -> bool:
+        try:
+            self.project.save(path)
+        except OSError as err:
+            self.show_message("Cannot save preset", f"{path}: {err.strerror or err}\nNothing was changed on disk.")
+            return False
+        self._remember(str(path))
+        settings().setValue("project/last_preset", str(path.resolve()))
+        self.statusBar().showMessage(f"Saved {path}")
+        self._update_title()
+        return True
+
+    def import_kohya(self, paths: list[str]) -> bool:
+        from core.kohya_import import KohyaImportError, import_kohya
+
+        if not self._confirm_discard():
+            return False
+        try:
+            result = import_kohya([Path(p) for p in paths])
+        except KohyaImportError as err:
+            self.show_message("Cannot import", str(err))
+            return False
+        from core.presets import LoadedPreset
+
+        self.project.load(LoadedPreset(result.config, None, f"imported from {', '.join(Path(p).name for p in paths)}"))
+        self.project.mark_dirty()  # an imported config is unsaved work
+        report = [f"{len(result.mapped)} settings imported."]
+        if result.unsupported:
+            report.append(f"{len(result.unsupported)} not supported by LoRA Kiln:")
+            report += [f"  {key} = {value!r}: {reason}" for key, value, reason in result.unsupported[:40]]
+        report += result.warnings
+        self.last_import_report = "\n".join(report)
+        self.show_message("Kohya config imported", self.last_import_report)
+        return True
+
+    def _remember(self, path: str) -> None:
+        store = settings()
+        recent = [p for p in (store.value("project/recent", []) or []) if p != str(Path(path).resolve())]
+        recent.insert(0, str(Path(path).resolve()))
+        store.setValue("project/recent", recent[:MAX_RECENT])
+        self._rebuild_recent_menu()
+
+    def _rebuild_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        recent = settings().value("project/recent", []) or []
+        if isinstance(recent, str):
+            recent = [recent]
+        for path in recent:
+            self._action(self.recent_menu, path, lambda _=False, p=path: self.open_preset(p))
+        self.recent_menu.setEnabled(bool(recent))
+
+    # ------------------------------------------------------------------ unsaved work
+    def _confirm_discard(self) -> bool:
+        if not self.project.dirty:
+            return True
+        answer = self.ask_unsaved()
+        if answer == SAVE:
+            return self.save()
+        return answer == DISCARD
+
+    def _ask_unsaved(self) -> str:
+        box = QMessageBox(QMessageBox.Icon.Question, "Unsaved changes",
+                          f"Save the changes to {self.project.name}?", parent=self)
+        box.setStandardButtons(QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                               | QMessageBox.StandardButton.Cancel)
+        choice = box.exec()
+        return {QMessageBox.StandardButton.Save: SAVE,
+                QMessageBox.StandardButton.Discard: DISCARD}.get(QMessageBox.StandardButton(choice), CANCEL)
+
+    def _ask_stop_training(self) -> bool:
+        return QMessageBox.question(self, "Training is running",
+                                    "Stop the training, save the LoRA and quit?") == QMessageBox.StandardButton.Yes
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
+        if self.training_tab.is_running():
+            if not self.ask_stop_training():
+                event.ignore()
+                return
+            self.statusBar().showMessage("Stopping and saving…")
+            if not self.training_tab.request_stop_and_wait(120_000):
+                self.show_message("Still saving", "Training has not finished saving yet; quitting anyway would "
+                                                  "lose the last steps. Try again in a moment.")
+                event.ignore()
+                return
+        if not self._confirm_discard():
+            event.ignore()
+            return
+        settings().setValue("window/geometry", self.saveGeometry())
+        self.dataset_tab.shutdown()  # stop background scans and thumbnail loads
+        event.accept()
+
+    # ------------------------------------------------------------------ slots
+    def _update_title(self) -> None:
+        star = "*" if self.project.dirty else ""
+        self.setWindowTitle(f"{self.project.name}{star} — LoRA Kiln")
+
+    def _on_project_loaded(self) -> None:
+        self._update_title()
+
+    def _on_project_dirty_changed(self, dirty: bool) -> None:
+        self._dirty_label.setText("unsaved changes" if dirty else "")
+        self._update_title()
+
+    def _on_parameters_validity_changed(self, has_errors: bool, messages: list) -> None:
+        self.training_tab.set_start_blocked(list(messages) if has_errors else [])
+
+    def _on_parameters_problem_activated(self, path: str) -> None:
+        if path.startswith("dataset.subsets"):
+            self.tabs.setCurrentWidget(self.dataset_tab)
+
+    def _on_training_running_changed(self, running: bool) -> None:
+        self.statusBar().showMessage("Training…" if running else "Ready")
+
+    def _on_new_triggered(self) -> None:
+        if self._confirm_discard():
+            self.project.new()
 
     def _on_open_triggered(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open preset", "", "LoRA Kiln presets (*.toml)")
+        start = str(user_presets_dir()) if user_presets_dir().is_dir() else ""
+        path, _ = QFileDialog.getOpenFileName(self, "Open preset", start, "LoRA Kiln presets (*.toml)")
         if path:
-            self.open_preset_ref(path)
+            self.open_preset(path)
+
+    def _on_save_triggered(self) -> None:
+        self.save()
+
+    def _on_save_as_triggered(self) -> None:
+        self.save_as()
+
+    def _on_import_triggered(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, "Import kohya_ss or sd-scripts config (a config and a dataset config may be chosen together)",
+            "", "Kohya configs (*.json *.toml);;All files (*)")
+        if paths:
+            self.import_kohya(paths)
+
+    def _on_inspect_triggered(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Inspect LoRA", "", "LoRA files (*.safetensors)")
+        if path:
+            from gui.inspect_dialog import InspectDialog
+
+            InspectDialog(path, self).show()
 
     def _on_about_triggered(self) -> None:
         QMessageBox.about(self, "About LoRA Kiln",
-                          f"<b>LoRA Kiln {__version__}</b><p>Trains Stable Diffusion LoRAs in the "
-                          "Kohya style and shows what the training does while it does it.</p>")
+                          f"<b>LoRA Kiln {__version__}</b><p>Trains Stable Diffusion LoRAs in the Kohya style and "
+                          "shows what the training does while it does it.</p>"
+                          f"<p>Presets and runs: {user_data_dir()}<br>Logs: {log_dir()}</p>")
+
+    def _on_open_log_folder_triggered(self) -> None:
+        log_dir().mkdir(parents=True, exist_ok=True)
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_dir())))

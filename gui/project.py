@@ -92,6 +92,10 @@ class Project(QObject):
         """A copy to hand to a training run, so later edits do not reach the running engine."""
         return copy.deepcopy(self.config)
 
+    def mark_dirty(self) -> None:
+        """For changes that did not come through set_value (an imported config)."""
+        self._set_dirty(True)
+
     @property
     def dirty(self) -> bool:
         return self._dirty

@@ -1,8 +1,20 @@
-"""Test set-up shared by the whole suite: offscreen Qt and no model hub, before any import."""
+"""Test set-up shared by the whole suite: offscreen Qt, no model hub, and per-user folders
+(runs, caches, logs, settings) kept inside a temporary folder — before anything imports."""
 
 import os
+import tempfile
 
 # Without a display pytest-qt aborts the whole run unless Qt is told to draw offscreen;
 # this must happen before PySide6 is first imported.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"
+
+_HOME = tempfile.mkdtemp(prefix="lorakiln-test-home-")
+for _name in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
+    os.environ[_name] = os.path.join(_HOME, _name.lower())
+
+
+def pytest_configure(config):  # noqa: ARG001 - pytest hook
+    from PySide6.QtCore import QSettings
+
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, os.path.join(_HOME, "qsettings"))

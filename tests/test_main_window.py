@@ -1,42 +1,132 @@
-"""The desktop app's main window (offscreen)."""
+"""The main window: tabs over one project, presets, unsaved work, remembered state."""
 
-from PySide6.QtWidgets import QMessageBox
+import subprocess
+import sys
+from pathlib import Path
 
-from gui.main_window import MainWindow
+import pytest
+
+from core.presets import find_preset, load_preset
+from gui.main_window import CANCEL, DISCARD, SAVE, MainWindow, settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_window_is_titled_lora_kiln(qtbot):
-    window = MainWindow()
-    qtbot.addWidget(window)
-    assert window.windowTitle() == "LoRA Kiln"
+@pytest.fixture
+def window(qtbot):
+    settings().clear()
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.messages = []
+    w.show_message = lambda title, text: w.messages.append((title, text))
+    # Teardown closes the window: never let a modal question wait for an answer offscreen.
+    w.ask_unsaved = lambda: DISCARD
+    w.ask_stop_training = lambda: True
+    return w
 
 
-def test_opens_the_demo_preset_and_shows_it_validates(qtbot):
-    window = MainWindow()
-    qtbot.addWidget(window)
-    assert window.open_preset_ref("demo")
+def test_the_window_has_the_three_tabs_and_is_titled(window):
+    assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == ["Dataset", "Parameters", "Training"]
+    assert window.windowTitle().endswith("LoRA Kiln")
+
+
+def test_first_launch_opens_the_demo_project(window):
+    window.open_initial_preset()
+    assert window.project.name == "demo" and window.project.builtin
     assert window.windowTitle() == "demo — LoRA Kiln"
-    text = window._summary.toPlainText()
-    assert "builtin:demo-model" in text and "No problems" in text
 
 
-def test_a_broken_preset_is_shown_to_the_person(qtbot, tmp_path, monkeypatch):
-    shown = []
-    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: shown.append((title, text)))
+def test_the_last_preset_is_reopened(window, qtbot, tmp_path):
+    preset = tmp_path / "mine.toml"
+    preset.write_text("[network]\ndim = 12\n", encoding="utf-8")
+    assert window.open_preset(str(preset))
+    again = MainWindow()
+    again.ask_unsaved = lambda: DISCARD
+    qtbot.addWidget(again)
+    again.open_initial_preset()
+    assert again.project.path == preset and again.project.config.network.dim == 12
+    assert str(preset.resolve()) in (settings().value("project/recent") or [])
+
+
+def test_a_broken_preset_is_shown_and_nothing_changes(window, tmp_path):
+    window.open_initial_preset()
     bad = tmp_path / "bad.toml"
     bad.write_text("[network]\ndimm = 3\n", encoding="utf-8")
-    window = MainWindow()
-    qtbot.addWidget(window)
-    assert not window.open_preset_ref(str(bad))
-    assert shown and "network.dimm: unknown key; did you mean 'dim'?" in shown[0][1]
+    assert not window.open_preset(str(bad))
+    assert "network.dimm: unknown key; did you mean 'dim'?" in window.messages[0][1]
+    assert window.project.name == "demo"
+
+
+def test_unsaved_changes_are_asked_about_before_opening_another(window, tmp_path):
+    window.open_initial_preset()
+    window.project.set_value("network.dim", 16)
+    assert window.windowTitle() == "demo* — LoRA Kiln"
+    window.ask_unsaved = lambda: CANCEL
+    assert not window.open_preset(str(find_preset("sd15-prodigy")))
+    assert window.project.name == "demo" and window.project.config.network.dim == 16
+    window.ask_unsaved = lambda: DISCARD
+    assert window.open_preset(str(find_preset("sd15-prodigy")))
+    assert window.project.name == "sd15-prodigy"
+
+
+def test_saving_a_builtin_preset_asks_for_a_new_file(window, tmp_path):
+    window.open_initial_preset()
+    window.project.set_value("network.dim", 16)
+    target = tmp_path / "copy.toml"
+    window.save_as = lambda path=None: MainWindow.save_as(window, str(target))
+    assert window.save()
+    assert load_preset(target).config.network.dim == 16 and not window.project.dirty
+    assert load_preset(find_preset("demo")).config.network.dim == 4  # the shipped preset is untouched
+
+
+def test_save_on_quit_when_asked(window, tmp_path, qtbot):
+    path = tmp_path / "p.toml"
+    path.write_text("", encoding="utf-8")
+    window.open_preset(str(path))
+    window.project.set_value("training.seed", 7)
+    window.ask_unsaved = lambda: SAVE
+    assert window.close()
+    assert load_preset(path).config.training.seed == 7
+
+
+def test_the_start_button_follows_validation(window, qtbot):
+    window.open_initial_preset()
+    window.project.set_value("training.batch_size", 3)
+    qtbot.waitUntil(lambda: window.training_tab.start_button.isEnabled(), timeout=5000)
+    window.project.set_value("schedule.warmup_ratio", 0.1)
+    window.project.set_value("schedule.warmup_steps", 3)  # both: a contradiction
+    qtbot.waitUntil(lambda: not window.training_tab.start_button.isEnabled(), timeout=5000)
 
 
 def test_app_start_does_not_import_torch():
-    import subprocess, sys
     script = ("import os; os.environ['QT_QPA_PLATFORM']='offscreen'\n"
               "import sys\nfrom gui.app import make_app\nfrom gui.main_window import MainWindow\n"
-              "app = make_app(); w = MainWindow(); w.show(); w.open_preset_ref('demo')\n"
+              "app = make_app(); w = MainWindow(); w.show(); app.processEvents()\n"
               "print('torch' in sys.modules, 'diffusers' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ["False", "False"]
+
+
+def test_the_inspect_dialog_shows_a_loras_metadata(qtbot, tmp_path):
+    from core.training.engine import Trainer
+    from core.training.events import ListSink
+    from gui.inspect_dialog import InspectDialog
+    from tests.engine_fixtures import tiny_config
+
+    result = Trainer(tiny_config(tmp_path, steps=2), ListSink()).run()
+    dialog = InspectDialog(result.lora_path)
+    qtbot.addWidget(dialog)
+    text = dialog.text.toPlainText()
+    assert "SD 1.x" in text and "dim / alpha       4 / 2" in text
+    broken = tmp_path / "x.safetensors"
+    broken.write_bytes(b"nonsense")
+    assert "x.safetensors" in InspectDialog(str(broken)).text.toPlainText()
+
+
+def test_importing_a_kohya_config_loads_it_unsaved_with_a_report(window):
+    path = ROOT / "tests" / "data" / "kohya"
+    sample = sorted(path.glob("*.json"))[0]
+    assert window.import_kohya([str(sample)])
+    assert window.project.dirty and window.project.path is None
+    assert "settings imported" in window.last_import_report
