@@ -176,6 +176,8 @@ class TrainingPlots(QObject):
         self._clock = clock
         self.redraws = 0
         self.last_redraw_s = 0.0
+        self._queue: list[LivePlot] = []
+        self._cycle_s = 0.0
         for plot in self.all:
             # A slot of this QObject, so the connection ends when the plots do.
             plot.changed.connect(self._on_plot_changed)
@@ -202,13 +204,26 @@ class TrainingPlots(QObject):
         self.throttle.mark()
 
     def tick(self) -> bool:
-        """Redraw if new data arrived and the throttle allows; True when it redrew."""
-        if not self.throttle.due():
-            return False
-        self.redraw_now()
+        """Refresh one plot per tick, cycling through them when new data arrived and the
+        throttle allows; True when it drew. Qt paints what changed in one event-loop pass,
+        so refreshing the plots on successive ticks keeps each pass (each stall of the
+        window) to one plot's paint instead of all of them at once."""
+        if not self._queue:
+            if not self.throttle.due():
+                return False
+            self._queue = list(self.all)
+            self._cycle_s = 0.0
+        started = time.perf_counter()
+        self._queue.pop(0).refresh()
+        self._cycle_s += time.perf_counter() - started
+        if not self._queue:
+            self.last_redraw_s = self._cycle_s
+            self.throttle.took(self._cycle_s)
+            self.redraws += 1
         return True
 
     def redraw_now(self) -> None:
+        self._queue = []
         started = time.perf_counter()
         for plot in self.all:
             plot.refresh()
