@@ -130,3 +130,21 @@ def test_importing_a_kohya_config_loads_it_unsaved_with_a_report(window):
     assert window.import_kohya([str(sample)])
     assert window.project.dirty and window.project.path is None
     assert "settings imported" in window.last_import_report
+
+
+@pytest.mark.slow
+def test_demo_training_plots_points_and_closing_the_window_stops_and_saves(window, qtbot, tmp_path):
+    from core.training.events import Finished
+
+    window.open_initial_preset()
+    window.project.config.output.output_dir = str(tmp_path / "runs")
+    finished = []
+    window.training_tab.run_finished.connect(finished.append)
+    window.tabs.setCurrentWidget(window.training_tab)
+    assert window.training_tab.start()
+    qtbot.waitUntil(lambda: len(window.training_tab.plots.loss.series("raw")) >= 3, timeout=180_000)
+    asked = []
+    window.ask_stop_training = lambda: asked.append(True) or True
+    assert window.close()  # asks, stops, waits for the save, then closes
+    assert asked and finished and isinstance(finished[0], Finished) and finished[0].reason == "stopped"
+    assert Path(finished[0].lora_path).is_file()
