@@ -102,7 +102,7 @@ class Trainer:
         precision, note = setup.choose_precision(config, torch.cuda.is_available())
         self.accelerator = setup.make_accelerator(precision, config.training.gradient_accumulation_steps)
         self.device = self.accelerator.device
-        self.weight_dtype = setup.WEIGHT_DTYPES[precision]
+        self.weight_dtype = setup.weight_dtype(precision, self.device)
         from accelerate.utils import set_seed
 
         set_seed(config.training.seed)

@@ -19,6 +19,13 @@ WEIGHT_DTYPES = {MixedPrecision.NO: torch.float32, MixedPrecision.FP16: torch.fl
                  MixedPrecision.BF16: torch.bfloat16}
 
 
+def weight_dtype(precision: MixedPrecision, device: torch.device) -> torch.dtype:
+    """The dtype of the frozen weights. On a GPU half precision halves their VRAM; on a CPU
+    they stay fp32 (autocast still computes in bf16), because CPU kernels such as layer
+    norm refuse half-precision parameters with fp32 inputs and memory is not the limit."""
+    return WEIGHT_DTYPES[precision] if device.type == "cuda" else torch.float32
+
+
 def choose_precision(config: TrainConfig, has_cuda: bool) -> tuple[MixedPrecision, str | None]:
     """The precision to train in, and a note when the configured one cannot run here."""
     wanted = config.training.mixed_precision
@@ -74,7 +81,11 @@ def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.
     if config.training.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         if config.network.train_text_encoder:
-            components.text_encoder.gradient_checkpointing_enable()
+            text_encoder = components.text_encoder
+            # transformers 5 renamed it; the old name still works but warns.
+            enable = getattr(text_encoder, "activation_checkpointing_enable", None) or \
+                text_encoder.gradient_checkpointing_enable
+            enable()
     # Frozen weights in the training precision, LoRA weights in fp32 (autocast mixes them);
     # the VAE always in fp32: an fp16 VAE is the classic source of NaN latents.
     for module in (components.unet, components.text_encoder):
