@@ -19,6 +19,7 @@ from gui.project import Project
 log = logging.getLogger("lorakiln.gui")
 MAX_RECENT = 8
 SAVE, DISCARD, CANCEL = "save", "discard", "cancel"
+BUILTIN_MARK = "builtin-preset:"
 
 
 def settings() -> QSettings:
@@ -98,7 +99,12 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ presets
     def open_initial_preset(self) -> None:
         """The last preset of the previous session, else the demo project."""
-        last = settings().value("project/last_preset", "")
+        last = settings().value("project/last_preset", "") or ""
+        if last.startswith(BUILTIN_MARK):  # a shipped preset is remembered by name, not path
+            try:
+                last = str(find_preset(last[len(BUILTIN_MARK):]))
+            except PresetError:
+                last = ""
         if last and Path(last).is_file() and self.open_preset(last, remember=False):
             return
         self.open_preset(str(find_preset("demo")), remember=False)
@@ -116,7 +122,8 @@ class MainWindow(QMainWindow):
         self.project.load(loaded, builtin=builtin)
         if remember and not builtin:
             self._remember(path)
-        settings().setValue("project/last_preset", str(Path(path).resolve()))
+        last = BUILTIN_MARK + Path(path).stem if builtin else str(Path(path).resolve())
+        settings().setValue("project/last_preset", last)
         self.statusBar().showMessage(f"Opened {path}")
         return True
 

@@ -148,3 +148,13 @@ def test_demo_training_plots_points_and_closing_the_window_stops_and_saves(windo
     assert window.close()  # asks, stops, waits for the save, then closes
     assert asked and finished and isinstance(finished[0], Finished) and finished[0].reason == "stopped"
     assert Path(finished[0].lora_path).is_file()
+
+
+def test_a_builtin_preset_is_remembered_by_name_not_path(window, qtbot):
+    window.open_preset(str(find_preset("sd15-prodigy")))
+    assert settings().value("project/last_preset") == "builtin-preset:sd15-prodigy"
+    again = MainWindow()
+    again.ask_unsaved = lambda: DISCARD
+    qtbot.addWidget(again)
+    again.open_initial_preset()
+    assert again.project.name == "sd15-prodigy" and again.project.builtin
