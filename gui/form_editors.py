@@ -105,11 +105,15 @@ class FieldEditor(QWidget):
         outer.addWidget(self.message)
         self.set_mark(None, "")
 
+    # Abstract: every editor class below implements both (a Qt widget cannot also use
+    # ABCMeta, whose metaclass conflicts with Qt's).
     def value(self) -> Any:
-        raise NotImplementedError
+        """The value the editor holds now, as the schema field's type."""
+        raise NotImplementedError(f"{type(self).__name__} must implement value()")
 
     def _show(self, value: Any) -> None:
-        raise NotImplementedError
+        """Put ``value`` into the widgets (called with signals of the widgets blocked)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _show()")
 
     def show_value(self, value: Any) -> None:
         """Display ``value`` without emitting ``edited`` (the guard against feedback loops)."""
