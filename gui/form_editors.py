@@ -112,7 +112,7 @@ class FieldEditor(QWidget):
         raise NotImplementedError(f"{type(self).__name__} must implement value()")
 
     def _show(self, value: Any) -> None:
-        """Put ``value`` into the widgets (called with signals of the widgets blocked)."""
+        """Put ``value`` into the widgets (called by show_value, which suppresses ``edited``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement _show()")
 
     def show_value(self, value: Any) -> None:
