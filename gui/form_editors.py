@@ -75,6 +75,9 @@ class MarkFrame(QFrame):
 
 class FieldEditor(QWidget):
     """Inputs for one field inside a frame that can be marked, and a message line below."""
+    # Every editor below defines value() (the value it holds, as the field's type) and
+    # _show(value) (put a value into its widgets; show_value wraps it so that ``edited``
+    # is not emitted). A Qt widget cannot also use ABCMeta, so the contract is stated here.
 
     edited = Signal()
     wide = False  # text-like editors take the row's width; numbers stay compact
@@ -104,16 +107,6 @@ class FieldEditor(QWidget):
         outer.addLayout(line)
         outer.addWidget(self.message)
         self.set_mark(None, "")
-
-    # Abstract: every editor class below implements both (a Qt widget cannot also use
-    # ABCMeta, whose metaclass conflicts with Qt's).
-    def value(self) -> Any:
-        """The value the editor holds now, as the schema field's type."""
-        raise NotImplementedError(f"{type(self).__name__} must implement value()")
-
-    def _show(self, value: Any) -> None:
-        """Put ``value`` into the widgets (called by show_value, which suppresses ``edited``)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _show()")
 
     def show_value(self, value: Any) -> None:
         """Display ``value`` without emitting ``edited`` (the guard against feedback loops)."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from common import wait  # noqa: E402 - beside this script
 
 
 
@@ -28,16 +29,6 @@ OUTPUT = ROOT / "docs" / "screenshots" / "dataset.png"
 TIMEOUT_S = 30
 
 
-def _wait(app, done) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        app.processEvents()
-        if done():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def main() -> int:
     app = make_app()
     project = Project()
@@ -45,7 +36,7 @@ def main() -> int:
     tab.resize(1200, 850)
     tab.show()
     project.load(load_preset(find_preset("demo")), builtin=True)
-    if not _wait(app, lambda: tab.plan is not None and not tab.scanner.running):
+    if not wait(app, lambda: tab.plan is not None and not tab.scanner.running, TIMEOUT_S):
         print(f"the scan did not finish: {tab.error or 'timed out'}", file=sys.stderr)
         return 1
     model = tab.thumbnail_model
@@ -54,7 +45,7 @@ def main() -> int:
     tab.select_image(str(upscaled.record.path))
     visible = [model.index(row) for row in range(model.rowCount())
                if tab.thumbnails.visualRect(model.index(row)).intersects(tab.thumbnails.viewport().rect())]
-    _wait(app, lambda: tab.loader.pending == 0 and all(index.data(LOADED_ROLE) for index in visible))
+    wait(app, lambda: tab.loader.pending == 0 and all(index.data(LOADED_ROLE) for index in visible), TIMEOUT_S)
     for _ in range(5):  # the last thumbnails' repaints
         app.processEvents()
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)

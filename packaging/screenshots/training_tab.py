@@ -17,6 +17,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from common import wait  # noqa: E402 - beside this script
+
 
 
 from gui.app import make_app  # noqa: E402
@@ -28,16 +30,6 @@ OUTPUT = ROOT / "docs" / "screenshots" / "training.png"
 RUNNING = ROOT / "docs" / "screenshots" / "training_running.png"
 STEPS = 40
 TIMEOUT_S = 120
-
-
-def _wait(app, done) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        app.processEvents()
-        if done():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _settle(app, seconds: float = 0.3) -> None:  # noqa: ANN001
@@ -62,13 +54,13 @@ def main() -> int:
         config.sampling.every_n_steps = 10
         project.config = config
         tab.start()
-        if not _wait(app, lambda: len(tab.plots.loss.series("raw")) >= STEPS // 2 or finished):
+        if not wait(app, lambda: len(tab.plots.loss.series("raw")) >= STEPS // 2 or finished, TIMEOUT_S):
             print("training did not reach the middle", file=sys.stderr)
             return 1
         _settle(app, 0.15)
         RUNNING.parent.mkdir(parents=True, exist_ok=True)
         running_ok = tab.grab().save(str(RUNNING))
-        if not _wait(app, lambda: bool(finished)):
+        if not wait(app, lambda: bool(finished), TIMEOUT_S):
             tab.request_stop_and_wait(30_000)
             print("training did not finish", file=sys.stderr)
             return 1
