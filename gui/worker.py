@@ -1,18 +1,22 @@
-"""The training worker: runs one ``Trainer`` at a time in a QThread and turns each engine
-event into one Qt signal. It never touches a widget; the GUI commands it through the
-thread-safe ``Control``.
+"""The training worker: runs one ``Trainer`` at a time in a background thread and turns
+each engine event into one Qt signal. It never touches a widget; the GUI commands it
+through the thread-safe ``Control``.
 
-Each run gets a fresh QThread, Control and Trainer. The worker moves into the run's thread
-for the run and back home afterwards, so between runs no thread is alive that a closing
-window would have to tear down.
+The worker object itself stays in the GUI thread for its whole life. The run happens in a
+plain Python thread that only *emits* the worker's signals; because the receivers live in
+the GUI thread, Qt queues each emission there. Nothing is ever moved between threads and
+the GUI thread never blocks on the run unless asked to (``wait``), so a closing window or a
+finishing run cannot deadlock the two threads against each other.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
-from PySide6.QtCore import QCoreApplication, QEvent, QObject, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, Signal, Slot
 
 log = logging.getLogger("lorakiln.gui")
 
@@ -30,34 +34,27 @@ class _SignalSink:
 
 class TrainingWorker(QObject):
     event = Signal(object)  # RunStarted, Status, PhaseProgress, StepMetrics, ... in engine order
-    finished = Signal(object)  # the run's Finished or Failed, after its thread has ended
-    _run_done = Signal(object)  # internal: worker thread -> home thread
+    finished = Signal(object)  # the run's Finished or Failed, once its thread has nothing left to do
+    _run_done = Signal(object)  # internal: worker thread -> GUI thread
 
     def __init__(self, parent: QObject | None = None) -> None:
-        # No Qt parent on purpose when moved: an object with a parent cannot change thread.
         super().__init__(parent)
-        self._home = self.thread()
-        self._thread: QThread | None = None
+        self._thread: threading.Thread | None = None
         self._control = None
-        self._job: tuple | None = None
-        self._run_done.connect(self._on_self_run_done)
+        self._run_done.connect(self._on_run_done)
 
     # ---------------------------------------------------------------- GUI thread
     def start(self, config: object, description: str = "", base_dir: Path | None = None,
               resume_from: Path | None = None) -> None:
         if self._thread is not None:
             raise RuntimeError("a training run is already in progress")
-        if self.parent() is not None:
-            raise RuntimeError("TrainingWorker must have no Qt parent to move into its thread")
         from core.training.control import Control  # plain Python, no torch
 
         self._control = Control()
-        self._job = (config, description, base_dir, resume_from)
-        thread = QThread()
-        thread.setObjectName("lorakiln-training")
+        control = self._control
+        thread = threading.Thread(target=self._thread_main, name="lorakiln-training",
+                                  args=(control, config, description, base_dir, resume_from), daemon=True)
         self._thread = thread
-        self.moveToThread(thread)
-        thread.started.connect(self._on_thread_started)
         thread.start()
 
     def is_running(self) -> bool:
@@ -69,10 +66,12 @@ class TrainingWorker(QObject):
         thread = self._thread
         if thread is None:
             return True
-        if not thread.wait(max(0, int(timeout_ms))):
+        deadline = time.monotonic() + max(0, int(timeout_ms)) / 1000
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
             return False
-        QCoreApplication.sendPostedEvents(None, QEvent.Type.MetaCall)
-        return True
+        QCoreApplication.sendPostedEvents(self, QEvent.Type.MetaCall)
+        return self._thread is None
 
     def stop(self) -> None:
         """Finish the current step, save the LoRA and end."""
@@ -101,37 +100,27 @@ class TrainingWorker(QObject):
             self._control.request_sample()
 
     @Slot(object)
-    def _on_self_run_done(self, result: object) -> None:
-        # Back home (GUI thread): the run's thread is returning; wait so it is gone before
-        # anyone may start the next run from a ``finished`` handler.
-        if self._thread is not None:
-            self._thread.wait()
-            self._thread.deleteLater()
+    def _on_run_done(self, result: object) -> None:
+        # GUI thread: the run's thread has emitted its last signal and is returning; it
+        # touches nothing shared after that, so there is nothing to wait for.
         self._thread = None
         self._control = None
         self.finished.emit(result)
 
     # ---------------------------------------------------------------- worker thread
-    @Slot()
-    def _on_thread_started(self) -> None:
-        thread = self._thread
-        config, description, base_dir, resume_from = self._job
-        self._job = None
-        try:
-            result = self._run(config, description, base_dir, resume_from)
-        finally:
-            # Only the object's own thread may push it elsewhere, so go home from here.
-            self.moveToThread(self._home)
-            thread.quit()
+    def _thread_main(self, control: object, config: object, description: str, base_dir: Path | None,
+                     resume_from: Path | None) -> None:
+        result = self._run(control, config, description, base_dir, resume_from)
         self._run_done.emit(result)
 
-    def _run(self, config: object, description: str, base_dir: Path | None, resume_from: Path | None) -> object:
+    def _run(self, control: object, config: object, description: str, base_dir: Path | None,
+             resume_from: Path | None) -> object:
         try:
             # Imported here, not at module level: torch and diffusers take seconds to load
             # and the window must appear before they do.
             from core.training.engine import Trainer
 
-            trainer = Trainer(config, _SignalSink(self), self._control, description=description,
+            trainer = Trainer(config, _SignalSink(self), control, description=description,
                               resume_from=resume_from, base_dir=base_dir)
             return trainer.run()
         except BaseException as error:  # noqa: BLE001 - every failure must reach the person
