@@ -1,0 +1,104 @@
+"""The training worker's thread contract, with a stand-in engine so each case takes milliseconds:
+the engine runs off the GUI thread, every event reaches the GUI thread as a signal, ``finished``
+comes once per run, and waiting never blocks past its timeout."""
+
+import threading
+
+import pytest
+from PySide6.QtCore import QObject, QThread, Slot
+
+import core.training.engine as engine_module
+from core.training.events import Finished, Status
+from gui.worker import TrainingWorker
+
+
+class FakeTrainer:
+    """Records the thread it runs in, emits one event, then blocks until released."""
+
+    ran_in: list[threading.Thread] = []
+    release = threading.Event()
+
+    def __init__(self, config, sink, control, **_options):  # noqa: ANN001
+        self.sink, self.control, self.name = sink, control, config
+
+    def run(self):  # noqa: ANN201
+        FakeTrainer.ran_in.append(threading.current_thread())
+        self.sink.emit(Status(f"hello from {self.name}"))
+        FakeTrainer.release.wait(10)
+        reason = "stopped" if self.control.stop_requested else "completed"
+        return Finished(reason, "", None, 1, 1, 0.0)
+
+
+class Recorder(QObject):
+    def __init__(self):
+        super().__init__()
+        self.events, self.results, self.threads = [], [], set()
+
+    @Slot(object)
+    def on_event(self, event):
+        self.threads.add(QThread.currentThread())
+        self.events.append(event)
+
+    @Slot(object)
+    def on_finished(self, result):
+        self.threads.add(QThread.currentThread())
+        self.results.append(result)
+
+
+@pytest.fixture
+def worker(monkeypatch):
+    monkeypatch.setattr(engine_module, "Trainer", FakeTrainer)
+    FakeTrainer.ran_in = []
+    FakeTrainer.release = threading.Event()
+    worker = TrainingWorker()
+    recorder = Recorder()
+    worker.event.connect(recorder.on_event)
+    worker.finished.connect(recorder.on_finished)
+    worker.recorder = recorder
+    yield worker
+    FakeTrainer.release.set()
+    worker.wait(10_000)
+
+
+def test_the_engine_runs_off_the_gui_thread_and_its_events_arrive_on_it(qtbot, worker):
+    worker.start("run-a")
+    qtbot.waitUntil(lambda: len(worker.recorder.events) > 0, timeout=5000)
+    FakeTrainer.release.set()
+    qtbot.waitUntil(lambda: len(worker.recorder.results) > 0, timeout=5000)
+    assert FakeTrainer.ran_in and FakeTrainer.ran_in[0] is not threading.main_thread()
+    assert worker.recorder.threads == {QThread.currentThread()}
+    assert [e.text for e in worker.recorder.events] == ["hello from run-a"]
+    assert worker.recorder.results[0].reason == "completed" and not worker.is_running()
+
+
+def test_wait_gives_up_at_its_timeout_while_the_run_goes_on(qtbot, worker):
+    worker.start("run-a")
+    assert worker.wait(50) is False and worker.is_running()
+    worker.stop()
+    FakeTrainer.release.set()
+    assert worker.wait(5000) is True
+    # ``finished`` has been delivered by the time wait returns True, exactly once.
+    assert len(worker.recorder.results) == 1 and worker.recorder.results[0].reason == "stopped"
+
+
+def test_one_run_at_a_time_and_a_second_run_after_the_first(qtbot, worker):
+    worker.start("run-a")
+    with pytest.raises(RuntimeError, match="already in progress"):
+        worker.start("run-b")
+    FakeTrainer.release.set()
+    assert worker.wait(5000)
+    worker.start("run-b")
+    assert worker.wait(5000)
+    assert [r.reason for r in worker.recorder.results] == ["completed", "completed"]
+    assert len(FakeTrainer.ran_in) == 2 and FakeTrainer.ran_in[0] is not FakeTrainer.ran_in[1]
+
+
+def test_a_failure_before_the_engine_exists_still_finishes_the_run(qtbot, worker, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise ImportError("torch is missing")
+
+    monkeypatch.setattr(engine_module, "Trainer", broken)
+    worker.start("run-a")
+    assert worker.wait(5000)
+    failed = worker.recorder.results[0]
+    assert "torch is missing" in failed.summary and not worker.is_running()
