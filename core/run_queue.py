@@ -1,0 +1,373 @@
+"""The training queue: configurations waiting to train one after another (overnight runs).
+
+The queue is one JSON file (``<user data>/queue.json``) shared by the desktop app and
+``lorakiln queue``. Each item holds a full snapshot of its configuration, so editing the
+project afterwards does not change what is queued. Every change is saved at once,
+atomically; a change made by another process since the last read is picked up before the
+next change is applied, so the app and the command line do not overwrite each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from core.atomic import write_text_atomic
+from core.config import TrainConfig
+from core.paths import user_data_dir
+from core.presets import PresetError, dumps_preset, loads_preset
+from core.sweep import SweepSpec, sweep_configs, write_sweep_record
+from core.training.control import Control
+from core.training.events import Event, Failed, Finished, MultiSink, RunStarted, Sink
+
+log = logging.getLogger("lorakiln.queue")
+
+QUEUE_FILE = "queue.json"
+QUEUE_VERSION = 1
+PENDING, RUNNING = "pending", "running"
+# How an item ended: the engine's Finished reasons, "failed", and "interrupted" for an item
+# that was running when the process that ran it died (its run folder can be resumed).
+ENDED = ("completed", "stopped", "cancelled", "failed", "interrupted")
+STATUSES = (PENDING, RUNNING, *ENDED)
+
+
+class QueueError(ValueError):
+    """A queue operation that cannot be done (unknown item, item running, queue busy)."""
+
+
+@dataclass
+class QueueItem:
+    id: str
+    label: str
+    config_toml: str  # the full configuration (every field), as a run folder's config.toml
+    description: str
+    sweep_id: str | None
+    status: str
+    run_dir: str | None
+    message: str
+    added_at: float
+
+
+def _item_from_json(data: Any) -> QueueItem:
+    """Raises ValueError when ``data`` is not a queue item this version can use."""
+    if not isinstance(data, dict):
+        raise ValueError("an item is not a JSON object")
+    kinds = {"id": str, "label": str, "config_toml": str, "description": str, "sweep_id": (str, type(None)),
+             "status": str, "run_dir": (str, type(None)), "message": str, "added_at": (int, float)}
+    for name, kind in kinds.items():
+        if not isinstance(data.get(name), kind):
+            raise ValueError(f"item {data.get('id', '?')!r}: '{name}' is missing or of the wrong kind")
+    if data["status"] not in STATUSES:
+        raise ValueError(f"item {data['id']!r}: unknown status {data['status']!r}")
+    return QueueItem(**{f.name: data[f.name] for f in fields(QueueItem)})
+
+
+def _this_process() -> dict[str, Any]:
+    return {"pid": psutil.Process().pid, "host": socket.gethostname(),
+            "started": psutil.Process().create_time()}
+
+
+def _is_alive(runner: Any) -> bool:
+    """Whether the process recorded as running the queue still runs (the same pid and start
+    time on this machine, so a reused pid after a reboot does not count)."""
+    if not isinstance(runner, dict) or runner.get("host") != socket.gethostname():
+        return False
+    try:
+        return abs(psutil.Process(int(runner["pid"])).create_time() - float(runner["started"])) < 1.0
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
+
+
+class RunQueue:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[QueueItem] = []
+        # sweep id -> {"field", "values", and "record" (the sweep record's path) once written}
+        self.sweeps: dict[str, dict[str, Any]] = {}
+        self.runner: dict[str, Any] | None = None
+        self.load_problem: str | None = None
+        self._seen: tuple[int, int] | None = None  # (mtime_ns, size) of the file we last read or wrote
+
+    # ------------------------------------------------------------------ reading and saving
+    @classmethod
+    def load(cls, path: Path | None = None) -> RunQueue:
+        """The queue in ``path`` (default ``<user data>/queue.json``); empty when there is none.
+        An unreadable file is kept aside and reported in ``load_problem``; never raises for it."""
+        queue = cls(Path(path) if path is not None else user_data_dir() / QUEUE_FILE)
+        queue._read()
+        return queue
+
+    def _signature(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _read(self) -> None:
+        signature = self._signature()
+        if signature is None:
+            self._seen = None
+            return
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+            version = document.get("version")
+            if not isinstance(version, int) or version < 1:
+                raise ValueError(f"unknown version {version!r}")
+            if version > QUEUE_VERSION:
+                raise ValueError(f"written by a newer LoRA Kiln (queue version {version})")
+            if not isinstance(document.get("items", []), list):
+                raise ValueError("'items' is not a JSON list")
+            items = [_item_from_json(d) for d in document.get("items", [])]
+            sweeps = document.get("sweeps", {})
+            if not isinstance(sweeps, dict):
+                raise ValueError("'sweeps' is not a JSON object")
+        except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
+            self._set_aside(str(err))
+            return
+        self.items, self.sweeps, self.runner = items, sweeps, document.get("runner")
+        self._seen = signature
+        if not _is_alive(self.runner):
+            self.runner = None
+            stale = [item for item in self.items if item.status == RUNNING]
+            for item in stale:  # the process that ran it died: its run folder can be resumed
+                item.status = "interrupted"
+                item.message = "LoRA Kiln ended while this run was training; resume its run folder to continue"
+            if stale:
+                self._save()
+
+    def _set_aside(self, reason: str) -> None:
+        aside = self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            self.path.replace(aside)
+            kept = f"it was kept as {aside}"
+        except OSError as err:
+            kept = f"it could not be moved aside ({err.strerror or err}) and will be overwritten"
+        self.load_problem = f"the queue file {self.path} could not be read ({reason}); {kept}; the queue starts empty"
+        log.warning("%s", self.load_problem)
+        self._seen = None
+
+    def reload(self) -> None:
+        """Pick up changes another process (the app, ``lorakiln queue``) saved since we last looked."""
+        if self._signature() != self._seen:
+            self._read()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        document = {"version": QUEUE_VERSION, "runner": self.runner, "sweeps": self.sweeps,
+                    "items": [asdict(item) for item in self.items]}
+        write_text_atomic(self.path, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+        self._seen = self._signature()
+
+    # ------------------------------------------------------------------ looking up
+    def get(self, item_id: str) -> QueueItem:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        raise QueueError(f"no queue item '{item_id}' (it may have been removed)")
+
+    def index_of(self, item_id: str) -> int:
+        return self.items.index(self.get(item_id))
+
+    def next_pending(self) -> QueueItem | None:
+        self.reload()
+        return next((item for item in self.items if item.status == PENDING), None)
+
+    def config_of(self, item: QueueItem) -> TrainConfig:
+        """The item's configuration; raises PresetError (naming the item) when it no longer loads."""
+        return loads_preset(item.config_toml, source=f"queue item '{item.label}' ({item.id})").config
+
+    def busy_elsewhere(self) -> bool:
+        """True while another live process is running this queue."""
+        self.reload()
+        return _is_alive(self.runner) and self.runner.get("pid") != psutil.Process().pid
+
+    # ------------------------------------------------------------------ changing
+    def _new_id(self) -> str:
+        taken = {item.id for item in self.items}
+        while (new := uuid.uuid4().hex[:8]) in taken:
+            pass
+        return new
+
+    def _make_item(self, config: TrainConfig, label: str, description: str, sweep_id: str | None) -> QueueItem:
+        return QueueItem(id=self._new_id(), label=label or config.output.output_name,
+                         config_toml=dumps_preset(config, sparse=False, description=description),
+                         description=description, sweep_id=sweep_id, status=PENDING, run_dir=None,
+                         message="", added_at=time.time())
+
+    def add(self, config: TrainConfig, label: str = "", description: str = "",
+            sweep_id: str | None = None) -> QueueItem:
+        """Queue a snapshot of ``config`` at the end (label defaults to the LoRA's name)."""
+        self.reload()
+        item = self._make_item(config, label, description, sweep_id)
+        self.items.append(item)
+        self._save()
+        return item
+
+    def add_sweep(self, base: TrainConfig, spec: SweepSpec, description: str = "") -> tuple[str, list[QueueItem]]:
+        """Queue one item per value of ``spec``; raises SweepError (nothing queued) on any problem."""
+        configs = sweep_configs(base, spec)
+        self.reload()
+        sweep_id = self._new_id()
+        items = [self._make_item(config, label, description, sweep_id) for label, config in configs]
+        self.sweeps[sweep_id] = {"field": spec.field, "values": list(spec.values)}
+        self.items += items
+        self._save()
+        return sweep_id, items
+
+    def remove(self, item_id: str) -> None:
+        self.reload()
+        item = self.get(item_id)
+        if item.status == RUNNING:
+            raise QueueError(f"'{item.label}' is training; stop it before removing it from the queue")
+        self.items.remove(item)
+        if item.sweep_id:
+            self._finish_sweep_if_done(item.sweep_id)
+        self._forget_empty_sweeps()
+        self._save()
+
+    def move(self, item_id: str, new_index: int) -> None:
+        """Move an item to ``new_index`` (0-based; clamped to the list)."""
+        self.reload()
+        item = self.get(item_id)
+        self.items.remove(item)
+        self.items.insert(max(0, min(new_index, len(self.items))), item)
+        self._save()
+
+    def mark(self, item_id: str, status: str, run_dir: str | None = None, message: str = "") -> None:
+        """Record an item's state; ``run_dir`` None keeps the one already recorded."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown queue status {status!r}; expected one of {', '.join(STATUSES)}")
+        self.reload()
+        item = self.get(item_id)
+        item.status, item.message = status, message
+        if run_dir:
+            item.run_dir = str(run_dir)
+        self.runner = _this_process() if any(i.status == RUNNING for i in self.items) else None
+        if item.sweep_id and status in ENDED:
+            self._finish_sweep_if_done(item.sweep_id)
+        self._save()
+
+    def clear_finished(self) -> int:
+        """Remove every item that has ended; returns how many were removed."""
+        self.reload()
+        before = len(self.items)
+        self.items = [item for item in self.items if item.status in (PENDING, RUNNING)]
+        self._forget_empty_sweeps()
+        self._save()
+        return before - len(self.items)
+
+    # ------------------------------------------------------------------ sweeps
+    def sweep_items(self, sweep_id: str) -> list[QueueItem]:
+        return [item for item in self.items if item.sweep_id == sweep_id]
+
+    def sweep_record_path(self, sweep_id: str) -> Path | None:
+        """The sweep record written when the sweep's last item ended, if it has."""
+        sweep = self.sweeps.get(sweep_id)
+        record = sweep.get("record") if isinstance(sweep, dict) else None
+        return Path(record) if isinstance(record, str) else None
+
+    def _forget_empty_sweeps(self) -> None:
+        """A sweep whose items have all been removed needs no entry (its record file stays)."""
+        left = {item.sweep_id for item in self.items}
+        self.sweeps = {key: value for key, value in self.sweeps.items() if key in left}
+
+    def _finish_sweep_if_done(self, sweep_id: str) -> None:
+        """When no item of a sweep is left to run, write its sweep record beside the runs."""
+        sweep = self.sweeps.get(sweep_id)
+        items = self.sweep_items(sweep_id)
+        if not isinstance(sweep, dict) or "record" in sweep or any(i.status in (PENDING, RUNNING) for i in items):
+            return
+        run_dirs = [Path(i.run_dir) for i in items if i.run_dir]
+        if not run_dirs:
+            return
+        try:
+            spec = SweepSpec(str(sweep["field"]), tuple(str(v) for v in sweep["values"]))
+            sweep["record"] = str(write_sweep_record(run_dirs[0].parent, spec, run_dirs))
+        except (OSError, KeyError, TypeError) as err:  # the runs themselves are safe; only the index is missing
+            log.warning("could not write the record of sweep %s: %s", sweep_id, err)
+
+
+# ---------------------------------------------------------------------- running
+
+
+class _ItemRecorder:
+    """Records the run folder as soon as the engine creates it, so an item interrupted by a
+    crash still points at the folder to resume."""
+
+    def __init__(self, queue: RunQueue, item_id: str) -> None:
+        self.queue, self.item_id = queue, item_id
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, RunStarted) and event.run_dir:
+            self.queue.mark(self.item_id, RUNNING, run_dir=event.run_dir)
+
+
+def _default_trainer(config: TrainConfig, sink: Sink, control: Control, description: str = "") -> Any:
+    from core.training.engine import Trainer
+
+    return Trainer(config, sink, control, description=description)
+
+
+def run_queue(queue: RunQueue, sink_factory: Callable[[QueueItem], Sink],
+              control_factory: Callable[[QueueItem], Control],
+              stop_after_current: Callable[[], bool] = lambda: False,
+              trainer_factory: Callable[..., Any] = _default_trainer) -> list[QueueItem]:
+    """Train the pending items in order; returns the items this call ran, as they ended.
+
+    Each item gets a fresh trainer, sink and control (``*_factory(item)``), so nothing of one
+    run is carried into the next. A failed item is recorded and the queue goes on; a run the
+    person stopped or cancelled ends the queue; ``stop_after_current()`` is asked after each
+    run. ``trainer_factory(config, sink, control, description=...)`` returns an object whose
+    ``run()`` returns the engine's Finished or Failed event (tests pass a fake one).
+    """
+    if queue.busy_elsewhere():
+        raise QueueError(f"the queue is being run by another LoRA Kiln process (pid {queue.runner['pid']}); "
+                         "wait for it to finish or stop it there")
+    ran: list[str] = []
+    while (item := queue.next_pending()) is not None:
+        if ran and stop_after_current():
+            break
+        ran.append(item.id)
+        if _run_item(queue, item, sink_factory, control_factory, trainer_factory) in ("stopped", "cancelled"):
+            break
+    return [item for item in queue.items if item.id in ran]
+
+
+def _run_item(queue: RunQueue, item: QueueItem, sink_factory: Callable[[QueueItem], Sink],
+              control_factory: Callable[[QueueItem], Control], trainer_factory: Callable[..., Any]) -> str:
+    try:
+        config = queue.config_of(item)
+    except PresetError as err:
+        queue.mark(item.id, "failed", message=str(err))
+        return "failed"
+    queue.mark(item.id, RUNNING)
+    sink = MultiSink(_ItemRecorder(queue, item.id), sink_factory(item))
+    try:
+        result = trainer_factory(config, sink, control_factory(item), description=item.description).run()
+    except Exception as err:  # noqa: BLE001 - the engine reports its own failures; this is a last guard
+        queue.mark(item.id, "failed", message=f"{type(err).__name__}: {err}")
+        return "failed"
+    except BaseException:  # Ctrl+C or exit in the middle of a run: resumable, not failed
+        queue.mark(item.id, "interrupted", message="interrupted while training; resume its run folder to continue")
+        raise
+    if isinstance(result, Failed):
+        queue.mark(item.id, "failed", run_dir=result.run_dir, message=result.summary)
+        return "failed"
+    if isinstance(result, Finished):
+        queue.mark(item.id, result.reason, run_dir=result.run_dir or None,
+                   message=f"{result.steps} steps in {result.wall_seconds:.0f} s")
+        return result.reason
+    # Not the main process of a multi-GPU launch: the main process reports the outcome.
+    queue.mark(item.id, "failed", message="the run reported no result")
+    return "failed"
