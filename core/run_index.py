@@ -1,0 +1,363 @@
+"""The runs library: find run folders, read what each one holds, and load its curves.
+
+A run folder is what the engine writes (see :mod:`core.runs` for the layout). Reading one
+never raises: a run whose config or summary cannot be read still appears, with
+``problem`` saying which file is at fault, so a crashed or half-copied run is visible
+instead of silently missing from a comparison.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from core.config import TrainConfig
+from core.presets import PresetError, config_fields, load_preset
+from core.runs import CONFIG, METRICS, PLAN, SUMMARY, read_metrics
+
+CHECKPOINT_DIR = "checkpoints"  # as core.training.checkpoint names it (not imported: that pulls in torch)
+SAMPLE_DIR = "samples"
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# A running or crashed run has no final numbers in its summary yet; they are taken from the
+# end of metrics.jsonl, reading at most this much of it so a long run stays quick to list.
+TAIL_BYTES = 1 << 20
+_FOLDER_STAMP = re.compile(r"^(\d{8}-\d{6})")
+_EPOCH_CHECKPOINT = re.compile(r"-(\d{6})\.safetensors$")
+_STEP_CHECKPOINT = re.compile(r"-step(\d{8})\.safetensors$")
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    name: str  # output_name from the config, else the folder name
+    folder: str
+    started_at: float | None = None
+    status: str = "incomplete"  # completed, stopped, cancelled, failed, running, incomplete
+    config: TrainConfig | None = None
+    problem: str | None = None  # why the config or summary could not be read, naming the file
+    params: dict[str, object] = field(default_factory=dict)  # "group.field" -> value
+    steps: int = 0
+    total_steps: int = 0
+    epochs: int = 0
+    total_epochs: int = 0
+    wall_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    memory_kind: str = "rss"  # "cuda" (VRAM) or "rss" (process memory of a CPU run)
+    final_loss: float | None = None
+    last_epoch_loss: float | None = None
+    resolution: str | None = None  # "512x512"
+    bucket_count: int | None = None
+    batches_per_epoch: int | None = None
+    images: int | None = None
+    lora_path: Path | None = None
+    checkpoints: list[Path] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)
+    error: str | None = None  # the failure summary of a failed run
+    skipped_steps: int = 0  # steps left out for a NaN/inf loss
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder the engine wrote: it has a summary, or a config beside a plan or metrics
+    (a lone config.toml could be anyone's preset, so it does not count)."""
+    path = Path(path)
+    try:
+        if not path.is_dir():
+            return False
+        if (path / SUMMARY).is_file():
+            return True
+        return (path / CONFIG).is_file() and ((path / PLAN).is_file() or (path / METRICS).is_file())
+    except OSError:  # a folder we may not look into
+        return False
+
+
+def _plain_param(value: Any) -> object:
+    """A config value as the runs library compares it: enums by value, lists as tuples."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain_param(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _plain_param(v)) for k, v in value.items()))
+    return value
+
+
+def flatten_params(config: TrainConfig) -> dict[str, object]:
+    return {key: _plain_param(value) for key, value in config_fields(config).items()}
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"{path.name} is missing"
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"{path.name} cannot be read: {getattr(err, 'strerror', None) or err}"
+    except ValueError as err:
+        return None, f"{path.name} is not valid JSON ({err})"
+    if not isinstance(data, dict):
+        return None, f"{path.name} does not hold a JSON object"
+    return data, None
+
+
+def _number(data: dict[str, Any], key: str, kind: type = float) -> Any:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return kind(value)
+
+
+def _tail_records(path: Path) -> list[dict[str, Any]]:
+    """The complete records in the last TAIL_BYTES of a metrics file, oldest first."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return []
+    lines = data.split(b"\n")
+    if size > TAIL_BYTES:
+        lines = lines[1:]  # the first line was cut by the seek
+    records = []
+    for line in lines[:-1]:  # the last piece has no newline: empty, or torn by a crash
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _fill_from_metrics(record: RunRecord) -> None:
+    """Progress of a run whose summary has no final numbers (still running, or killed)."""
+    tail = _tail_records(record.path / METRICS)
+    last_step = next((r for r in reversed(tail) if r.get("type") == "step"), None)
+    last_epoch = next((r for r in reversed(tail) if r.get("type") == "epoch"), None)
+    if last_step is not None:
+        record.steps = max(record.steps, _number(last_step, "step", int) or 0)
+        record.epochs = max(record.epochs, _number(last_step, "epoch", int) or 0)
+        record.wall_seconds = max(record.wall_seconds, _number(last_step, "elapsed_s") or 0.0)
+        record.peak_memory_mb = max(record.peak_memory_mb, _number(last_step, "memory_peak_mb") or 0.0)
+        record.memory_kind = str(last_step.get("memory_kind") or record.memory_kind)
+        record.final_loss = _number(last_step, "loss")
+    if last_epoch is not None and record.last_epoch_loss is None:
+        record.last_epoch_loss = _number(last_epoch, "mean_loss")
+
+
+def _apply_summary(record: RunRecord, summary: dict[str, Any]) -> None:
+    record.status = str(summary.get("status") or "incomplete")
+    for key in ("steps", "total_steps", "epochs", "total_epochs"):
+        setattr(record, key, _number(summary, key, int) or 0)
+    record.wall_seconds = _number(summary, "wall_seconds") or 0.0
+    record.peak_memory_mb = _number(summary, "peak_vram_mb") or 0.0
+    record.memory_kind = str(summary.get("memory_kind") or "cuda")
+    record.final_loss = _number(summary, "final_loss")
+    record.last_epoch_loss = _number(summary, "mean_last_epoch_loss")
+    record.started_at = _number(summary, "started_at") or None
+    record.error = summary.get("error") if isinstance(summary.get("error"), str) else None
+    record.skipped_steps = _number(summary, "skipped_steps", int) or 0  # absent in older runs
+    lora = summary.get("lora_path")
+    if isinstance(lora, str) and lora:
+        # The folder may have been moved or copied since: look beside the summary first.
+        for candidate in (record.path / Path(lora).name, Path(lora)):
+            if candidate.is_file():
+                record.lora_path = candidate
+                break
+
+
+def _apply_plan(record: RunRecord, plan: dict[str, Any]) -> None:
+    buckets, images = plan.get("buckets"), plan.get("images")
+    record.bucket_count = len(buckets) if isinstance(buckets, list) else None
+    record.images = len(images) if isinstance(images, list) else None
+    record.batches_per_epoch = _number(plan, "batches_per_epoch", int)
+    if not record.total_steps:
+        record.total_steps = _number(plan, "max_train_steps", int) or 0
+    if not record.total_epochs:
+        record.total_epochs = _number(plan, "epochs", int) or 0
+
+
+def _checkpoint_order(path: Path, steps_per_epoch: float | None) -> tuple[float, str]:
+    """Intermediate checkpoints in training order: epoch ones are placed by the step their
+    epoch ends at, so epoch and step checkpoints of one run interleave correctly."""
+    step = _STEP_CHECKPOINT.search(path.name)
+    if step:
+        return float(step.group(1)), path.name
+    epoch = _EPOCH_CHECKPOINT.search(path.name)
+    if epoch:
+        return int(epoch.group(1)) * (steps_per_epoch or 1.0), path.name
+    return math.inf, path.name
+
+
+def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes]
+    except OSError:
+        return []
+
+
+def load_run(path: Path) -> RunRecord:
+    """Everything a run folder tells; never raises (``problem`` says what was unreadable)."""
+    path = Path(path)
+    record = RunRecord(path=path, name=path.name, folder=path.name)
+    problems: list[str] = []
+    try:
+        record.config = load_preset(path / CONFIG).config
+    except PresetError as err:
+        missing = not (path / CONFIG).exists()
+        problems.append(f"{CONFIG} is missing, so the run's settings are unknown" if missing
+                        else str(err).replace("\n", " "))
+    except (OSError, ValueError, TypeError) as err:  # a preset problem not put into words
+        problems.append(f"{path / CONFIG}: cannot be read ({err})")
+    if record.config is not None:
+        record.name = record.config.output.output_name or path.name
+        record.params = flatten_params(record.config)
+        width, height = record.config.dataset.resolution
+        record.resolution = f"{width}x{height}"
+    summary, problem = _read_json(path / SUMMARY)
+    if summary is not None:
+        _apply_summary(record, summary)
+    elif record.config is not None:
+        problems.append(f"{problem}: the run ended before writing it, or is still starting")
+    else:
+        problems.append(problem or "")
+    plan, _ = _read_json(path / PLAN)
+    if plan is not None:
+        _apply_plan(record, plan)
+    if record.status in ("running", "incomplete"):
+        _fill_from_metrics(record)
+    if record.started_at is None:
+        stamp = _FOLDER_STAMP.match(path.name)
+        if stamp:
+            try:
+                record.started_at = time.mktime(time.strptime(stamp.group(1), "%Y%m%d-%H%M%S"))
+            except (ValueError, OverflowError):
+                pass
+    if record.lora_path is None and (path / f"{record.name}.safetensors").is_file():
+        record.lora_path = path / f"{record.name}.safetensors"
+    steps_per_epoch = record.total_steps / record.total_epochs if record.total_epochs else None
+    record.checkpoints = sorted(_list_files(path / CHECKPOINT_DIR, (".safetensors",)),
+                                key=lambda p: _checkpoint_order(p, steps_per_epoch))
+    record.samples = sorted(_list_files(path / SAMPLE_DIR, SAMPLE_SUFFIXES), key=lambda p: p.name)
+    record.problem = "; ".join(p for p in problems if p) or None
+    return record
+
+
+def discover_runs(folders: Iterable[Path]) -> list[RunRecord]:
+    """The runs in each folder (its run sub-folders, or the folder itself when it is a run),
+    newest first; a folder that does not exist contributes nothing."""
+    seen: set[Path] = set()
+    records: list[RunRecord] = []
+    for folder in folders:
+        folder = Path(folder).expanduser()
+        if is_run_dir(folder):
+            candidates = [folder]
+        else:
+            try:
+                candidates = sorted(p for p in folder.iterdir() if is_run_dir(p))
+            except OSError:  # missing, not a folder, or unreadable
+                continue
+        for candidate in candidates:
+            key = candidate.resolve()
+            if key not in seen:
+                seen.add(key)
+                records.append(load_run(candidate))
+    records.sort(key=lambda r: (r.started_at if r.started_at is not None else -math.inf, r.folder), reverse=True)
+    return records
+
+
+# ---------------------------------------------------------------- curves
+
+
+Curve = tuple[np.ndarray, np.ndarray]  # (steps, values)
+
+
+@dataclass
+class RunSeries:
+    """A run's curves as arrays, for plots. Loss values are NaN where a step logged none."""
+
+    step: np.ndarray
+    loss: np.ndarray
+    avg_loss: np.ndarray  # mean over the last epoch's worth of steps (Kohya's loss/average)
+    epoch: np.ndarray  # epoch number of each epoch-end record
+    epoch_end_step: np.ndarray
+    epoch_loss: np.ndarray
+    lr: dict[str, Curve]  # per parameter group ("unet", "textencoder")
+    dlr: dict[str, Curve]  # d * lr per group (Prodigy, D-Adaptation); empty otherwise
+    memory: Curve  # memory reserved on the GPU, or the process's RSS on a CPU run
+    memory_kind: str = "rss"
+
+
+def _float(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _last_of_each_step(steps: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A resumed run appends steps it had logged before it stopped: keep the later record of
+    each step, in step order."""
+    if steps.size < 2 or bool(np.all(np.diff(steps) > 0)):
+        return (steps, *columns)
+    reversed_steps = steps[::-1]
+    _, first_in_reverse = np.unique(reversed_steps, return_index=True)
+    keep = steps.size - 1 - first_in_reverse  # np.unique sorts by step
+    return (steps[keep], *(c[keep] for c in columns))
+
+
+def _group_curves(records: list[dict[str, Any]], steps: np.ndarray, key: str) -> dict[str, Curve]:
+    """Per-group curves of the ``key`` dicts ("lr", "dlr") of step records."""
+    groups: dict[str, None] = {}
+    for record in records:
+        values = record.get(key)
+        if values:  # usually the same groups every step: this loop is cheap
+            groups.update(dict.fromkeys(values))
+    out: dict[str, Curve] = {}
+    for group in groups:
+        values = np.fromiter((_float((r.get(key) or {}).get(group)) for r in records), np.float64, len(records))
+        present = ~np.isnan(values)
+        out[group] = _last_of_each_step(steps[present], values[present])  # type: ignore[assignment]
+    return out
+
+
+def load_series(path: Path) -> RunSeries:
+    """A run's curves from its metrics.jsonl (a torn last line is ignored). A 100k-step run
+    reads in about a second: parsing the JSON lines is most of it."""
+    records: list[dict[str, Any]] = []
+    epochs: list[tuple[int, int, float]] = []
+    for record in read_metrics(Path(path) / METRICS):
+        if not isinstance(record, dict):
+            continue
+        what = record.get("type")
+        if what == "step":
+            if isinstance(record.get("step"), int):
+                records.append(record)
+        elif what == "epoch" and isinstance(record.get("epoch"), int):
+            end_step = record.get("step")
+            epochs.append((record["epoch"], end_step if isinstance(end_step, int) else 0,
+                           _float(record.get("mean_loss"))))
+    count = len(records)
+    steps = np.fromiter((r["step"] for r in records), np.int64, count)
+
+    def column(key: str) -> np.ndarray:
+        return np.fromiter((_float(r.get(key)) for r in records), np.float64, count)
+
+    kind = next((r["memory_kind"] for r in records if isinstance(r.get("memory_kind"), str)), "rss")
+    lr, dlr = _group_curves(records, steps, "lr"), _group_curves(records, steps, "dlr")
+    step_array, loss, avg_loss, memory = _last_of_each_step(
+        steps, column("loss"), column("avg_loss"), column("memory_reserved_mb"))
+    epoch_numbers, epoch_steps, epoch_losses = _last_of_each_step(
+        np.asarray([e[0] for e in epochs], dtype=np.int64), np.asarray([e[1] for e in epochs], dtype=np.int64),
+        np.asarray([e[2] for e in epochs], dtype=np.float64))
+    return RunSeries(step=step_array, loss=loss, avg_loss=avg_loss, epoch=epoch_numbers,
+                     epoch_end_step=epoch_steps, epoch_loss=epoch_losses, lr=lr, dlr=dlr,
+                     memory=(step_array, memory), memory_kind=kind)

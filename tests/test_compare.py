@@ -1,0 +1,188 @@
+"""Comparing runs: what varies, the labels, the table and its CSV/Markdown, the export."""
+
+import csv
+import io
+
+import numpy as np
+from PIL import Image, ImageColor
+
+from core.chart import RUN_COLOURS
+from core.compare import (comparison_table, export_comparison, format_param, legend_label, legend_labels,
+                          table_to_csv, table_to_markdown, table_to_text, varied_params)
+from core.config import Duration, NetworkType, SubsetParams
+from core.run_index import load_run
+from tests.test_run_index import make_config, step_record, write_run
+
+
+def _runs(tmp_path, *configs, **kwargs):
+    return [load_run(write_run(tmp_path, f"run{i}", c, started=1000.0 + i, **kwargs)) for i, c in enumerate(configs)]
+
+
+def test_only_the_settings_that_differ_vary_and_names_never_count(tmp_path):
+    records = _runs(tmp_path, make_config("a", 512), make_config("b", 768), make_config("c", 1024))
+    assert varied_params(records) == ["dataset.resolution"]
+
+
+def test_output_folder_is_not_a_difference_but_seed_is(tmp_path):
+    first, second = make_config(), make_config()
+    second.output.output_dir = "/elsewhere"
+    second.training.seed = 7
+    assert varied_params(_runs(tmp_path, first, second)) == ["training.seed"]
+
+
+def test_the_step_count_of_runs_trained_by_epochs_is_no_difference(tmp_path):
+    first, second = make_config(), make_config()
+    for config, steps in ((first, 100), (second, 200)):
+        config.training.duration, config.training.max_train_steps = Duration.EPOCHS, steps
+    assert varied_params(_runs(tmp_path, first, second)) == []
+
+
+def test_a_subset_only_one_run_has_varies_and_reads_absent(tmp_path):
+    first, second = make_config(), make_config()
+    second.dataset.subsets.append(SubsetParams(image_dir="/data/reg", is_reg=True))
+    records = _runs(tmp_path, first, second)
+    varied = varied_params(records)
+    assert "dataset.subsets[1].image_dir" in varied and "dataset.subsets[1].is_reg" in varied
+    row = comparison_table(records).rows[0]
+    assert row[1 + varied.index("dataset.subsets[1].image_dir")] == "absent"
+
+
+def test_runs_without_a_readable_config_do_not_take_part(tmp_path):
+    records = _runs(tmp_path, make_config("a", 512), make_config("b", 512))
+    (records[1].path / "config.toml").write_text("not toml [")
+    broken = load_run(records[1].path)
+    assert varied_params([records[0], broken]) == []
+    assert varied_params(records[:1]) == []
+
+
+def test_legend_labels_name_what_differs_shortly(tmp_path):
+    first, second = make_config("a", 512, dim=8), make_config("b", 768, dim=16)
+    records = _runs(tmp_path, first, second)
+    varied = varied_params(records)
+    assert varied == ["dataset.resolution", "network.dim"]
+    assert legend_label(records[1], varied) == "resolution=768, dim=16"
+    assert legend_label(records[1], []) == "run1"
+
+
+def test_legend_labels_keep_the_group_where_short_names_clash(tmp_path):
+    first, second = make_config(), make_config()
+    second.network.type = NetworkType.LOCON
+    second.optimizer.type = second.optimizer.type.LION
+    records = _runs(tmp_path, first, second)
+    assert legend_label(records[1], varied_params(records)) == "network.type=LoCon, optimizer.type=Lion"
+
+
+def test_runs_with_the_same_settings_get_their_folder_added(tmp_path):
+    records = _runs(tmp_path, make_config("a", 512), make_config("b", 512), make_config("c", 768))
+    assert legend_labels(records) == ["resolution=512 (run0)", "resolution=512 (run1)", "resolution=768"]
+
+
+def test_copies_of_one_folder_name_are_told_apart_by_their_parent(tmp_path):
+    records = [load_run(write_run(tmp_path / parent, "run", make_config())) for parent in ("gpu1", "gpu2")]
+    assert legend_labels(records) == ["gpu1/run", "gpu2/run"]
+
+
+def test_values_are_formatted_for_reading():
+    assert format_param("dataset.resolution", (768, 512)) == "768x512"
+    assert format_param("optimizer.learning_rate", 1e-4) == "0.0001"
+    assert format_param("optimizer.betas", (0.9, 0.999)) == "0.9,0.999"
+    assert format_param("optimizer.unet_lr", None) == "unset"
+    assert format_param("network.train_unet", False) == "false"
+    assert format_param("optimizer.extra_args", (("foo", 1), ("bar", True))) == "foo=1, bar=true"
+    assert format_param("optimizer.extra_args", ()) == "none"
+    assert format_param("sampling.prompts", "a cat\n\n# x\n") == "a cat / # x"
+
+
+def test_the_table_summarises_time_memory_buckets_and_loss(tmp_path):
+    records = [load_run(write_run(tmp_path, "r512", make_config("a", 512), wall=10.0, steps=4, buckets=2,
+                                  batches=4, peak=3000.0)),
+               load_run(write_run(tmp_path, "r768", make_config("b", 768), wall=30.0, steps=4, buckets=5,
+                                  batches=6, peak=5000.0))]
+    table = comparison_table(records)
+    assert table.columns == ["run", "dataset.resolution", "status", "steps", "epochs", "wall time",
+                             "time per step (s)", "peak VRAM (MB)", "resolution", "buckets", "batches/epoch",
+                             "final loss", "last-epoch loss"]
+    assert table.varied == ["dataset.resolution"]
+    assert table.rows[0] == ["resolution=512", "512x512", "completed", 4, 1, 10.0, 2.5, 3000.0, "512x512", 2, 4,
+                             0.25, 0.52]
+    assert table.rows[1][6] == 7.5 and table.rows[1][7] == 5000.0 and table.rows[1][9] == 5
+
+
+def test_the_memory_column_says_what_was_measured(tmp_path):
+    cpu = _runs(tmp_path / "cpu", make_config(), kind="rss")
+    gpu = _runs(tmp_path / "gpu", make_config(), kind="cuda")
+    assert "peak RAM (MB)" in comparison_table(cpu).columns
+    assert "peak VRAM (MB)" in comparison_table(gpu).columns
+    assert "peak memory (MB)" in comparison_table(cpu + gpu).columns
+
+
+def test_unknown_numbers_are_blank_not_zero(tmp_path):
+    record = load_run(write_run(tmp_path, "r", status=None, metrics=[]))
+    row = comparison_table([record]).rows[0]
+    columns = comparison_table([record]).columns
+    assert row[columns.index("wall time")] is None and row[columns.index("final loss")] is None
+    assert row[columns.index("status")] == "incomplete"
+
+
+def _two_run_table(tmp_path):
+    return comparison_table([load_run(write_run(tmp_path, "a", make_config("a", 512), wall=3725.0)),
+                             load_run(write_run(tmp_path, "b", make_config("b", 768), wall=45.0))])
+
+
+def test_csv_keeps_numbers_as_numbers_and_seconds_in_the_header(tmp_path):
+    rows = list(csv.reader(io.StringIO(table_to_csv(_two_run_table(tmp_path)))))
+    header = rows[0]
+    assert header[header.index("wall time (s)")] == "wall time (s)"
+    first = dict(zip(header, rows[1]))
+    assert float(first["wall time (s)"]) == 3725.0
+    assert float(first["time per step (s)"]) == 3725.0 / 4
+    assert first["dataset.resolution"] == "512x512" and first["buckets"] == "2"
+    assert float(first["final loss"]) == 0.25
+
+
+def test_markdown_and_text_tables_read_well(tmp_path):
+    table = _two_run_table(tmp_path)
+    md = table_to_markdown(table, title="Resolution study")
+    lines = md.splitlines()
+    assert lines[0] == "# Resolution study"
+    assert lines[2].startswith("| run | dataset.resolution | status |")
+    assert lines[3].startswith("|---|---|---|---:|")  # text left, numbers right
+    assert "| 1:02:05 |" in lines[4] and "| 0:45 |" in lines[5]
+    text = table_to_text(table).splitlines()
+    assert text[0].startswith("run") and set(text[1]) <= {"-", " "}
+    steps_end = text[0].index("steps") + len("steps")
+    assert all(line[steps_end - 1] == "4" for line in text[2:])  # right-aligned under the header
+
+
+def test_markdown_escapes_pipes(tmp_path):
+    first, second = make_config("a"), make_config("b")
+    second.output.comment = "a | b"
+    md = table_to_markdown(comparison_table(_runs(tmp_path, first, second)))
+    assert "a \\| b" in md
+
+
+def test_export_writes_tables_and_plots_in_run_colours(tmp_path):
+    metrics = [step_record(s, 1 / s, dlr={"unet": 1e-3 * s}) for s in range(1, 6)]
+    metrics.append({"type": "epoch", "epoch": 1, "step": 5, "mean_loss": 0.4})
+    records = [load_run(write_run(tmp_path / "runs", "a", make_config("a", 512), steps=5)),
+               load_run(write_run(tmp_path / "runs", "b", make_config("b", 768), steps=5, metrics=metrics))]
+    written = export_comparison(records, tmp_path / "out" / "study")
+    names = [p.name for p in written]
+    assert names == ["comparison.csv", "comparison.md", "loss_by_step.png", "loss_by_epoch.png", "lr_by_step.png",
+                     "dlr_by_step.png", "memory_by_step.png"]
+    for path in written[2:]:
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        for colour in RUN_COLOURS[:2] if path.name != "dlr_by_step.png" else RUN_COLOURS[1:2]:
+            assert np.all(pixels == ImageColor.getrgb(colour), axis=-1).sum() > 40, (path.name, colour)
+    md = (tmp_path / "out" / "study" / "comparison.md").read_text()
+    assert "`dataset.resolution`" in md and str(records[0].path) in md and "![loss by step](loss_by_step.png)" in md
+    assert "resolution=512" in (tmp_path / "out" / "study" / "comparison.csv").read_text()
+
+
+def test_export_leaves_out_dlr_when_no_run_has_it_and_lists_problems(tmp_path):
+    records = [load_run(write_run(tmp_path / "runs", "a", make_config("a", 512))),
+               load_run(write_run(tmp_path / "runs", "b", make_config("b", 768), status=None))]
+    names = [p.name for p in export_comparison(records, tmp_path / "out")]
+    assert "dlr_by_step.png" not in names and "lr_by_step.png" in names
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "incomplete; summary.json is missing" in md

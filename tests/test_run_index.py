@@ -1,0 +1,251 @@
+"""The runs library: reading run folders (whole, broken, running) and their curves."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.config import DEMO_MODEL, Duration, OptimizerType, SubsetParams, TrainConfig
+from core.presets import dumps_preset
+from core.run_index import discover_runs, is_run_dir, load_run, load_series
+from core.runs import RunSummary
+
+
+def make_config(name: str = "cat", resolution: int = 512, dim: int = 8) -> TrainConfig:
+    config = TrainConfig()
+    config.model.base_model = DEMO_MODEL
+    config.dataset.subsets = [SubsetParams(image_dir="/data/cat", num_repeats=2)]
+    config.dataset.resolution = (resolution, resolution)
+    config.network.dim = dim
+    config.optimizer.type = OptimizerType.ADAMW
+    config.training.duration, config.training.max_train_steps = Duration.STEPS, 4
+    config.output.output_name = name
+    return config
+
+
+def step_record(step: int, loss: float | None = 0.5, *, lr: float = 1e-4, memory: float = 100.0,
+                kind: str = "cuda", dlr: dict | None = None) -> dict:
+    return {"type": "step", "step": step, "epoch": 1, "loss": loss, "avg_loss": loss,
+            "lr": {"unet": lr, "textencoder": lr / 2}, "dlr": dlr or {}, "memory_allocated_mb": memory - 10,
+            "memory_reserved_mb": memory, "memory_peak_mb": memory + 5, "memory_kind": kind,
+            "it_per_s": 2.0, "images_per_s": 4.0, "eta_s": 1.0, "elapsed_s": step * 0.5}
+
+
+def write_run(root: Path, folder: str, config: TrainConfig | None = None, *, status: str | None = "completed",
+              steps: int = 4, metrics: list[dict] | None = None, wall: float = 2.0, peak: float = 1234.0,
+              kind: str = "cuda", started: float = 1_700_000_000.0, buckets: int = 2, batches: int = 4) -> Path:
+    """A run folder as the engine writes it, by hand (no training needed)."""
+    run = root / folder
+    run.mkdir(parents=True)
+    config = config or make_config()
+    (run / "config.toml").write_text(dumps_preset(config, sparse=False))
+    plan = {"buckets": [{"resolution": [512, 512 + 64 * i], "count": 3} for i in range(buckets)],
+            "images": [{"path": f"img{i}.png"} for i in range(5)], "skipped": [],
+            "batches_per_epoch": batches, "epochs": 1, "max_train_steps": steps, "warnings": []}
+    (run / "plan.json").write_text(json.dumps(plan))
+    if metrics is None:
+        metrics = [step_record(s, 1.0 / s, memory=100.0 + s, kind=kind) for s in range(1, steps + 1)]
+        metrics.append({"type": "epoch", "epoch": 1, "step": steps, "mean_loss": 0.52})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    if status is not None:
+        name = config.output.output_name
+        (run / f"{name}.safetensors").write_bytes(b"lora")
+        RunSummary(status=status, name=name, steps=steps, total_steps=steps, epochs=1, total_epochs=1,
+                   wall_seconds=wall, peak_vram_mb=peak, memory_kind=kind, final_loss=0.25,
+                   mean_last_epoch_loss=0.52, lora_path=str(run / f"{name}.safetensors"),
+                   started_at=started).write(run)
+    return run
+
+
+def test_a_finished_run_reads_its_config_summary_and_plan(tmp_path):
+    record = load_run(write_run(tmp_path, "20240101-120000-cat", make_config(resolution=768)))
+    assert record.problem is None
+    assert (record.name, record.folder, record.status) == ("cat", "20240101-120000-cat", "completed")
+    assert (record.steps, record.total_steps, record.epochs, record.total_epochs) == (4, 4, 1, 1)
+    assert (record.wall_seconds, record.peak_memory_mb, record.memory_kind) == (2.0, 1234.0, "cuda")
+    assert (record.final_loss, record.last_epoch_loss) == (0.25, 0.52)
+    assert (record.resolution, record.bucket_count, record.batches_per_epoch, record.images) == ("768x768", 2, 4, 5)
+    assert record.lora_path == record.path / "cat.safetensors"
+    assert record.started_at == 1_700_000_000.0
+
+
+def test_params_are_flat_group_field_keys_with_enum_values(tmp_path):
+    record = load_run(write_run(tmp_path, "r", make_config(dim=16)))
+    params = record.params
+    assert params["network.dim"] == 16
+    assert params["dataset.resolution"] == (512, 512)
+    assert params["optimizer.type"] == "AdamW" and type(params["optimizer.type"]) is str
+    assert params["dataset.subsets[0].image_dir"] == "/data/cat"
+    assert params["dataset.subsets[0].num_repeats"] == 2
+    assert params["optimizer.unet_lr"] is None  # unset in the TOML: read back as None
+    assert params["optimizer.extra_args"] == ()
+
+
+def test_checkpoints_are_in_training_order_and_samples_by_name(tmp_path):
+    run = write_run(tmp_path, "r", steps=40)
+    (run / "checkpoints").mkdir()
+    # 40 steps in one epoch: the epoch-1 checkpoint (step 40) comes after the step-20 one.
+    for name in ("cat-000001.safetensors", "cat-step00000020.safetensors", "cat-step00000010.safetensors"):
+        (run / "checkpoints" / name).write_bytes(b"x")
+    (run / "samples").mkdir()
+    for name in ("cat_s000020_e0001_00.png", "cat_s000010_e0001_00.png", "notes.txt"):
+        (run / "samples" / name).write_bytes(b"x")
+    record = load_run(run)
+    assert [p.name for p in record.checkpoints] == [
+        "cat-step00000010.safetensors", "cat-step00000020.safetensors", "cat-000001.safetensors"]
+    assert [p.name for p in record.samples] == ["cat_s000010_e0001_00.png", "cat_s000020_e0001_00.png"]
+
+
+def test_a_moved_run_finds_its_lora_beside_the_summary(tmp_path):
+    run = write_run(tmp_path, "r")
+    moved = run.rename(tmp_path / "elsewhere")
+    assert load_run(moved).lora_path == moved / "cat.safetensors"
+
+
+def test_a_run_without_summary_is_incomplete_with_progress_from_its_metrics(tmp_path):
+    run = write_run(tmp_path, "20240102-080000-cat", status=None, steps=3)
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"type": "step", "step": 4, "lo')  # torn by a crash
+    record = load_run(run)
+    assert record.status == "incomplete"
+    assert "summary.json is missing" in record.problem
+    assert (record.steps, record.total_steps) == (3, 3)
+    assert record.final_loss == pytest.approx(1 / 3)
+    assert record.peak_memory_mb == 108.0 and record.wall_seconds == 1.5
+    assert record.last_epoch_loss == 0.52
+    assert record.lora_path is None
+    assert record.started_at is not None  # from the folder's time stamp
+
+
+def test_a_running_run_shows_its_progress(tmp_path):
+    run = write_run(tmp_path, "r", steps=5)
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(status="running", steps=0, wall_seconds=0.0, final_loss=None, peak_vram_mb=0.0)
+    (run / "summary.json").write_text(json.dumps(summary))
+    record = load_run(run)
+    assert record.status == "running" and record.problem is None
+    assert record.steps == 5 and record.final_loss == pytest.approx(0.2)
+
+
+def test_a_failed_run_carries_its_error_and_skipped_steps(tmp_path):
+    run = write_run(tmp_path, "r", status="failed")
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(error="out of GPU memory", skipped_steps=3)
+    (run / "summary.json").write_text(json.dumps(summary))
+    record = load_run(run)
+    assert (record.status, record.error, record.skipped_steps) == ("failed", "out of GPU memory", 3)
+    del summary["skipped_steps"]  # written by older versions without it
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert load_run(run).skipped_steps == 0
+
+
+def test_a_broken_config_names_the_file_and_keeps_the_summary(tmp_path):
+    run = write_run(tmp_path, "r")
+    (run / "config.toml").write_text("[network\ndim = ")
+    record = load_run(run)
+    assert record.config is None and record.params == {}
+    assert "config.toml" in record.problem and "not valid TOML" in record.problem
+    assert record.status == "completed" and record.steps == 4
+    assert record.name == "r"
+
+
+def test_a_run_without_config_is_listed_with_its_summary(tmp_path):
+    run = write_run(tmp_path, "r")
+    (run / "config.toml").unlink()
+    assert is_run_dir(run)
+    record = load_run(run)
+    assert record.config is None and "config.toml is missing" in record.problem
+    assert record.status == "completed" and record.resolution is None and record.bucket_count == 2
+
+
+def test_an_unreadable_summary_is_named(tmp_path):
+    run = write_run(tmp_path, "r")
+    (run / "summary.json").write_text("{not json")
+    record = load_run(run)
+    assert record.status == "incomplete"
+    assert "summary.json is not valid JSON" in record.problem
+    assert record.config is not None
+
+
+def test_what_counts_as_a_run_folder(tmp_path):
+    assert is_run_dir(write_run(tmp_path, "run"))
+    lone = tmp_path / "preset_only"
+    lone.mkdir()
+    (lone / "config.toml").write_text(dumps_preset(make_config()))
+    assert not is_run_dir(lone)  # anyone's preset folder
+    assert not is_run_dir(tmp_path / "missing")
+    assert not is_run_dir(tmp_path / "run" / "summary.json")
+
+
+def test_discover_lists_runs_newest_first_once_each(tmp_path):
+    write_run(tmp_path / "out", "old", started=1_000.0)
+    new = write_run(tmp_path / "out", "new", started=2_000.0)
+    (tmp_path / "out" / "not_a_run").mkdir()
+    records = discover_runs([tmp_path / "out", new, tmp_path / "missing"])
+    assert [r.folder for r in records] == ["new", "old"]
+    assert discover_runs([tmp_path / "missing"]) == []
+    assert [r.folder for r in discover_runs([new])] == ["new"]  # a run folder itself
+
+
+def test_series_reads_steps_losses_lr_memory_and_epochs(tmp_path):
+    metrics = [step_record(1, 0.9, memory=100), step_record(2, None, memory=110), step_record(3, 0.7, memory=120),
+               {"type": "epoch", "epoch": 1, "step": 3, "mean_loss": 0.8},
+               {"type": "checkpoint", "path": "x", "step": 3, "epoch": 1, "kind": "epoch"}]
+    series = load_series(write_run(tmp_path, "r", metrics=metrics, steps=3))
+    assert series.step.tolist() == [1, 2, 3]
+    assert series.loss[0] == 0.9 and math.isnan(series.loss[1]) and series.loss[2] == 0.7
+    assert series.lr["unet"][1].tolist() == [1e-4] * 3 and series.lr["textencoder"][1].tolist() == [5e-5] * 3
+    assert series.dlr == {}
+    assert series.memory[1].tolist() == [100, 110, 120] and series.memory_kind == "cuda"
+    assert series.epoch.tolist() == [1] and series.epoch_end_step.tolist() == [3]
+    assert series.epoch_loss.tolist() == [0.8]
+
+
+def test_series_of_a_resumed_run_keeps_the_later_record_of_each_step(tmp_path):
+    metrics = [step_record(s, 1.0) for s in (1, 2, 3)] + [step_record(s, 0.5, dlr={"unet": 1e-3})
+                                                            for s in (3, 4)]
+    series = load_series(write_run(tmp_path, "r", metrics=metrics))
+    assert series.step.tolist() == [1, 2, 3, 4]
+    assert series.loss.tolist() == [1.0, 1.0, 0.5, 0.5]
+    steps, values = series.dlr["unet"]
+    assert steps.tolist() == [3, 4] and values.tolist() == [1e-3, 1e-3]
+
+
+def test_series_ignores_a_torn_last_line_and_a_missing_file(tmp_path):
+    run = write_run(tmp_path, "r", steps=2)
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"type": "step", "step": 3, "loss": 0.1')
+    assert load_series(run).step.tolist() == [1, 2]
+    (run / "metrics.jsonl").unlink()
+    empty = load_series(run)
+    assert empty.step.size == 0 and empty.loss.size == 0 and empty.lr == {} and empty.epoch.size == 0
+
+
+@pytest.mark.slow
+def test_runs_trained_by_the_engine_are_read_back(tmp_path):
+    from core.training.engine import Trainer
+    from core.training.events import Finished, ListSink
+    from tests.engine_fixtures import tiny_config
+
+    for dim in (2, 4):
+        config = tiny_config(tmp_path / f"d{dim}", steps=3)
+        config.network.dim = dim
+        config.output.output_dir = str(tmp_path / "runs")
+        result = Trainer(config, ListSink()).run()
+        assert isinstance(result, Finished), getattr(result, "traceback", "")
+    records = discover_runs([tmp_path / "runs"])
+    assert len(records) == 2 and all(r.problem is None and r.status == "completed" for r in records)
+    assert sorted(r.params["network.dim"] for r in records) == [2, 4]
+    for record in records:
+        assert record.steps == 3 and record.memory_kind == "rss" and record.peak_memory_mb > 0
+        assert record.lora_path is not None and record.lora_path.is_file()
+        assert record.bucket_count and record.batches_per_epoch and record.images == 5
+        series = load_series(record.path)
+        assert series.step.tolist() == [1, 2, 3] and np.isfinite(series.loss).all()
+        assert set(series.lr) == {"unet", "textencoder"} and series.epoch.size >= 1
+    from core.compare import varied_params
+
+    varied = varied_params(records)
+    assert "network.dim" in varied and "output.output_name" not in varied
