@@ -185,7 +185,7 @@ def _pattern(path: str) -> str:
     return re.escape(path)
 
 
-def _inject(model: nn.Module, targets: Targets, rank: int, alpha: float) -> None:
+def inject_lora(model: nn.Module, targets: Targets, rank: int, alpha: float) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(
@@ -198,7 +198,7 @@ def _inject(model: nn.Module, targets: Targets, rank: int, alpha: float) -> None
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
 
 
-def _check_and_prepare(model: nn.Module, targets: Targets) -> None:
+def check_and_prepare(model: nn.Module, targets: Targets) -> None:
     """Fail loudly if peft did not build what Kohya's file needs; LoRA weights in fp32."""
     import torch
 
@@ -245,8 +245,8 @@ def attach_lora(unet: nn.Module, text_encoder: nn.Module, network: NetworkParams
     alpha = effective_alpha(network.alpha, network.dim)
     for model, targets in ((unet, u_targets), (text_encoder, t_targets)):
         if targets:
-            _inject(model, targets, network.dim, alpha)
-            _check_and_prepare(model, targets)
+            inject_lora(model, targets, network.dim, alpha)
+            check_and_prepare(model, targets)
     handles = LoraHandles(unet, text_encoder, network, u_targets, t_targets)
     if network.dropout > 0:
         _add_dropout(handles, network.dropout)
