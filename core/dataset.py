@@ -183,6 +183,19 @@ def _resolve_dir(value: str, base_dir: Path | None, field: str, what: str) -> Pa
     return path
 
 
+def unusable_dataset_message(skipped: list[SkippedFile], warnings: list[str], shown: int = 5) -> str:
+    """Why a dataset has no image to train on, naming the files and what to do: for the
+    error that stops a run whose folders hold only broken or unreadable files."""
+    if skipped:
+        reasons = "; ".join(f"{s.display_path}: {s.reason}" for s in skipped[:shown])
+        more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        return (f"dataset.subsets: no usable images: {len(skipped)} file(s) skipped ({reasons}{more}); "
+                "replace or remove the broken files, or choose another folder")
+    detail = f" ({'; '.join(warnings)})" if warnings else ""
+    return (f"dataset.subsets: no images to train on{detail}; add .png .jpg .jpeg .webp or .bmp "
+            "images to the folders")
+
+
 def scan_dataset(params: DatasetParams, base_dir: Path | None = None,
                  cancelled: Callable[[], bool] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> ScanResult:

@@ -11,6 +11,7 @@ spellings, reasons for unsupported keys) is in core.kohya_keys.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 from core import kohya_keys as keys
 from core.config import GROUPS, DatasetParams, TrainConfig
 from core.params import FieldError, ParamSpec, PathKind, coerce_value, param_specs, range_problem, spec_for
-from core.presets import resolve_path_value
+from core.presets import MAX_NESTING, parser_trouble, resolve_path_value, too_deep
 
 KOHYA_SS = "kohya_ss GUI JSON"
 CONFIG = "sd-scripts config TOML"
@@ -95,10 +96,13 @@ class ImportContext:
         self.done: set[str] = set()
         self.defaulted: set[str] = set()  # filled from SD_SCRIPTS_DEFAULTS, not in the file
         self.defaults_used: list[str] = []  # those of them that set a field
-        for key, value in args.items():
+        # Current names first: when a file has both spellings, the current one is used and the
+        # old one is reported as ignored (never silently overwritten by it, or it by the other).
+        for key, value in sorted(args.items(), key=lambda item: item[0] in keys.KEY_ALIASES):
             name = keys.KEY_ALIASES.get(key, key)
-            if name in self.args:  # both spellings in one file: keep the other under its own name
-                name = key
+            if name in self.args:
+                self.ignored(key, value, f"{self.shown[name]} is also set, and is used")
+                continue
             self.args[name], self.shown[name] = value, key
 
     # ------------------------------------------------------------ arguments
@@ -158,10 +162,11 @@ class ImportContext:
         """``raw`` as the field's type, range-checked, paths resolved; raises FieldError."""
         try:
             value = coerce_value(keys.loosen(raw, spec.type), spec.type, path)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:  # 1e400 as an integer overflows
             if isinstance(err, FieldError):
                 raise
-            raise FieldError(path, f"{raw!r} does not fit ({err})") from None
+            shown = repr(raw) if len(repr(raw)) <= 60 else repr(raw)[:57] + "..."
+            raise FieldError(path, f"{shown} does not fit ({err})") from None
         problem = range_problem(value, spec.info)
         if problem:
             raise FieldError(path, problem)
@@ -185,7 +190,7 @@ class ImportContext:
         if value and windows.drive and windows.root:
             return value
         if path == "model.base_model" and _HUB_ID.match(value) and not Path(value).suffix \
-                and not (base_dir / value).exists():
+                and not os.path.exists(base_dir / value):  # os.path: False on a too-long name
             self.warn(f"{path}: '{value}' looks like a Hugging Face model name; LoRA Kiln works "
                       "offline, so download the model and choose its file or folder")
             return value
@@ -211,6 +216,9 @@ def read_source(path: Path) -> tuple[str, dict[str, Any]]:
         except json.JSONDecodeError as err:
             raise KohyaImportError(path, f"not valid JSON: {err.msg} at line {err.lineno}, "
                                          f"column {err.colno}") from None
+        except (ValueError, RecursionError) as err:  # a number of thousands of digits, deep nesting
+            raise KohyaImportError(path, f"not a usable JSON file: {parser_trouble(err)}") from None
+        _check_depth(path, data)
         if not isinstance(data, dict) or not any(key in data for key in _KOHYA_SS_MARKERS):
             raise KohyaImportError(path, "a JSON file, but not a kohya_ss LoRA config (it has none of "
                                          + ", ".join(_KOHYA_SS_MARKERS) + ")")
@@ -219,6 +227,9 @@ def read_source(path: Path) -> tuple[str, dict[str, Any]]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise KohyaImportError(path, f"not valid TOML: {err}") from None
+    except (ValueError, RecursionError) as err:
+        raise KohyaImportError(path, f"not a usable TOML file: {parser_trouble(err)}") from None
+    _check_depth(path, data)
     if "schema_version" in data:
         raise KohyaImportError(path, "this is a LoRA Kiln preset, not a Kohya config; open it directly")
     if "datasets" in data:
@@ -227,6 +238,13 @@ def read_source(path: Path) -> tuple[str, dict[str, Any]]:
             raise KohyaImportError(path, "'datasets' must be a list of tables ([[datasets]] sections)")
         return DATASET, data
     return CONFIG, data
+
+
+def _check_depth(path: Path, data: Any) -> None:
+    # Refused here, naming the file, rather than crashing whatever walks the values later.
+    if too_deep(data):
+        raise KohyaImportError(path, f"its values are nested more than {MAX_NESTING} levels deep; "
+                                     "no Kohya config is, so this is not one")
 
 
 def flatten_config(data: dict[str, Any], file: str, warnings: list[str]) -> dict[str, Any]:

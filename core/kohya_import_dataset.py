@@ -10,6 +10,7 @@ Option names come from the schema's ``kohya=`` names of DatasetParams and Subset
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def linked_dataset_config(ctx: ImportContext, given: tuple[Path, dict[str, Any]]
         ctx.arg_ignored("dataset_config", f"the dataset config given ({given[0].name}) is used instead")
         return given
     path = Path(ctx.resolve_path(str(value), ctx.base_dir, "dataset_config"))
-    if not path.is_file():
+    if not os.path.isfile(path):  # os.path: False for a name too long for the file system
         ctx.arg_unsupported("dataset_config", "file not found here: import it as a second file")
         return None
     kind, data = read_source(path)

@@ -7,6 +7,7 @@ value into that field"; the comment on each says which.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +34,20 @@ def number(ctx: ImportContext, name: str) -> float | None:
         ctx.arg_ignored(name, "empty: LoRA Kiln's default applies")
         return None
     try:
-        return float(keys.loosen(raw, float))
-    except (TypeError, ValueError):
-        ctx.arg_unsupported(name, f"{raw!r} is not a number")
+        value = float(keys.loosen(raw, float))
+    except (TypeError, ValueError, OverflowError):
+        ctx.arg_unsupported(name, f"{_short(raw)} is not a number")
         return None
+    if not math.isfinite(value):  # none of these counts can be infinite (or NaN)
+        ctx.arg_unsupported(name, f"{_short(raw)} is not a finite number")
+        return None
+    return value
+
+
+def _short(raw: Any) -> str:
+    """A value as a message shows it: a file may hold a list of thousands of items."""
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def flag(ctx: ImportContext, name: str) -> bool | None:
@@ -184,7 +195,7 @@ def _sample_prompts(ctx: ImportContext) -> None:
             return
         try:
             text = path.read_text("utf-8", errors="replace")
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL character in the name
             ctx.arg_unsupported("sample_prompts", "the prompt file was not found here")
             return
     ctx.config.sampling.prompts = text

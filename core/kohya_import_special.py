@@ -25,6 +25,15 @@ OPTIMIZER_KWARGS = frozenset(s.name for s in param_specs(OptimizerParams)
                              if s.info.kohya is None and s.name != "extra_args")
 
 
+def parse_arg(text: str) -> tuple[str, Any]:
+    """kohya_keys.parse_arg, with every way Python's literal reader fails as a ValueError:
+    "{[]: 1}" is a TypeError there, and brackets nested thousands deep a RecursionError."""
+    try:
+        return keys.parse_arg(text)
+    except (TypeError, RecursionError, MemoryError, OverflowError) as error:
+        raise ValueError(f"'{text[:40]}' cannot be read as name=value ({type(error).__name__})") from None
+
+
 def map_arguments(ctx: ImportContext) -> None:
     """Map every argument of the main file that is not a dataset option."""
     special = {name for names, _ in _SPECIAL for name in names}
@@ -56,7 +65,7 @@ def _network(ctx: ImportContext) -> None:
                 ctx.arg_ignored("network_args", keys.OFF)
         for text in texts:
             try:
-                items.append(keys.parse_arg(text))
+                items.append(parse_arg(text))
             except ValueError as err:
                 ctx.unsupported(f"{shown}.{text}", text, str(err))
     given = dict(items)
@@ -103,7 +112,7 @@ def _network(ctx: ImportContext) -> None:
     if ctx.has("network_alpha"):
         try:
             zero = float(keys.loosen(ctx.value("network_alpha"), float)) == 0
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             zero = False
         if zero:  # Kohya's LoRA module reads alpha 0 as alpha = dim (scale 1)
             net.alpha = float(net.dim)
@@ -165,7 +174,7 @@ def _optimizer_args(ctx: ImportContext) -> set[str]:
     given: set[str] = set()
     for text in texts:
         try:
-            name, value = keys.parse_arg(text)
+            name, value = parse_arg(text)
         except ValueError as err:
             ctx.unsupported(f"{shown}.{text}", text, str(err))
             continue
@@ -197,7 +206,7 @@ def _learning_rates(ctx: ImportContext) -> None:
                 raw = ctx.value(name)
                 try:
                     rates[name] = 0.0 if keys.is_off(raw) else float(keys.loosen(raw, float))
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     ctx.arg_unsupported(name, f"{raw!r} is not a number")
         unet, text = rates.get("unet_lr", 0.0), rates.get("text_encoder_lr", 0.0)
         for name, rate in rates.items():

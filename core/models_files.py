@@ -103,9 +103,7 @@ def load_pickled(path: Path) -> dict[str, Any]:
 
     import torch
 
-    is_zip = zipfile.is_zipfile(path)
-    if not is_zip and _is_not_a_pickle(path):
-        raise damaged(path, "it is not a PyTorch checkpoint")
+    is_zip = check_pickle_format(path)
     try:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
@@ -150,6 +148,16 @@ def _stand_ins(path: Path) -> list[tuple[type, str]]:
         })
         stand_ins.append((stand_in, full_name))
     return stand_ins
+
+
+def check_pickle_format(path: Path) -> bool:
+    """Raise ModelLoadError unless ``path`` looks like a torch.save file; True for the zip format.
+
+    Reads a few bytes only, so validation can name a renamed text file before training."""
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and _is_not_a_pickle(path):
+        raise damaged(path, "it is not a PyTorch checkpoint")
+    return is_zip
 
 
 def _is_not_a_pickle(path: Path) -> bool:

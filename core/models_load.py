@@ -16,6 +16,7 @@ from core.models_files import (
     SINGLE_FILE_SUFFIXES,
     ModelLoadCancelled,
     ModelLoadError,
+    check_pickle_format,
     classify_keys,
     has_vae_weights,
     load_pickled,
@@ -65,13 +66,7 @@ def load_single_file(path: Path, vae: str, config_dir: Path, cancelled: Cancelle
     else:  # a pickle has to be opened to see its keys: keep it rather than open it twice
         state_dict = load_pickled(path)
         shapes = {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
-    kind = classify_keys(shapes)
-    if kind != "sd1":
-        raise ModelLoadError(KIND_ERRORS[kind].format(name=path.name))
-    channels = unet_in_channels(shapes)
-    if channels is not None and channels != 4:
-        raise ModelLoadError(f"{path.name} is an inpainting or instruct-pix2pix model ({channels} "
-                             "input channels); LoRA Kiln trains standard SD 1.x models only")
+    check_kind(path, shapes)
     if not vae and not has_vae_weights(shapes):
         raise ModelLoadError(f"{path.name} has no VAE weights; choose a VAE file as the VAE "
                              "override")
@@ -106,6 +101,36 @@ def load_single_file(path: Path, vae: str, config_dir: Path, cancelled: Cancelle
     say(status, "loading tokenizer…")
     tokenizer = tokenizer_for(config_dir)
     return Parts(unet, vae_model, text_encoder, tokenizer)
+
+
+def check_kind(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse, naming the file, anything but a standard SD 1.x checkpoint."""
+    kind = classify_keys(shapes)
+    if kind != "sd1":
+        raise ModelLoadError(KIND_ERRORS[kind].format(name=path.name))
+    channels = unet_in_channels(shapes)
+    if channels is not None and channels != 4:
+        raise ModelLoadError(f"{path.name} is an inpainting or instruct-pix2pix model ({channels} "
+                             "input channels); LoRA Kiln trains standard SD 1.x models only")
+
+
+def check_base_model(path: Path) -> None:
+    """The checks that read no weights, for validation before a run: a cut-off or foreign
+    file and the wrong kind of model are named on the field instead of minutes into loading.
+
+    Reads a .safetensors header, a pickle's first bytes or a folder's JSON configs only; a
+    .ckpt's tensor names need the whole pickle, so its kind is checked when it loads.
+    """
+    if path.is_dir():
+        _check_folder_layout(path)
+        _check_folder_family(path)
+    elif path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ModelLoadError(f"{path.name} is not a model file LoRA Kiln can read; choose a "
+                             f"{', '.join(SINGLE_FILE_SUFFIXES)} checkpoint or a diffusers folder")
+    elif path.suffix.lower() == ".safetensors":
+        check_kind(path, {k: shape for k, (_, shape) in read_safetensors_header(path).items()})
+    else:
+        check_pickle_format(path)
 
 
 def _clip_from_state_dict(state_dict: dict[str, Any], config: str) -> CLIPTextModel:
@@ -172,9 +197,7 @@ def load_folder(folder: Path, vae: str, config_dir: Path, cancelled: Cancelled,
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    if not (folder / "model_index.json").is_file() and not (folder / "unet").is_dir():
-        raise ModelLoadError(f"{folder.name} is a folder but not a diffusers model (no "
-                             "model_index.json or unet folder); choose a model file or folder")
+    _check_folder_layout(folder)
     _check_folder_family(folder)
     for part in ("unet", "text_encoder") + (() if vae else ("vae",)):
         if not (folder / part / "config.json").is_file():
@@ -202,6 +225,12 @@ def load_folder(folder: Path, vae: str, config_dir: Path, cancelled: Cancelled,
     say(status, "loading tokenizer…")
     tokenizer = tokenizer_for(folder)
     return Parts(unet, vae_model, text_encoder, tokenizer)
+
+
+def _check_folder_layout(folder: Path) -> None:
+    if not (folder / "model_index.json").is_file() and not (folder / "unet").is_dir():
+        raise ModelLoadError(f"{folder.name} is a folder but not a diffusers model (no "
+                             "model_index.json or unet folder); choose a model file or folder")
 
 
 def _check_folder_family(folder: Path) -> None:

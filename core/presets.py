@@ -31,6 +31,9 @@ SCHEMA_VERSION = 1
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 PRESET_SUFFIX = ".toml"
+# No preset or Kohya config nests deeper than a list inside [[dataset.subsets]] (4 levels);
+# a document nested far deeper is not one, and is refused before anything walks it.
+MAX_NESTING = 16
 
 
 class PresetError(ValueError):
@@ -178,9 +181,37 @@ def _migrate(doc: dict[str, Any], source: str) -> dict[str, Any]:
     return doc
 
 
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """True when tables and lists in ``value`` nest more than ``limit`` levels (no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
+def parser_trouble(error: Exception) -> str:
+    """What a TOML or JSON parser's failure other than a syntax error means, for a person."""
+    if isinstance(error, RecursionError):
+        return f"its values are nested far too deeply (more than {MAX_NESTING} levels)"
+    if "digits" in str(error):  # Python refuses to convert integers of thousands of digits
+        return "it holds a number with thousands of digits"
+    return str(error)
+
+
 def config_from_dict(doc: dict[str, Any], *, source: str = "<preset>",
                      base_dir: Path | None = None) -> tuple[TrainConfig, str]:
     """Build a config from a preset document; returns (config, description)."""
+    if not isinstance(doc, dict):
+        raise PresetError(source, [("", "expected a table of sections")])
+    if too_deep(doc):
+        raise PresetError(source, [("", f"values are nested more than {MAX_NESTING} levels deep; "
+                                        "a preset never is, so this is not one")])
     doc = _migrate(dict(doc), source)
     problems: list[tuple[str, str]] = []
     config = TrainConfig()
@@ -205,6 +236,8 @@ def loads_preset(text: str, *, source: str = "<preset>", base_dir: Path | None =
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise PresetError(source, [("", f"not valid TOML: {err}")]) from None
+    except (ValueError, RecursionError) as err:  # thousands of digits, or brackets nested thousands deep
+        raise PresetError(source, [("", f"not a usable preset: {parser_trouble(err)}")]) from None
     config, description = config_from_dict(doc, source=source, base_dir=base_dir)
     return LoadedPreset(config, None, description)
 

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from core.buckets import BucketError, adjusted_limits
 from core.config import (DEMO_MODEL, GROUPS, Duration, LatentCache, ModelFamily, NetworkType,
-                         OptimizerType, Scheduler, TrainConfig)
+                         OptimizerType, SavePrecision, Scheduler, TrainConfig)
+from core.models_files import SINGLE_FILE_SUFFIXES, ModelLoadError
+from core.models_load import check_base_model
+from core.paths import default_runs_dir
 from core.params import param_specs, range_problem
 from core.plan import bucket_settings
+from core.prompts import PromptError, parse_prompts
 from core.resources import is_builtin, resolve_builtin
 
 ERROR = "error"
 WARNING = "warning"
 
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+MODEL_SUFFIXES = SINGLE_FILE_SUFFIXES  # what the file dialogs offer
 _BAD_NAME = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
 
@@ -59,7 +65,7 @@ def _existing(value: str) -> Path:
     return resolve_builtin(value) if is_builtin(value) else Path(value).expanduser()
 
 
-def _check_paths(config: TrainConfig) -> list[Problem]:
+def _check_paths(config: TrainConfig, total_steps: int | None) -> list[Problem]:
     found = []
     model = config.model.base_model
     if not model:
@@ -68,13 +74,12 @@ def _check_paths(config: TrainConfig) -> list[Problem]:
     elif model != DEMO_MODEL:
         path = _existing(model)
         if not path.exists():
-            found.append(Problem("model.base_model", f"'{model}' does not exist"))
-        elif path.is_file() and path.suffix.lower() not in MODEL_SUFFIXES:
-            found.append(Problem("model.base_model", f"'{path.name}' is not a model file "
-                                                     f"({', '.join(MODEL_SUFFIXES)})"))
-        elif path.is_dir() and not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
-            found.append(Problem("model.base_model", f"'{model}' is a folder but not a diffusers "
-                                                     "model (no model_index.json or unet/)"))
+            found.append(Problem("model.base_model", f"'{model}' does not exist; choose an SD 1.x "
+                                                     "checkpoint file or diffusers folder"))
+        else:
+            message = _base_model_problem(str(path.resolve()), *_stamp(path))
+            if message:
+                found.append(Problem("model.base_model", message))
     for field_path, value, want_dir in (
         ("model.vae", config.model.vae, None),
         ("network.init_weights", config.network.init_weights, False),
@@ -86,18 +91,110 @@ def _check_paths(config: TrainConfig) -> list[Problem]:
             found.append(Problem(f"dataset.subsets[{i}].image_dir", "choose the subset's image folder"))
         else:
             found += _path_problem(f"dataset.subsets[{i}].image_dir", subset.image_dir, True)
+    return found + _output_problems(config, total_steps)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return 0, 0
+    return info.st_size, info.st_mtime_ns
+
+
+@lru_cache(maxsize=32)
+def _base_model_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    """Why the model at ``path`` cannot be trained on, from its header alone; cached by
+    size and time so the form, which validates after every edit, reads a file once."""
+    try:
+        check_base_model(Path(path))
+    except ModelLoadError as error:
+        return str(error)
+    except OSError as error:
+        return f"'{path}' cannot be read ({error.strerror or error})"
+    return None
+
+
+# ---------------------------------------------------------------- the output folder
+
+# LoRA weights per unit of rank in SD 1.x with core.lora's choice of modules (in + out
+# features of each): 192 U-Net and 72 text-encoder modules; LoCon adds the ResNet blocks'
+# 1x1 and Linear layers (per dim) and their 3x3 convolutions (per conv_dim).
+# tests/test_bad_input.py recounts them from the shipped SD 1.5 configs.
+SD1_LORA_PER_DIM = 589_824
+SD1_LOCON_EXTRA_PER_DIM = 82_880
+SD1_LOCON_PER_CONV_DIM = 544_000
+STATE_BYTES_PER_WEIGHT = 20  # fp32 weights and up to four fp32 optimizer buffers (Prodigy)
+STATES_KEPT = 3  # two are kept, and a third exists while it is written
+LOG_BYTES = 16 * 2**20  # metrics, log, plan, config, TensorBoard events
+LOW_SPACE = 2**30  # less than this left after the run is worth a warning
+
+
+def estimate_output_bytes(config: TrainConfig, total_steps: int | None = None) -> tuple[int, str]:
+    """(bytes, how they add up): a generous estimate of what one run writes to its folder."""
+    net, out, train, sample = config.network, config.output, config.training, config.sampling
+    weights = net.dim * SD1_LORA_PER_DIM
+    if net.type is NetworkType.LOCON:
+        weights += net.dim * SD1_LOCON_EXTRA_PER_DIM + net.conv_dim * SD1_LOCON_PER_CONV_DIM
+    lora = weights * (4 if out.save_precision is SavePrecision.FLOAT else 2)
+    steps = total_steps if total_steps is not None else \
+        train.max_train_steps if train.duration is Duration.STEPS else None
+    epochs = train.max_train_epochs if train.duration is Duration.EPOCHS else None
+    saves = (steps - 1) // out.save_every_n_steps if steps and out.save_every_n_steps else 0
+    saves += (epochs - 1) // out.save_every_n_epochs if epochs and out.save_every_n_epochs else 0
+    if out.keep_last_n:
+        saves = min(saves, out.keep_last_n + 1)  # pruned after each save
+    total = (saves + 1) * lora + LOG_BYTES
+    parts = f"{saves + 1} LoRA file(s) of {_size(lora)}"
+    if out.save_state or saves:
+        total += STATES_KEPT * weights * STATE_BYTES_PER_WEIGHT
+        parts += f", training state up to {_size(STATES_KEPT * weights * STATE_BYTES_PER_WEIGHT)}"
+    prompts = sum(1 for line in sample.prompts.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    rounds = (steps // sample.every_n_steps if steps and sample.every_n_steps else 0) + \
+        (epochs // sample.every_n_epochs if epochs and sample.every_n_epochs else 0) + int(sample.at_step_0)
+    if prompts and rounds:
+        images = prompts * rounds * sample.width * sample.height * 3 // 2  # PNG at about half of raw
+        total += images
+        parts += f", samples about {_size(images)}"
+    return total, parts
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+def _output_problems(config: TrainConfig, total_steps: int | None) -> list[Problem]:
+    """The run folder's parent must be a folder that can be created, written, and hold the run."""
     out_dir = config.output.output_dir
-    if out_dir:
-        path = Path(out_dir).expanduser()
-        if path.exists() and not path.is_dir():
-            found.append(Problem("output.output_dir", f"'{out_dir}' is a file, not a folder"))
-        else:
-            probe = path
-            while not probe.exists() and probe.parent != probe:
-                probe = probe.parent
-            if not os.access(probe, os.W_OK):
-                found.append(Problem("output.output_dir", f"'{probe}' is not writable; choose another folder"))
-    return found
+    path = Path(out_dir).expanduser() if out_dir else default_runs_dir()
+    shown = f"'{out_dir}'" if out_dir else f"LoRA Kiln's runs folder ({path})"
+    problem = lambda message, severity=ERROR: [Problem("output.output_dir", message, severity)]  # noqa: E731
+    if path.exists() and not path.is_dir():
+        return problem(f"{shown} is a file, not a folder; choose a folder")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return problem(f"{shown} cannot be created: '{probe}' is a file; choose another folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        verb = "is not writable" if probe == path else f"cannot be created ('{probe}' is not writable)"
+        return problem(f"{shown} {verb}; choose another folder")
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return []  # the run itself will say what is wrong with the disk
+    need, parts = estimate_output_bytes(config, total_steps)
+    if free < need:
+        return problem(f"only {_size(free)} free for {shown}; this run writes about {_size(need)} "
+                       f"({parts}); free some space or choose a folder on another disk")
+    if free - need < LOW_SPACE:
+        return problem(f"disk space is low: {_size(free)} free for {shown}, and this run writes about "
+                       f"{_size(need)}", WARNING)
+    return []
 
 
 def _path_problem(field_path: str, value: str, want_dir: bool | None) -> list[Problem]:
@@ -193,6 +290,10 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
                                   "(no / \\ : * ? \" < > | characters)")
     if (sample.every_n_steps or sample.every_n_epochs or sample.at_step_0) and not _has_prompt(sample.prompts):
         add("sampling.prompts", "sampling is turned on but there is no prompt")
+    try:  # checked now, not at the first sample hours into the run
+        parse_prompts(sample.prompts, sample)
+    except PromptError as error:
+        add("sampling.prompts", f"{error}; fix that line")
     return found
 
 
@@ -205,5 +306,5 @@ def validate(config: TrainConfig, *, check_paths: bool = True, total_steps: int 
     enables the checks that need the length of training when it is counted in epochs."""
     found = _ranges(config) + _contradictions(config, total_steps)
     if check_paths:
-        found += _check_paths(config)
+        found += _check_paths(config, total_steps)
     return sorted(found, key=lambda p: p.severity != ERROR)

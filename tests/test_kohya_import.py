@@ -380,3 +380,16 @@ def test_every_schema_field_with_a_kohya_name_is_imported_under_that_name(tmp_pa
         if spec.info.path is not PathKind.NONE:
             want = str(tmp_path / want)
         assert getattr(target, name) == want, f"{group}.{name}"
+
+
+@pytest.mark.parametrize("first", ["lora_network_weights", "network_weights"])
+def test_old_and_current_spelling_together_use_the_current_one_and_report_the_old(tmp_path, first):
+    # Found by fuzzing: the old spelling used to be dropped without a word when it came first.
+    values = {"lora_network_weights": "old.safetensors", "network_weights": "new.safetensors"}
+    second = next(key for key in values if key != first)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"LoRA_type": "Standard", first: values[first], second: values[second]}), "utf-8")
+    result = import_kohya([path])
+    assert Path(result.config.network.init_weights).name == "new.safetensors"
+    assert _reasons(result)["lora_network_weights"] == "network_weights is also set, and is used"
+    assert set(_listed(result)["lora_network_weights"]) == {"ignored"}
