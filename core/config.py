@@ -77,6 +77,11 @@ class Attention(enum.StrEnum):
     EAGER = "eager"
 
 
+class NonFinitePolicy(enum.StrEnum):
+    STOP = "stop"
+    SKIP = "skip"
+
+
 class Sampler(enum.StrEnum):
     DDIM = "ddim"
     EULER = "euler"
@@ -330,6 +335,15 @@ class TrainingParams:
     attention: Attention = param(
         Attention.SDPA, label="Attention", advanced=True,
         help="sdpa: PyTorch's fused scaled-dot-product attention; eager: the plain maths.")
+    nonfinite_loss: NonFinitePolicy = param(
+        NonFinitePolicy.STOP, label="On NaN/inf loss", advanced=True,
+        help="stop: end the run at the first NaN or infinite loss, keeping the last checkpoint; "
+             "skip: leave that step out (no weight or optimizer update) and go on, until too "
+             "many bad steps come in a row.")
+    nonfinite_skip_limit: int = param(
+        10, label="Bad steps in a row", minimum=1, maximum=10_000, advanced=True,
+        help="With 'skip': this many consecutive NaN/inf steps stop the run anyway (the "
+             "weights themselves have probably gone bad).")
 
 
 @dataclass

@@ -76,21 +76,76 @@ def _finite(value: Any) -> Any:
 
 class MetricsWriter:
     """Appends one JSON line per record and flushes it, so a crash loses at most the line
-    being written; readers skip an incomplete last line."""
+    being written; readers skip an incomplete last line, and a writer reopening the file
+    (a resumed run) cuts that line off first, so it never glues onto the next record."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        drop_torn_tail(path)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(_finite(record), ensure_ascii=False) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(_finite(record), ensure_ascii=False) + "\n")
+            self._file.flush()
+        except OSError as error:
+            if error.filename is None:  # a full disk names no file; the person needs to know which
+                error.filename = str(self.path)
+            raise
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file.closed:
+            return
+        try:
             self._file.flush()
             os.fsync(self._file.fileno())
-            self._file.close()
+        finally:  # a full disk fails the flush; the file must still be closed
+            try:
+                self._file.close()
+            except OSError:
+                pass
+
+
+def drop_torn_tail(path: Path) -> int:
+    """Truncate a file after its last newline (the line a killed process was writing);
+    returns the bytes removed."""
+    try:
+        handle = open(path, "rb+")  # noqa: SIM115
+    except FileNotFoundError:
+        return 0
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        position = end
+        while position > 0:
+            start = max(0, position - 4096)
+            handle.seek(start)
+            chunk = handle.read(position - start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            position = start
+        else:
+            keep = 0
+        if keep < end:
+            handle.truncate(keep)
+        return end - keep
+
+
+def trim_metrics(path: Path, last_step: int) -> int:
+    """Keep the records up to ``last_step``: a run resumed from the state saved at that step
+    trains the later steps again, and one curve must not hold two versions of them (a
+    killed run had recorded some). Rewritten atomically; returns the records dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for record in read_metrics(path):
+        if isinstance(record.get("step"), int) and record["step"] > last_step:
+            dropped += 1
+        else:
+            kept.append(json.dumps(record, ensure_ascii=False) + "\n")
+    write_text_atomic(path, "".join(kept))
+    return dropped
 
 
 def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
@@ -128,6 +183,7 @@ class RunSummary:
     error: str | None = None
     last_checkpoint: str | None = None
     state_path: str | None = None
+    skipped_steps: int = 0  # steps left out for a NaN/inf loss
 
     def write(self, run_dir: Path) -> None:
         write_json(run_dir / SUMMARY, self.__dict__)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+from pathlib import Path
 
 from PySide6.QtCore import QTimer
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from core import __version__
 from core.paths import log_dir
+from core.resources import resource_path
 
 
 def make_app() -> QApplication:
@@ -18,24 +21,43 @@ def make_app() -> QApplication:
     app.setApplicationName("LoRA Kiln")
     app.setOrganizationName("LoRA Kiln")
     app.setApplicationVersion(__version__)
+    # The window and taskbar icon; on Wayland the icon comes from the desktop entry of this name.
+    app.setWindowIcon(QIcon(str(resource_path("icons", "lorakiln.png"))))
+    app.setDesktopFileName("lorakiln")
     from gui import theme
 
     theme.apply(app)
     return app  # type: ignore[return-value]
 
 
-def setup_logging() -> None:
-    """A rotating log file in the per-user log folder: a windowed build has no console."""
+LOG_FILE = "lorakiln.log"
+LOG_MAX_BYTES = 2_000_000  # per file; with the backups at most ~8 MB of logs ever
+LOG_BACKUPS = 3
+
+
+class AppLogHandler(logging.handlers.RotatingFileHandler):
+    """The app's own log file (a class of its own, so setting up again can find it)."""
+
+
+def setup_logging(folder: Path | None = None) -> Path | None:
+    """A rotating log file in the per-user log folder (or ``folder``): a windowed build has
+    no console. Calling it again replaces the handler instead of doubling every line.
+    Returns the log file, or None when the folder cannot be written."""
+    folder = folder or log_dir()
     try:
-        log_dir().mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(log_dir() / "lorakiln.log", maxBytes=2_000_000,
-                                                       backupCount=3, encoding="utf-8")
+        folder.mkdir(parents=True, exist_ok=True)
+        handler = AppLogHandler(folder / LOG_FILE, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS,
+                                encoding="utf-8")
     except OSError:
-        return  # an unwritable log folder must not stop the app
+        return None  # an unwritable log folder must not stop the app
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger("lorakiln")
+    for old in [h for h in root.handlers if isinstance(h, AppLogHandler)]:
+        root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    return folder / LOG_FILE
 
 
 def run(preset: str | None = None) -> int:

@@ -44,11 +44,11 @@ class ErrorDialog(QDialog):
         self.advice_label.setVisible(bool(failed.advice))
         layout.addWidget(self.advice_label)
 
-        if failed.last_checkpoint:
-            kept = QLabel(f"The last checkpoint is kept: <code>{html.escape(failed.last_checkpoint)}</code>")
-            kept.setWordWrap(True)
-            kept.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            layout.addWidget(kept)
+        self.checkpoint_label = QLabel(self._checkpoint_html(failed))
+        self.checkpoint_label.setWordWrap(True)
+        self.checkpoint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.checkpoint_label.setVisible(bool(self.checkpoint_label.text()))
+        layout.addWidget(self.checkpoint_label)
 
         log_text = (f"Log: <code>{html.escape(failed.log_path)}</code>" if failed.log_path
                     else "No log file was written (the run ended before its folder existed).")
@@ -83,6 +83,16 @@ class ErrorDialog(QDialog):
         layout.addLayout(buttons)
 
     @staticmethod
+    def _checkpoint_html(failed: object) -> str:
+        """Whether the work so far survives: the most important line after a long run fails."""
+        if failed.last_checkpoint:
+            return f"The last good checkpoint is kept: <code>{html.escape(failed.last_checkpoint)}</code>"
+        if failed.run_dir and failed.kind in ("oom", "nan", "disk", "error"):
+            return ("No checkpoint had been saved yet. For long runs, set output.save_every_n_epochs or "
+                    "output.save_every_n_steps (with output.save_state to resume) to keep the work so far.")
+        return ""
+
+    @staticmethod
     def _advice_html(advice: tuple[str, ...]) -> str:
         items = "".join(f"<li>{html.escape(line)}</li>" for line in advice)
         return f"What to try:<ul style='margin-left:-20px'>{items}</ul>"
@@ -96,6 +106,8 @@ class ErrorDialog(QDialog):
     def details_text(self) -> str:
         """Everything a bug report needs, in one copyable block."""
         lines = [self.failed.summary, *[f"- {a}" for a in self.failed.advice]]
+        if self.failed.last_checkpoint:
+            lines.append(f"last good checkpoint: {self.failed.last_checkpoint}")
         if self.failed.log_path:
             lines.append(f"log: {self.failed.log_path}")
         return "\n".join(lines) + "\n\n" + self.failed.traceback

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from core.atomic import write_bytes_atomic
+from core.atomic import remove_temporaries, write_bytes_atomic
 from core.config import SavePrecision
+from core.runs import METRICS, trim_metrics
 
 SAVE_DTYPES = {SavePrecision.FLOAT: torch.float32, SavePrecision.FP16: torch.float16,
                SavePrecision.BF16: torch.bfloat16}
@@ -73,6 +74,7 @@ class TrainingState:
     loss_window: list[float] = field(default_factory=list)
     epoch_losses: list[float] = field(default_factory=list)
     peak_memory_mb: float = 0.0
+    skipped_steps: int = 0  # steps left out for a NaN/inf loss (training.nonfinite_loss = "skip")
 
 
 def save_state(folder: Path, state: TrainingState, keep: int = 2) -> Path:
@@ -91,6 +93,14 @@ def latest_state(folder: Path) -> Path | None:
     return candidates[-1] if candidates else None
 
 
+def state_step(path: Path) -> int:
+    """The step a state file was saved at, from its name (step-00000500.pt)."""
+    match = _STATE_FILE.match(path.name)
+    if match is None:
+        raise ValueError(f"{path.name} is not a training state file")
+    return int(match.group(1))
+
+
 def load_state(path: Path) -> TrainingState:
     data = torch.load(path, map_location="cpu", weights_only=False)
     return TrainingState(**data)
@@ -106,3 +116,19 @@ def restore_rng(state: TrainingState) -> None:
     random.setstate(state.python_rng)
     if state.cuda_rng is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state.cuda_rng)
+
+
+def tidy_for_resume(run_dir: Path) -> list[str]:
+    """Before a run folder is trained further: delete the temporary files of saves that a
+    killed process never finished, and the metrics records of steps after the last saved
+    state (they are trained again, and one curve must not hold two versions of them).
+    Returns what was done, for the log."""
+    done = [f"removed {path}, left by an interrupted save"
+            for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / STATE_DIR)
+            for path in remove_temporaries(folder)]
+    state = latest_state(run_dir / STATE_DIR)
+    if state is not None:
+        dropped = trim_metrics(run_dir / METRICS, state_step(state))
+        if dropped:
+            done.append(f"dropped {dropped} metrics records after step {state_step(state)} (trained again now)")
+    return done

@@ -8,9 +8,7 @@ ends as a ``Failed`` event with advice; nothing is raised to the caller but inte
 
 from __future__ import annotations
 
-import gc
 import logging
-import math
 import os
 import time
 import uuid
@@ -20,16 +18,17 @@ import torch
 
 from core.config import TrainConfig
 from core.plan import DatasetPlan, plan_dataset, plan_to_json
-from core.runs import (LOG, PLAN, MetricsWriter, RunSummary, create_run_dir, write_config, write_json)
+from core.runs import (LOG, METRICS, PLAN, MetricsWriter, RunSummary, create_run_dir, write_config, write_json)
 from core.training import setup
 from core.training.checkpoint import (CHECKPOINT_DIR, SAVE_DTYPES, STATE_DIR, TrainingState, capture_rng,
                                       checkpoint_name, latest_state, load_state, load_trainable_state,
-                                      prune_checkpoints, restore_rng, save_state, trainable_state)
+                                      prune_checkpoints, restore_rng, save_state, tidy_for_resume, trainable_state)
 from core.training.control import Cancelled, Control
-from core.training.errors import ConfigProblems, NonFiniteLoss, diagnose, format_traceback
+from core.training.errors import ConfigProblems, diagnose, format_traceback
 from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, PhaseProgress, RunStarted,
-                                  SampleImage, Sink, Status, StepMetrics)
-from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds
+                                  SampleImage, Sink, Status, StepMetrics, StepSkipped)
+from core.training.faults import NonFiniteGuard, release_memory
+from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds, memory_figures
 from core.training.optim import current_lrs
 from core.validation import errors, validate
 
@@ -58,6 +57,7 @@ class Trainer:
         self.step = 0
         self.epoch = 1
         self.last_checkpoint: str | None = None
+        self.guard: NonFiniteGuard | None = None
         self._metrics: MetricsWriter | None = None
         self._tensorboard = None
         self._log_handler: logging.Handler | None = None
@@ -149,8 +149,11 @@ class Trainer:
         self._log_handler = handler
         if self.resume_from is None:
             write_config(self.run_dir, config, self.description)
+        else:  # a killed run left temporary files, and metrics of steps it trains again now
+            for line in tidy_for_resume(self.run_dir):
+                log.info(line)
         write_json(self.run_dir / PLAN, plan_to_json(self.plan))
-        self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self._metrics = MetricsWriter(self.run_dir / METRICS)
         if config.logging.tensorboard:
             from core.training.tensorboard import EventWriter
 
@@ -198,12 +201,14 @@ class Trainer:
         self.step, self._start_epoch, self._skip_batches = state.step, state.epoch, state.batch_in_epoch
         self._wall_before = state.wall_seconds
         self._peak_memory = state.peak_memory_mb
+        self._skipped_before = state.skipped_steps
         self._resumed = state
         self._status(f"resumed at step {state.step} (epoch {state.epoch})", "loading")
 
     # ------------------------------------------------------------------ training
     def _train(self) -> str:
         from core.pipeline import make_loader
+        from core.training.step import train_micro_batch
 
         config, control, plan = self.config, self.control, self.plan
         steps = plan.steps
@@ -217,6 +222,7 @@ class Trainer:
             epoch_losses = list(resumed.epoch_losses)
         throughput = Throughput()
         throughput.mark()
+        self.guard = NonFiniteGuard(config.training, getattr(self, "_skipped_before", 0))
         self._train_started = time.perf_counter()
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         if self.step == 0 and config.sampling.at_step_0:
@@ -238,30 +244,25 @@ class Trainer:
                 if control.stop_requested:
                     self._epoch_losses, self._window = epoch_losses, window
                     return "stopped"
-                with self.accelerator.accumulate(*self.trained_models):
-                    loss = self.computer.loss(batch)
-                    value = float(loss.detach().item())
-                    if not math.isfinite(value):
-                        raise NonFiniteLoss(self.step + 1, value)
-                    self.accelerator.backward(loss)
-                    if self.accelerator.sync_gradients and config.training.max_grad_norm:
-                        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-                        self.accelerator.clip_grad_norm_(params, config.training.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                value = train_micro_batch(self.accelerator, self.computer, self.optimizer, self.trained_models,
+                                          self.guard, batch, self.step + 1, config.training.max_grad_norm)
                 micro_losses.append(value)
                 self._batch_in_epoch += 1
                 if not self.accelerator.sync_gradients:
                     continue
-                self.lr_scheduler.step()
+                self.lr_scheduler.step()  # a skipped step still counts: the schedule follows the plan
                 self.step += 1
-                step_loss = sum(micro_losses) / len(micro_losses)
-                micro_losses = []
-                epoch_losses.append(step_loss)
-                average = window.add(step_loss)
                 throughput.mark()
-                self._epoch_losses, self._window = epoch_losses, window
-                self._report_step(step_loss, average, throughput, len(batch.keys) * world)
+                bad_loss = self.guard.end_step()
+                if bad_loss is not None:
+                    self._report_skip(bad_loss)
+                else:
+                    step_loss = sum(micro_losses) / len(micro_losses)
+                    epoch_losses.append(step_loss)
+                    average = window.add(step_loss)
+                    self._epoch_losses, self._window = epoch_losses, window
+                    self._report_step(step_loss, average, throughput, len(batch.keys) * world)
+                micro_losses = []
                 self._after_step()
                 if self.step >= total:
                     break
@@ -286,20 +287,9 @@ class Trainer:
         throughput.resume()
         self._status("training")
 
-    def _memory(self) -> tuple[float, float, float, str]:
-        if self.device.type == "cuda":
-            mb = 1024 * 1024
-            return (torch.cuda.memory_allocated(self.device) / mb, torch.cuda.memory_reserved(self.device) / mb,
-                    torch.cuda.max_memory_allocated(self.device) / mb, "cuda")
-        import psutil
-
-        rss = psutil.Process().memory_info().rss / (1024 * 1024)
-        self._peak_memory = max(self._peak_memory, rss)
-        return rss, rss, self._peak_memory, "rss"
-
     def _report_step(self, loss: float, average: float, throughput: Throughput, images: int) -> None:
         lrs, dlrs = current_lrs(self.optimizer)
-        allocated, reserved, peak, kind = self._memory()
+        allocated, reserved, peak, kind = memory_figures(self.device, self._peak_memory)
         self._peak_memory = max(self._peak_memory, peak)
         rate = throughput.steps_per_second
         total = self.plan.steps.max_train_steps
@@ -317,6 +307,16 @@ class Trainer:
             values.update({f"lr/{name}": value for name, value in lrs.items()})
             values.update({f"lr/d*lr/{name}": value for name, value in dlrs.items()})
             self._tensorboard.scalars(values, self.step)
+
+    def _report_skip(self, loss: float) -> None:
+        guard = self.guard
+        text = (f"step {self.step}: the loss was {loss}; step skipped, weights unchanged "
+                f"({guard.in_a_row} in a row, {guard.skipped} in this run)")
+        log.warning(text)
+        self._emit(StepSkipped(self.step, self.epoch, loss, guard.in_a_row, guard.skipped))
+        self._emit(Status(text, "training"))
+        self._record({"type": "skipped", "step": self.step, "epoch": self.epoch, "loss": loss,
+                      "in_a_row": guard.in_a_row})
 
     def _record(self, record: dict) -> None:
         if self._metrics is not None:
@@ -365,7 +365,8 @@ class Trainer:
             lora=trainable_state(self.network.trained), optimizer=self.optimizer.state_dict(),
             scheduler=self.lr_scheduler.state_dict(), generator=self.generator.get_state(), torch_rng=torch_rng,
             python_rng=python_rng, cuda_rng=cuda_rng, loss_window=list(getattr(self, "_window", EpochWindowAverage(1))._values),
-            epoch_losses=list(getattr(self, "_epoch_losses", [])), peak_memory_mb=self._peak_memory)
+            epoch_losses=list(getattr(self, "_epoch_losses", [])), peak_memory_mb=self._peak_memory,
+            skipped_steps=self._skipped_steps)
 
     def _save_checkpoint(self, kind: str, with_state: bool) -> None:
         self.accelerator.wait_for_everyone()
@@ -424,10 +425,16 @@ class Trainer:
         wall = self._wall_seconds()
         if self.summary is not None:
             self._complete_summary(reason, lora_path, wall)
-        event = Finished(reason, str(self.run_dir) if self.run_dir else "", lora_path, self.step, self.epoch, wall)
+        event = Finished(reason, str(self.run_dir) if self.run_dir else "", lora_path, self.step, self.epoch, wall,
+                         self._skipped_steps)
         log.info("finished: %s after %d steps", reason, self.step)
         self._emit(event)
         return event
+
+    @property
+    def _skipped_steps(self) -> int:
+        guard = self.guard
+        return guard.skipped if guard is not None else getattr(self, "_skipped_before", 0)
 
     def _wall_seconds(self) -> float:
         if hasattr(self, "_train_started"):
@@ -443,7 +450,7 @@ class Trainer:
         summary.final_loss = window._values[-1] if window is not None and window._values else None
         summary.mean_last_epoch_loss = getattr(self, "_last_epoch_mean", None) if not losses else sum(losses) / len(losses)
         summary.lora_path, summary.finished_at, summary.error = lora_path, time.time(), error
-        summary.last_checkpoint = self.last_checkpoint
+        summary.last_checkpoint, summary.skipped_steps = self.last_checkpoint, self._skipped_steps
         try:
             summary.write(self.run_dir)
         except OSError as err:  # a full disk must not hide the original outcome
@@ -474,13 +481,11 @@ class Trainer:
         # Release the model and optimizer now (an out-of-memory run must leave the GPU usable
         # for the next run in the same process) and reset accelerate's process-wide state.
         self.network = self.optimizer = self.lr_scheduler = self.trained_models = self.computer = None
-        self.dataset = None
+        self.dataset = self.guard = None
         distributed = self.accelerator is not None and self.accelerator.num_processes > 1
         if self.accelerator is not None:
             self.accelerator.free_memory()
             self.accelerator = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()
         setup.reset_accelerate_state(distributed)
         os.environ.pop("ACCELERATE_MIXED_PRECISION", None)

@@ -53,6 +53,18 @@ class StepMetrics:
 
 
 @dataclass(frozen=True)
+class StepSkipped:
+    """An optimizer step left out because its loss was NaN or infinite (training.nonfinite_loss
+    = "skip"): the weights and the optimizer state are as they were before it."""
+
+    step: int
+    epoch: int
+    loss: float
+    in_a_row: int
+    skipped_total: int
+
+
+@dataclass(frozen=True)
 class EpochMetrics:
     epoch: int
     step: int
@@ -85,6 +97,7 @@ class Finished:
     steps: int
     epochs: int
     wall_seconds: float
+    skipped_steps: int = 0  # steps left out for a NaN/inf loss
 
 
 @dataclass(frozen=True)
@@ -98,7 +111,7 @@ class Failed:
     last_checkpoint: str | None = None
 
 
-Event = (RunStarted | Status | PhaseProgress | StepMetrics | EpochMetrics | CheckpointSaved
+Event = (RunStarted | Status | PhaseProgress | StepMetrics | StepSkipped | EpochMetrics | CheckpointSaved
          | SampleImage | Finished | Failed)
 
 

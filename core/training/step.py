@@ -54,3 +54,34 @@ class StepComputer:
             snr_weights = min_snr_weights(self.alphas_cumprod, timesteps, training.min_snr_gamma,
                                           self.v_prediction)
         return weighted_loss(prediction, target, batch.loss_weights, snr_weights)
+
+
+def train_micro_batch(accelerator, computer: StepComputer, optimizer, models: list[torch.nn.Module],  # noqa: ANN001
+                      guard, batch: Batch, step: int, max_grad_norm: float) -> float:  # noqa: ANN001
+    """One micro-batch in accelerate's accumulation window: the forward pass, the NaN check
+    (``guard``, a faults.NonFiniteGuard), backward, and when the window closes the optimizer
+    step, or for a step with a bad loss its gradients dropped with the weights and the
+    optimizer state untouched. Returns the micro-batch's loss."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    with accelerator.accumulate(*models):
+        loss = computer.loss(batch)
+        value = float(loss.detach().item())
+        if guard.accept(step, value, batch.keys):
+            accelerator.backward(loss)
+        else:
+            # Every process must run the same collective operations as the others: back-
+            # propagate a zero that reaches each trained weight instead of the bad loss.
+            del loss
+            accelerator.backward(torch.stack([(p * 0).sum() for p in params]).sum())
+        if accelerator.sync_gradients:
+            bad = guard.step_is_bad
+            if accelerator.num_processes > 1:  # one process's bad loss skips the step on all
+                flag = torch.tensor([float(bad)], device=accelerator.device)
+                bad = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+                guard.mark_bad_elsewhere(bad)
+            if not bad:
+                if max_grad_norm:
+                    accelerator.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return value
