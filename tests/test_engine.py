@@ -230,3 +230,25 @@ def test_training_can_start_from_an_existing_lora(tmp_path):
     failed, _ = _train(mismatched)
     assert isinstance(failed, Failed) and failed.kind == "config"
     assert failed.summary.startswith("network.init_weights")
+
+
+def test_the_epochs_short_accumulation_window_is_a_step_as_planned(tmp_path):
+    from core.config import Duration
+    from core.plan import plan_dataset
+
+    config = tiny_config(tmp_path, steps=1)
+    config.training.duration, config.training.max_train_epochs = Duration.EPOCHS, 2
+    plan = plan_dataset(config.dataset, config.training)
+    # Pick a window that does not divide the epoch, so each epoch ends with a short window.
+    accum = next(a for a in (2, 3, 4) if plan.steps.batches_per_epoch % a)
+    config.training.gradient_accumulation_steps = accum
+    plan = plan_dataset(config.dataset, config.training)
+    per_epoch = -(-plan.steps.batches_per_epoch // accum)
+    assert plan.steps.steps_per_epoch == per_epoch and plan.steps.max_train_steps == 2 * per_epoch
+    result, sink = _train(config)
+    assert isinstance(result, Finished) and result.reason == "completed", getattr(result, "traceback", result)
+    steps = sink.of(StepMetrics)
+    assert [m.step for m in steps] == list(range(1, 2 * per_epoch + 1))
+    # Each epoch trains its own steps: the short window closes inside its epoch.
+    assert [m.epoch for m in steps] == [1] * per_epoch + [2] * per_epoch
+    assert result.steps == plan.steps.max_train_steps

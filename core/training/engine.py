@@ -100,7 +100,7 @@ class Trainer:
         if problems:
             raise ConfigProblems(problems)
         precision, note = setup.choose_precision(config, torch.cuda.is_available())
-        self.accelerator = setup.make_accelerator(precision, config.training.gradient_accumulation_steps)
+        self.accelerator = setup.make_accelerator(precision)
         self.device = self.accelerator.device
         self.weight_dtype = setup.weight_dtype(precision, self.device)
         from accelerate.utils import set_seed
@@ -214,6 +214,7 @@ class Trainer:
         steps = plan.steps
         total = steps.max_train_steps
         window = EpochWindowAverage(steps.steps_per_epoch)
+        accum = config.training.gradient_accumulation_steps
         epoch_losses: list[float] = []
         resumed = getattr(self, "_resumed", None)
         if resumed is not None:
@@ -235,8 +236,9 @@ class Trainer:
             skip = self._skip_batches if epoch == self._start_epoch else 0
             self._batch_in_epoch = skip
             loader = make_loader(self.dataset, indices=order[skip:])
+            last_batch = len(order) - skip  # the epoch's last micro-batch closes a short window
             micro_losses: list[float] = []
-            for batch in loader:
+            for number, batch in enumerate(loader, start=1):
                 if control.paused:
                     self._hold(throughput)
                 if control.cancel_requested:
@@ -244,11 +246,13 @@ class Trainer:
                 if control.stop_requested:
                     self._epoch_losses, self._window = epoch_losses, window
                     return "stopped"
+                sync = len(micro_losses) + 1 == accum or number == last_batch
                 value = train_micro_batch(self.accelerator, self.computer, self.optimizer, self.trained_models,
-                                          self.guard, batch, self.step + 1, config.training.max_grad_norm)
+                                          self.guard, batch, self.step + 1, config.training.max_grad_norm,
+                                          accum, sync)
                 micro_losses.append(value)
                 self._batch_in_epoch += 1
-                if not self.accelerator.sync_gradients:
+                if not sync:
                     continue
                 self.lr_scheduler.step()  # a skipped step still counts: the schedule follows the plan
                 self.step += 1

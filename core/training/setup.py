@@ -36,11 +36,12 @@ def choose_precision(config: TrainConfig, has_cuda: bool) -> tuple[MixedPrecisio
     return wanted, None
 
 
-def make_accelerator(precision: MixedPrecision, grad_accum: int):  # noqa: ANN201 - Accelerator
+def make_accelerator(precision: MixedPrecision):  # noqa: ANN201 - Accelerator
+    """Gradient accumulation is not handed to accelerate: the engine closes the windows itself
+    (see step.train_micro_batch), so accelerate sees one micro-batch per optimizer step."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=precision.value, gradient_accumulation_steps=grad_accum,
-                       cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=precision.value, cpu=not torch.cuda.is_available())
 
 
 def reset_accelerate_state(distributed: bool) -> None:

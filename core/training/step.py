@@ -57,31 +57,44 @@ class StepComputer:
 
 
 def train_micro_batch(accelerator, computer: StepComputer, optimizer, models: list[torch.nn.Module],  # noqa: ANN001
-                      guard, batch: Batch, step: int, max_grad_norm: float) -> float:  # noqa: ANN001
-    """One micro-batch in accelerate's accumulation window: the forward pass, the NaN check
-    (``guard``, a faults.NonFiniteGuard), backward, and when the window closes the optimizer
-    step, or for a step with a bad loss its gradients dropped with the weights and the
-    optimizer state untouched. Returns the micro-batch's loss."""
+                      guard, batch: Batch, step: int, max_grad_norm: float, grad_accum: int,  # noqa: ANN001
+                      sync: bool) -> float:
+    """One micro-batch of an accumulation window: the forward pass, the NaN check (``guard``,
+    a faults.NonFiniteGuard), backward, and when ``sync`` closes the window the optimizer step,
+    or for a step with a bad loss its gradients dropped with the weights and the optimizer
+    state untouched. Returns the micro-batch's loss.
+
+    The caller decides where windows close (every ``grad_accum`` micro-batches and at the end
+    of each epoch), because the loader is not one of accelerate's: left to itself accelerate
+    never closes the epoch's last, short window, and its gradient would leak into the next
+    epoch while the run ends a step short of the plan. As in sd-scripts (through accelerate),
+    every micro-batch's loss is divided by ``grad_accum``, a short window's included.
+    """
+    from contextlib import ExitStack
+
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    with accelerator.accumulate(*models):
+    with ExitStack() as no_sync:
+        if not sync and accelerator.num_processes > 1:
+            for model in models:  # gradients are averaged across processes once, at the window's end
+                no_sync.enter_context(accelerator.no_sync(model))
         loss = computer.loss(batch)
         value = float(loss.detach().item())
         if guard.accept(step, value, batch.keys):
-            accelerator.backward(loss)
+            accelerator.backward(loss / grad_accum)
         else:
             # Every process must run the same collective operations as the others: back-
             # propagate a zero that reaches each trained weight instead of the bad loss.
             del loss
             accelerator.backward(torch.stack([(p * 0).sum() for p in params]).sum())
-        if accelerator.sync_gradients:
-            bad = guard.step_is_bad
-            if accelerator.num_processes > 1:  # one process's bad loss skips the step on all
-                flag = torch.tensor([float(bad)], device=accelerator.device)
-                bad = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-                guard.mark_bad_elsewhere(bad)
-            if not bad:
-                if max_grad_norm:
-                    accelerator.clip_grad_norm_(params, max_grad_norm)
-                optimizer.step()
+    if sync:
+        bad = guard.step_is_bad
+        if accelerator.num_processes > 1:  # one process's bad loss skips the step on all
+            flag = torch.tensor([float(bad)], device=accelerator.device)
+            bad = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+            guard.mark_bad_elsewhere(bad)
+        if not bad:
+            if max_grad_norm:
+                accelerator.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return value
