@@ -269,6 +269,21 @@ def test_a_dataset_with_no_usable_image_names_every_broken_file(tmp_path):
     assert f"{folder}: none of its 2 images can be used" in result.warnings
 
 
+def test_a_run_on_a_dataset_of_broken_files_fails_naming_them(tmp_path):
+    from core.training.engine import Trainer
+    from core.training.events import Failed, ListSink
+    from tests.engine_fixtures import tiny_config
+
+    config = tiny_config(tmp_path, steps=2)
+    folder = Path(config.dataset.subsets[0].image_dir) / "2_kiln"
+    for image in folder.glob("*.png"):
+        image.write_bytes(b"")  # every image empty: nothing is left to train on
+    result = Trainer(config, ListSink()).run()
+    assert isinstance(result, Failed) and result.kind == "data"
+    assert result.summary.startswith("dataset.subsets: no usable images: 5 file(s) skipped (")
+    assert f"{folder / 'img0.png'}: empty file (0 bytes)" in result.summary
+
+
 def test_an_empty_dataset_says_which_images_to_add(tmp_path):
     (tmp_path / "empty").mkdir()
     config = _config(tmp_path)

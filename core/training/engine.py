@@ -110,7 +110,9 @@ class Trainer:
         self.plan = plan_dataset(config.dataset, config.training, base_dir=self.base_dir,
                                  num_processes=self.accelerator.num_processes, cancelled=control.should_end)
         if self.plan.steps is None:
-            raise ConfigProblems(["dataset: no usable images (see the plan's skipped files)"])
+            from core.dataset import DatasetError, unusable_dataset_message
+
+            raise DatasetError(unusable_dataset_message(self.plan.skipped, self.plan.scan_warnings))
         total = self.plan.steps.max_train_steps
         problems = errors(validate(config, total_steps=total))
         if problems:
