@@ -26,16 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Progress:
     """Prints what the engine reports: one updating line on a terminal, plain lines otherwise."""
 
-    def __init__(self, quiet: bool, stream=sys.stdout) -> None:  # noqa: ANN001
+    def __init__(self, quiet: bool, stream=None) -> None:  # noqa: ANN001
         self.quiet = quiet
-        self.stream = stream
-        self.tty = stream.isatty()
+        # Looked up now, not when the module was imported: a caller may have replaced it since.
+        self.stream = stream if stream is not None else sys.stdout
+        self.tty = self.stream.isatty()
         self.last_line = 0.0
         self.result = None
 
     def emit(self, event) -> None:  # noqa: ANN001
         from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, RunStarted,
-                                          SampleImage, Status, StepMetrics)
+                                          SampleImage, Status, StepMetrics, StepSkipped)
         from core.training.metrics import format_duration
 
         if isinstance(event, (Finished, Failed)):
@@ -62,6 +63,9 @@ class Progress:
             self._print(f"epoch {event.epoch} done at step {event.step}: mean loss {event.mean_loss:.4f}")
         elif isinstance(event, CheckpointSaved):
             self._print(f"saved {event.path}")
+        elif isinstance(event, StepSkipped):
+            self._print(f"step {event.step} skipped: loss {event.loss} is not finite "
+                        f"({event.in_a_row} in a row, {event.skipped_total} in all)")
         elif isinstance(event, SampleImage):
             self._print(f"sample {event.path}")
         elif isinstance(event, Status) and event.phase != "training":
@@ -145,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if progress.tty:
         print()
-    print(f"{result.reason}: {result.steps} steps in {result.wall_seconds:.0f} s; "
+    skipped = getattr(result, "skipped_steps", 0)
+    note = f" ({skipped} skipped for a non-finite loss)" if skipped else ""
+    print(f"{result.reason}: {result.steps} steps{note} in {result.wall_seconds:.0f} s; "
           f"LoRA: {result.lora_path or 'not saved (cancelled)'}")
     return 130 if result.reason == "cancelled" else 0

@@ -78,3 +78,12 @@ def test_no_arguments_opens_the_gui(monkeypatch, argv):
     monkeypatch.setattr(gui.app, "run", lambda preset=None: opened.append(preset) or 0)
     assert main(argv) == 0
     assert opened == [None]
+
+
+def test_train_progress_prints_to_the_current_stdout_and_names_skipped_steps(capsys):
+    from core.cmd_train import Progress
+    from core.training.events import StepSkipped
+
+    progress = Progress(quiet=False)  # made after capsys replaced sys.stdout: must write there
+    progress.emit(StepSkipped(step=7, epoch=1, loss=float("nan"), in_a_row=2, skipped_total=3))
+    assert capsys.readouterr().out == "step 7 skipped: loss nan is not finite (2 in a row, 3 in all)\n"
