@@ -7,7 +7,7 @@
         summary.json     status and the headline numbers, rewritten atomically
         log.txt          the run's log
         <name>.safetensors               the final LoRA
-        checkpoints/<name>-e000002.safetensors, <name>-s00000500.safetensors
+        checkpoints/<name>-000002.safetensors (epoch 2), <name>-step00000500.safetensors (step 500)
         state/           optimizer/scheduler/RNG state for resuming (when saved)
         samples/         sample images
         tensorboard/     event files with Kohya's tag names (when logging is on)
