@@ -27,6 +27,9 @@ def make_app() -> QApplication:
     from gui import theme
 
     theme.apply(app)
+    from gui.gc_guard import gui_collector
+
+    gui_collector().hold()  # for the app's life: garbage is collected in the GUI thread only
     return app  # type: ignore[return-value]
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QCoreApplication, QEvent, QObject, Signal, Slot
 
+from gui.gc_guard import gui_collector
+
 log = logging.getLogger("lorakiln.gui")
 
 
@@ -52,6 +54,7 @@ class TrainingWorker(QObject):
 
         self._control = Control()
         control = self._control
+        gui_collector().hold()  # no garbage collection in the training thread (see gc_guard)
         thread = threading.Thread(target=self._thread_main, name="lorakiln-training",
                                   args=(control, config, description, base_dir, resume_from), daemon=True)
         self._thread = thread
@@ -105,6 +108,8 @@ class TrainingWorker(QObject):
         # touches nothing shared after that, so there is nothing to wait for.
         self._thread = None
         self._control = None
+        gui_collector().release()  # collects here what the run left, then hands collection back
+        _empty_cuda_cache()
         self.finished.emit(result)
 
     # ---------------------------------------------------------------- worker thread
@@ -125,6 +130,16 @@ class TrainingWorker(QObject):
             return trainer.run()
         except BaseException as error:  # noqa: BLE001 - every failure must reach the person
             return _failed_outside_engine(error)
+
+
+def _empty_cuda_cache() -> None:
+    """After the GUI thread's collection has freed a finished run's tensors, give their cached
+    CUDA blocks back (the engine cannot: it does not collect in the training thread here)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _failed_outside_engine(error: BaseException) -> object:

@@ -18,3 +18,24 @@ def pytest_configure(config):  # noqa: ARG001 - pytest hook
     from PySide6.QtCore import QSettings
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, os.path.join(_HOME, "qsettings"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _gui_thread_garbage_collection(request):
+    """Qt tests run under the app's garbage-collection regime (gui.gc_guard): collected in the
+    GUI thread only, never in a training, grid or scan thread."""
+    if "qtbot" not in request.fixturenames and "qapp" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("qapp")
+    from gui.gc_guard import gui_collector
+
+    collector = gui_collector()
+    collector.hold()
+    try:
+        yield
+    finally:
+        collector.release()

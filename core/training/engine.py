@@ -489,9 +489,9 @@ class Trainer:
         self.network = self.optimizer = self.lr_scheduler = self.trained_models = self.computer = None
         self.dataset = self.guard = None
         distributed = self.accelerator is not None and self.accelerator.num_processes > 1
-        if self.accelerator is not None:
-            self.accelerator.free_memory()
-            self.accelerator = None
+        # Not accelerator.free_memory(): it runs gc.collect() unconditionally, and in the GUI
+        # collection belongs to the GUI thread. Dropping the accelerator drops its references.
+        self.accelerator = None
         release_memory()
         setup.reset_accelerate_state(distributed)
         os.environ.pop("ACCELERATE_MIXED_PRECISION", None)

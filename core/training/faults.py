@@ -67,7 +67,13 @@ def _names(images: list[str]) -> tuple[str, ...]:
 def release_memory() -> None:
     """Drop unreachable tensors (a failed step's activations sit in reference cycles through
     its traceback) and hand cached CUDA blocks back to the driver, so a run after an
-    out-of-memory failure gets the whole card again."""
+    out-of-memory failure gets the whole card again.
+
+    A host that has turned automatic collection off (the GUI, which collects in its own
+    thread so that no Qt object is ever freed in the training thread) collects and empties
+    the cache itself once the run has ended; collecting here would undo that."""
+    if not gc.isenabled():
+        return
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
