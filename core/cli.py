@@ -14,11 +14,15 @@ from core import __version__
 # --help` and the GUI's start stay fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "check": ("core.cmd_check", "validate a preset (with --set overrides) and print the result"),
+    "compare": ("core.cmd_compare", "compare finished runs: table of what differs, time, memory, loss; export plots and CSV"),
     "export-kohya": ("core.cmd_export_kohya", "write a preset as sd-scripts config and dataset config TOMLs"),
+    "grid": ("core.cmd_grid", "generate a labelled image grid: runs or checkpoints by prompts, seeds or sizes"),
     "gui": ("core.cmd_gui", "open the desktop app, optionally on a preset"),
     "import-kohya": ("core.cmd_import_kohya", "turn a kohya_ss JSON or sd-scripts TOML config into a preset"),
     "inspect": ("core.cmd_inspect", "show what a LoRA file holds and how it was trained"),
     "plan": ("core.cmd_plan", "show the buckets, batches and steps a dataset trains with"),
+    "queue": ("core.cmd_queue", "list, add to, reorder and run the training queue, headless"),
+    "sweep": ("core.cmd_sweep", "train one run per value of a parameter and compare them"),
     "train": ("core.cmd_train", "train a LoRA from a preset, headless (Ctrl+C stops and saves)"),
 }
 
@@ -30,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "With no command it opens the desktop app on the built-in demo project.",
     )
     parser.add_argument("--version", action="version", version=f"LoRA Kiln {__version__}")
+    parser.add_argument("--self-test", action="store_true",
+                        help="check this installation without a window: train the demo model a few steps "
+                             "into a temporary folder, print one line, exit 0 when it worked")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -45,9 +52,12 @@ def _module(name: str):  # noqa: ANN202 - a command module
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.self_test and args.command is not None:
+        parser.error("--self-test runs on its own: leave out the command")
+    if args.command is None and not args.self_test:
         args = parser.parse_args(["gui"])
-    run: Callable[[argparse.Namespace], int] = _module(args._module).run
+    run: Callable[[argparse.Namespace], int] = (
+        (lambda _args: _module("core.self_test").main()) if args.self_test else _module(args._module).run)
     try:
         return run(args)
     except KeyboardInterrupt:

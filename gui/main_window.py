@@ -1,12 +1,12 @@
-"""The main window: the Dataset, Parameters and Training tabs over one Project, the File and
-Help menus, remembered window state and last preset, and care for unsaved work."""
+"""The main window: the Dataset, Parameters, Training and Runs tabs over one Project, the File,
+Runs and Help menus, remembered window state and last preset, and care for unsaved work."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QUrl
+from PySide6.QtCore import QSettings, QTimer, QUrl
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
@@ -46,11 +46,13 @@ class MainWindow(QMainWindow):
         self.ask_unsaved = self._ask_unsaved
         self.ask_stop_training = self._ask_stop_training
         self.show_message = lambda title, text: QMessageBox.warning(self, title, text)
+        QTimer.singleShot(0, self._show_queue_load_problem)  # once the hooks above are in place
 
     # ------------------------------------------------------------------ building
     def _build_tabs(self) -> None:
         from gui.dataset_tab import DatasetTab
         from gui.parameters_tab import ParametersTab
+        from gui.runs_tab import RunsTab
         from gui.training_tab import TrainingTab
 
         self.tabs = QTabWidget()
@@ -59,8 +61,13 @@ class MainWindow(QMainWindow):
         self.training_tab = TrainingTab(self.project)
         self.tabs.addTab(self.dataset_tab, "Dataset")
         self.tabs.addTab(self.parameters_tab, "Parameters")
+        self.runs_tab = RunsTab(self.project)
         self.tabs.addTab(self.training_tab, "Training")
+        self.tabs.addTab(self.runs_tab, "Runs")
         self.setCentralWidget(self.tabs)
+        # The tabs' messages reach the person through this window's show_message hook.
+        self.training_tab.run_finished.connect(self._on_training_run_finished)
+        self.training_tab.queue_panel.sweep_finished.connect(self._on_queue_sweep_finished)
         self.parameters_tab.validity_changed.connect(self._on_parameters_validity_changed)
         self.parameters_tab.problem_activated.connect(self._on_parameters_problem_activated)
         messages = self.parameters_tab.error_messages()  # the tab checked once while being built
@@ -92,6 +99,15 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "Inspect &LoRA file…", self._on_inspect_triggered)
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        runs_menu = self.menuBar().addMenu("&Runs")
+        self._action(runs_menu, "Add to &queue", self._on_add_to_queue_triggered)
+        self._action(runs_menu, "S&weep…", self._on_sweep_triggered)
+        self._action(runs_menu, "&Run queue", self._on_run_queue_triggered)
+        runs_menu.addSeparator()
+        self._action(runs_menu, "Re&fresh run list", self._on_refresh_runs_triggered, QKeySequence.StandardKey.Refresh)
+        self._action(runs_menu, "&Add runs folder…", self._on_add_runs_folder_triggered)
+        self._action(runs_menu, "&Export comparison…", self._on_export_comparison_triggered)
+        self._action(runs_menu, "Make &grid…", self._on_make_grid_triggered)
         help_menu = self.menuBar().addMenu("&Help")
         self._action(help_menu, "&About LoRA Kiln", self._on_about_triggered)
         self._action(help_menu, "Open &log folder", self._on_open_log_folder_triggered)
@@ -256,6 +272,49 @@ class MainWindow(QMainWindow):
     def _on_training_running_changed(self, running: bool) -> None:
         self.statusBar().showMessage("Training…" if running else "Ready")
 
+    def _on_training_run_finished(self, _result: object) -> None:
+        self.runs_tab.on_run_finished()
+
+    def _on_queue_sweep_finished(self, _sweep_id: str, run_dirs: list) -> None:
+        """The last run of a sweep ended: compare exactly its runs."""
+        self.tabs.setCurrentWidget(self.runs_tab)
+        self.runs_tab.select_runs(run_dirs)
+        self.statusBar().showMessage(f"Sweep finished: comparing its {len(run_dirs)} runs")
+
+    def _show_queue_load_problem(self) -> None:
+        problem = self.training_tab.queue.load_problem
+        if problem:
+            self.show_message("The queue could not be read", problem[:1].upper() + problem[1:] + ".")
+
+    def _on_add_to_queue_triggered(self) -> None:
+        if self.training_tab.queue_button.isEnabled():
+            self.training_tab.queue_panel.add_project(self.project)
+        else:
+            self.show_message("Cannot queue", self.training_tab.queue_button.toolTip())
+
+    def _on_sweep_triggered(self) -> None:
+        self.training_tab.queue_panel.open_sweep_dialog(self.project)
+
+    def _on_run_queue_triggered(self) -> None:
+        self.tabs.setCurrentWidget(self.training_tab)
+        self.training_tab.queue_panel.run()
+
+    def _on_refresh_runs_triggered(self) -> None:
+        self.tabs.setCurrentWidget(self.runs_tab)
+        self.runs_tab.refresh()
+
+    def _on_add_runs_folder_triggered(self) -> None:
+        self.tabs.setCurrentWidget(self.runs_tab)
+        self.runs_tab.choose_folder_to_add()
+
+    def _on_export_comparison_triggered(self) -> None:
+        self.tabs.setCurrentWidget(self.runs_tab)
+        self.runs_tab.choose_export_folder()
+
+    def _on_make_grid_triggered(self) -> None:
+        self.tabs.setCurrentWidget(self.runs_tab)
+        self.runs_tab.open_grid_dialog()
+
     def _on_new_triggered(self) -> None:
         if self._confirm_discard():
             self.project.new()
@@ -287,10 +346,28 @@ class MainWindow(QMainWindow):
             InspectDialog(path, self).show()
 
     def _on_about_triggered(self) -> None:
+        # Everything the app writes lives in per-user folders, never in its own (a frozen
+        # build may sit in a read-only place): say where, so people can find and back it up.
+        import html
+        import sys
+
+        from core.paths import default_runs_dir, settings_dir
+        from core.self_test import how_installed, result_file
+
+        running = how_installed()
+        if getattr(sys, "frozen", False):
+            running += f" in {Path(sys.executable).parent}"
+        places = [("Data", user_data_dir()), ("Runs (when a preset names no output folder)", default_runs_dir()),
+                  ("Your presets", user_presets_dir()), ("Logs", log_dir()),
+                  ("Settings", settings().fileName() or settings_dir()), ("Last self-test result", result_file())]
+        rows = "".join(f"<tr><td>{html.escape(label)}:&nbsp;</td><td>{html.escape(str(path))}</td></tr>"
+                       for label, path in places)
         QMessageBox.about(self, "About LoRA Kiln",
                           f"<b>LoRA Kiln {__version__}</b><p>Trains Stable Diffusion LoRAs in the Kohya style and "
                           "shows what the training does while it does it.</p>"
-                          f"<p>Presets and runs: {user_data_dir()}<br>Logs: {log_dir()}</p>")
+                          f"<p>Running: {html.escape(running)}<br>Python {sys.version.split()[0]}</p>"
+                          f"<table>{rows}</table>"
+                          "<p>Check an installation with <code>lorakiln --self-test</code>.</p>")
 
     def _on_open_log_folder_triggered(self) -> None:
         log_dir().mkdir(parents=True, exist_ok=True)

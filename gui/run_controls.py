@@ -1,5 +1,6 @@
-"""The Training tab's command row: Start, Pause/Resume, Stop, Cancel, Save now, Sample now
-and the phase label, with each button enabled only where its command means something."""
+"""The Training tab's command row: Start, Pause/Resume, Stop, Cancel, Save now, Sample now,
+Add to queue and Sweep…, and the phase label, with each button enabled only where its command
+means something."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from gui import theme
 IDLE, RUNNING, PAUSED, STOPPING = "idle", "running", "paused", "stopping"
 START_TIP = "Train a LoRA with the current settings"
 SAMPLE_TIP = "Generate the sample prompts after this step"
+QUEUE_TIP = "Queue a snapshot of the current settings, to train after what is queued already"
+SWEEP_TIP = "Queue one run per value of a parameter, to compare them in the Runs tab"
 
 
 class RunControls(QWidget):
@@ -21,6 +24,8 @@ class RunControls(QWidget):
         self.cancel_button = _button("Cancel", "End now without saving")
         self.save_button = _button("Save now", "Save a checkpoint (and training state) after this step")
         self.sample_button = _button("Sample now", SAMPLE_TIP)
+        self.queue_button = _button("Add to queue", QUEUE_TIP)
+        self.sweep_button = _button("Sweep…", SWEEP_TIP)
         self.status_label = QLabel("Ready")
         self.status_label.setStyleSheet("font-weight: bold")
         self.blocked_label = QLabel()
@@ -37,6 +42,11 @@ class RunControls(QWidget):
         row.addWidget(separator)
         row.addWidget(self.save_button)
         row.addWidget(self.sample_button)
+        separator = QFrame()
+        separator.setFrameShape(QFrame.Shape.VLine)
+        row.addWidget(separator)
+        row.addWidget(self.queue_button)
+        row.addWidget(self.sweep_button)
         row.addSpacing(12)
         row.addWidget(self.status_label, 1)
         layout = QVBoxLayout(self)
@@ -49,14 +59,18 @@ class RunControls(QWidget):
         if reasons:
             more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
             self.blocked_label.setText(f"Cannot start: {reasons[0]}{more}")
-            self.start_button.setToolTip("Cannot start:\n" + "\n".join(f"• {r}" for r in reasons))
+            why = "\n".join(f"• {r}" for r in reasons)
+            self.start_button.setToolTip("Cannot start:\n" + why)
+            self.queue_button.setToolTip("Cannot queue these settings:\n" + why)
         else:
             self.start_button.setToolTip(START_TIP)
+            self.queue_button.setToolTip(QUEUE_TIP)
         self.blocked_label.setVisible(bool(reasons))
 
-    def show_state(self, state: str, *, blocked: bool, has_prompts: bool) -> None:
+    def show_state(self, state: str, *, blocked: bool, has_prompts: bool, queue_running: bool = False) -> None:
         active = state in (RUNNING, PAUSED)
-        self.start_button.setEnabled(state == IDLE and not blocked)
+        self.start_button.setEnabled(state == IDLE and not blocked and not queue_running)
+        self.queue_button.setEnabled(not blocked)  # queueing while a run trains is the point of a queue
         self.pause_button.setEnabled(active)
         self.pause_button.setText("Resume" if state == PAUSED else "Pause")
         self.stop_button.setEnabled(active)

@@ -1,5 +1,5 @@
 """The Training tab: start, pause, stop and cancel a run of the open project and watch it —
-progress, live plots, samples and a log. The engine runs in ``TrainingWorker``'s thread; this
+progress, live plots, samples and a log — and the queue of runs to train one after another. The engine runs in ``TrainingWorker``'s thread; this
 tab only receives its events (queued signals) and sends commands through it."""
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finishe
                                   SampleImage, Status, StepMetrics)
 from core.training.metrics import format_duration
 from gui.error_dialog import ErrorDialog
+from core.run_queue import RunQueue
 from gui.project import Project
+from gui.queue_panel import QueuePanel
+from gui.run_list import report
 from gui.run_controls import IDLE, PAUSED, RUNNING, STOPPING, RunControls
 from gui.sample_strip import SampleStrip
 from gui.training_plots import TrainingPlots
@@ -31,10 +34,12 @@ PHASE_NAMES = {"loading": "Loading", "caching": "Caching latents", "training": "
 class TrainingTab(QWidget):
     run_finished = Signal(object)  # Finished or Failed
     running_changed = Signal(bool)
+    run_started = Signal(str)  # the run folder, as soon as the engine has made it
 
-    def __init__(self, project: Project, parent: QWidget | None = None) -> None:
+    def __init__(self, project: Project, parent: QWidget | None = None, queue: RunQueue | None = None) -> None:
         super().__init__(parent)
         self.project = project
+        self.queue = queue if queue is not None else RunQueue.load()
         self.state = IDLE
         self.run_config = None  # the snapshot the current (or last) run trains
         self.run_dir: str | None = None
@@ -65,13 +70,16 @@ class TrainingTab(QWidget):
         self.start_button, self.pause_button = controls.start_button, controls.pause_button
         self.stop_button, self.cancel_button = controls.stop_button, controls.cancel_button
         self.save_button, self.sample_button = controls.save_button, controls.sample_button
+        self.queue_button, self.sweep_button = controls.queue_button, controls.sweep_button
         self.status_label, self.blocked_label = controls.status_label, controls.blocked_label
         for button, slot in ((self.start_button, self._on_start_button_clicked),
                              (self.pause_button, self._on_pause_button_clicked),
                              (self.stop_button, self._on_stop_button_clicked),
                              (self.cancel_button, self._on_cancel_button_clicked),
                              (self.save_button, self._on_save_button_clicked),
-                             (self.sample_button, self._on_sample_button_clicked)):
+                             (self.sample_button, self._on_sample_button_clicked),
+                             (self.queue_button, self._on_queue_button_clicked),
+                             (self.sweep_button, self._on_sweep_button_clicked)):
             button.clicked.connect(slot)
 
         self.progress = QProgressBar()
@@ -98,12 +106,19 @@ class TrainingTab(QWidget):
         self.log.setMaximumBlockCount(LOG_LINES)
         self.log.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.log.setPlaceholderText("Status messages, checkpoints, epoch summaries and errors appear here.")
+        self.queue_panel = QueuePanel(self.queue, self)
+        self.queue_panel.queue_finished.connect(self._update_buttons)
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(self.log)
+        bottom.addWidget(self.queue_panel)
+        bottom.setStretchFactor(0, 3)
+        bottom.setStretchFactor(1, 2)
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(grid_widget)
-        splitter.addWidget(self.log)
+        splitter.addWidget(bottom)
         splitter.setStretchFactor(0, 4)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([700, 140])  # room for a handful of log lines from the start
+        splitter.setSizes([640, 200])  # room for a handful of log lines and queue items from the start
 
         layout = QVBoxLayout(self)
         layout.addWidget(controls)
@@ -115,21 +130,40 @@ class TrainingTab(QWidget):
         """Train the project's current settings (a snapshot: later edits do not reach the
         run), or ``config`` when given; ``resume_from`` continues a stopped run's folder.
         False when a run is going or starting is blocked."""
-        if self.is_running() or self._blocked:
+        if self.is_running() or self._blocked or self.queue_panel.running:
             return False
-        self.run_config = config if config is not None else self.project.snapshot()
+        config = config if config is not None else self.project.snapshot()
+        self._start_run(config, self.project.description, self.project.base_dir, resume_from,
+                        f"starting “{config.output.output_name}”")
+        return True
+
+    def start_queued(self, config: object, description: str, label: str) -> bool:
+        """Train a queued item's configuration (the queue checked it; the project's own
+        problems do not block it). False when a run is going."""
+        if self.is_running():
+            return False
+        self._start_run(config, description, None, None, f"queue: starting “{label}”")
+        return True
+
+    def _start_run(self, config: object, description: str, base_dir: Path | None, resume_from: Path | None,
+                   log_line: str) -> None:
+        self.run_config = config
         self._reset_view()
-        self._worker.start(self.run_config, self.project.description, self.project.base_dir, resume_from)
-        self._append_log(f"starting “{self.run_config.output.output_name}”")
+        self._worker.start(self.run_config, description, base_dir, resume_from)
+        self._append_log(log_line)
         self._set_state(RUNNING)
         self.status_label.setText("Starting…")
         self.progress.setRange(0, 0)  # busy until the engine reports a phase with a size
         self.progress.setFormat("starting…")
         self.running_changed.emit(True)
-        return True
 
     def is_running(self) -> bool:
         return self.state != IDLE
+
+    def use_queue(self, queue: RunQueue) -> None:
+        """Work on another queue file (tests; a queue opened elsewhere)."""
+        self.queue = self.queue_panel.queue = queue
+        self.queue_panel.refresh()
 
     def request_stop_and_wait(self, timeout_ms: int) -> bool:
         """Stop (the LoRA is saved) and block until the run has ended: for closing the
@@ -190,6 +224,10 @@ class TrainingTab(QWidget):
             QMessageBox.StandardButton.No)
         return answer == QMessageBox.StandardButton.Yes
 
+    def show_message(self, title: str, text: str) -> None:
+        """A message through the window's hook (tests replace this, or the window's)."""
+        report(self, title, text)
+
     def show_error(self, failed: Failed) -> None:
         """Shows the error dialog; tests replace this to capture the failure instead."""
         dialog = ErrorDialog(failed, self)  # owned by the tab until closed
@@ -203,7 +241,8 @@ class TrainingTab(QWidget):
 
     def _update_buttons(self) -> None:
         has_prompts = self.run_config is not None and bool(self.run_config.sampling.prompts.strip())
-        self.controls.show_state(self.state, blocked=bool(self._blocked), has_prompts=has_prompts)
+        self.controls.show_state(self.state, blocked=bool(self._blocked), has_prompts=has_prompts,
+                                 queue_running=self.queue_panel.running)
 
     def _reset_view(self) -> None:
         self.plots.clear()
@@ -243,6 +282,7 @@ class TrainingTab(QWidget):
             self._append_log(f"sample at step {event.step}: {event.prompt}")
         elif isinstance(event, RunStarted):
             self._total_steps, self._epochs, self.run_dir = event.total_steps, event.epochs, event.run_dir
+            self.run_started.emit(event.run_dir)
             self._append_log(f"run folder {event.run_dir}: {event.total_steps} steps, {event.epochs} epochs, "
                              f"{event.batches_per_epoch} batches per epoch")
         # Finished and Failed also arrive here; they are handled once, from ``finished``.
@@ -285,8 +325,8 @@ class TrainingTab(QWidget):
             self._append_log(f"{result.reason} after {result.steps} steps in {took}{saved}")
         self._set_state(IDLE)
         self.running_changed.emit(False)
-        if isinstance(result, Failed):
-            self.show_error(result)
+        if isinstance(result, Failed) and not self.queue_panel.running:
+            self.show_error(result)  # a queued run's failure is logged; the queue goes on and sums up at its end
         self.run_finished.emit(result)
 
     def _on_redraw_timer_timeout(self) -> None:
@@ -306,6 +346,10 @@ class TrainingTab(QWidget):
 
     def _append_log(self, text: str) -> None:
         self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
+
+    def append_log(self, text: str) -> None:
+        """A line in the run log (the queue reports there)."""
+        self._append_log(text)
 
     # ---------------------------------------------------------------- buttons
     def _on_start_button_clicked(self) -> None:
@@ -328,6 +372,12 @@ class TrainingTab(QWidget):
 
     def _on_sample_button_clicked(self) -> None:
         self.sample_now()
+
+    def _on_queue_button_clicked(self) -> None:
+        self.queue_panel.add_project(self.project)
+
+    def _on_sweep_button_clicked(self) -> None:
+        self.queue_panel.open_sweep_dialog(self.project)
 
 
 def progress_text(metrics: StepMetrics, epochs: int) -> str:

@@ -25,8 +25,8 @@ def window(qtbot):
     return w
 
 
-def test_the_window_has_the_three_tabs_and_is_titled(window):
-    assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == ["Dataset", "Parameters", "Training"]
+def test_the_window_has_the_four_tabs_and_is_titled(window):
+    assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == ["Dataset", "Parameters", "Training", "Runs"]
     assert window.windowTitle().endswith("LoRA Kiln")
 
 

@@ -216,3 +216,19 @@ def test_save_now_and_sample_now_act_after_the_next_step(qtbot, tab, tmp_path):
     assert Path(sample.path).is_file() and sample.prompt == "kiln, blue background"
     viewer = tab.samples.show_sample(tab.samples.item(0))
     assert "kiln, blue background" in viewer.caption.text() and viewer.image.pixmap().width() >= 384
+
+
+def test_a_queued_run_starts_even_while_the_projects_settings_are_blocked(qtbot, tab, tmp_path):
+    # The queue checked its own snapshot; the open project's problems are not the queued run's.
+    tab.set_start_blocked(["network.dim: below the minimum 1"])
+    with qtbot.waitSignal(tab.run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        assert tab.start_queued(tiny_config(tmp_path, steps=2), "", "queued")
+        assert not tab.start_queued(tiny_config(tmp_path / "again"), "", "second")  # one run at a time
+    assert finished.args[0].reason == "completed" and "queue: starting “queued”" in tab.log.toPlainText()
+
+
+def test_the_run_folder_is_announced_when_the_engine_makes_it(qtbot, tab, tmp_path):
+    started = []
+    tab.run_started.connect(started.append)
+    result = run_to_end(qtbot, tab, tiny_config(tmp_path, steps=2))
+    assert started == [result.run_dir]
