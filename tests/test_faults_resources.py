@@ -166,11 +166,38 @@ def test_release_memory_collects_garbage_then_empties_the_cuda_cache(monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append("synchronize"))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache", alive() is None)))
-    gc.disable()  # so that only release_memory can collect the cycle
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    gc.enable()
+    gc.set_threshold(10**9)  # collection on, but nothing automatic: only release_memory collects
     try:
         del cycle
         assert alive() is not None
         release_memory()
     finally:
-        gc.enable()
+        gc.set_threshold(*threshold)
+        (gc.enable if enabled else gc.disable)()
     assert calls == ["synchronize", ("empty_cache", True)]
+
+
+def test_release_memory_leaves_collection_to_a_host_that_took_it_over(monkeypatch):
+    """The GUI turns automatic collection off and collects in its own thread after the run
+    (gui.gc_guard, gui.worker): the engine, in the training thread, must not collect then."""
+    calls = []
+
+    class Cycle:
+        pass
+
+    cycle = Cycle()
+    cycle.self = cycle
+    alive = weakref.ref(cycle)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del cycle
+        release_memory()
+        assert alive() is not None and calls == []
+    finally:
+        (gc.enable if enabled else gc.disable)()
+        gc.collect()
