@@ -1,8 +1,11 @@
 """The window never freezes: long work runs off the GUI thread, shows progress and cancels.
 
 A timer in the GUI thread measures the longest gap between its ticks while the work runs;
-a frozen event loop shows up as a long gap. The bound is generous (the machine is shared),
-but a scan or a model load on the GUI thread would exceed it many times over.
+a frozen event loop shows up as a long gap. The bound is deliberately loose, because CI
+machines are shared and a busy neighbour (or a full garbage collection) can stall any thread
+for a few hundred milliseconds; it still catches the work running on the GUI thread, which
+takes seconds there. How smooth the window is while training is measured, not asserted, by
+benchmarks/bench_gui_stall.py.
 """
 
 import io
@@ -23,7 +26,7 @@ from gui.project import Project
 from gui.training_tab import TrainingTab
 from tests.engine_fixtures import tiny_config
 
-MAX_GAP_S = 0.5
+MAX_GAP_S = 1.5
 IMAGES = 10_000
 WAIT_MS = 120_000
 
