@@ -5,8 +5,10 @@
 
 RUNS (default /tmp/sweep_runs) should hold the demo project's sweep of dataset.resolution =
 256, 384, 512, as made by
-``lorakiln sweep demo --vary dataset.resolution=256,384,512 --set training.duration=steps
---set training.max_train_steps=8 --output-dir /tmp/sweep_runs``; when it holds no runs, this
+``lorakiln sweep demo --vary dataset.resolution=256,384,512 --set training.batch_size=3
+--set training.duration=steps --set training.max_train_steps=8 --output-dir /tmp/sweep_runs``
+(batch size 3, because with the demo preset's 2 every bucket fills whole batches and the
+batches per epoch would not change with the bucket count); when it holds no runs, this
 script trains those three itself. It grabs the main window with the Runs tab comparing the
 three runs (docs/screenshots/runs_compare.png), then queues two more demo runs, starts the
 queue and grabs the Training tab with the queue panel mid-run (runs_queue.png). Settings and
@@ -35,6 +37,7 @@ def train_sweep(runs: Path) -> None:
     base.output.output_dir = str(runs)
     base.training.duration = base.training.duration.STEPS
     base.training.max_train_steps = 8
+    base.training.batch_size = 3  # so partial batches make batches/epoch follow the buckets
     for label, config in sweep_configs(base, SweepSpec(FIELD, VALUES)):
         result = Trainer(config, ListSink()).run()
         print(label, getattr(result, "reason", result))
