@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QGridLayout, QMessageBox, QPlainTextEdit, QProgre
                                QVBoxLayout, QWidget)
 
 from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, PhaseProgress, RunStarted,
-                                  SampleImage, Status, StepMetrics)
+                                  SampleImage, Status, StepMetrics, StepSkipped)
 from core.training.metrics import format_duration
 from gui.error_dialog import ErrorDialog
 from core.run_queue import RunQueue
@@ -248,7 +248,7 @@ class TrainingTab(QWidget):
         self.plots.clear()
         self.samples.clear()
         self._latest = None
-        self._total_steps = self._epochs = 0
+        self._total_steps = self._epochs = self._skipped = 0
         self._last_status = ""
         self._logged_training = False
         self.run_dir = None
@@ -262,6 +262,9 @@ class TrainingTab(QWidget):
         if isinstance(event, StepMetrics):
             self.plots.add_step(event)
             self._latest = event
+            self._progress_dirty = True
+        elif isinstance(event, StepSkipped):
+            self._skipped = event.skipped_total  # the engine's status line says it in the log
             self._progress_dirty = True
         elif isinstance(event, Status):
             self._on_status(event)
@@ -342,7 +345,7 @@ class TrainingTab(QWidget):
         total = metrics.total_steps or self._total_steps
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(metrics.step)
-        self.progress.setFormat(progress_text(metrics, self._epochs))
+        self.progress.setFormat(progress_text(metrics, self._epochs, self._skipped))
 
     def _append_log(self, text: str) -> None:
         self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
@@ -380,8 +383,10 @@ class TrainingTab(QWidget):
         self.queue_panel.open_sweep_dialog(self.project)
 
 
-def progress_text(metrics: StepMetrics, epochs: int) -> str:
-    """"step 120/1600 · epoch 2/10 · 1.85 it/s · ETA 12:34"."""
+def progress_text(metrics: StepMetrics, epochs: int, skipped: int = 0) -> str:
+    """"step 120/1600 · epoch 2/10 · 1.85 it/s · ETA 12:34", with "· 3 skipped" when steps
+    were left out for a non-finite loss (training.nonfinite_loss = "skip")."""
     epoch = f"epoch {metrics.epoch}/{epochs}" if epochs else f"epoch {metrics.epoch}"
-    return (f"step {metrics.step}/{metrics.total_steps} · {epoch} · {metrics.it_per_s:.2f} it/s · "
+    skips = f" · {skipped} skipped" if skipped else ""
+    return (f"step {metrics.step}/{metrics.total_steps} · {epoch}{skips} · {metrics.it_per_s:.2f} it/s · "
             f"ETA {format_duration(metrics.eta_s)}")

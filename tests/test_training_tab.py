@@ -198,6 +198,7 @@ def test_events_are_drawn_by_the_timer_not_one_by_one(qtbot, tab):
 def test_progress_text_reads_like_a_sentence():
     metrics = StepMetrics(120, 2, 1600, 0.1, 0.1, {}, it_per_s=1.853, eta_s=754)
     assert progress_text(metrics, 10) == "step 120/1600 · epoch 2/10 · 1.85 it/s · ETA 12:34"
+    assert progress_text(metrics, 10, skipped=3) == "step 120/1600 · epoch 2/10 · 3 skipped · 1.85 it/s · ETA 12:34"
 
 
 def test_save_now_and_sample_now_act_after_the_next_step(qtbot, tab, tmp_path):
@@ -232,3 +233,16 @@ def test_the_run_folder_is_announced_when_the_engine_makes_it(qtbot, tab, tmp_pa
     tab.run_started.connect(started.append)
     result = run_to_end(qtbot, tab, tiny_config(tmp_path, steps=2))
     assert started == [result.run_dir]
+
+
+def test_skipped_steps_show_in_the_progress_and_the_log(qtbot, tab, tmp_path, monkeypatch):
+    from core.config import NonFinitePolicy
+    from tests.test_faults_nan import poison_losses
+
+    poison_losses(monkeypatch, {2}, float("nan"))
+    tab.project.config = tiny_config(tmp_path, steps=4)
+    tab.project.config.training.nonfinite_loss = NonFinitePolicy.SKIP
+    result = run_to_end(qtbot, tab)
+    assert isinstance(result, Finished) and result.skipped_steps == 1, getattr(result, "traceback", result)
+    assert tab.progress.format().startswith("step 4/4 · epoch ") and " · 1 skipped · " in tab.progress.format()
+    assert "step 2: the loss was nan; step skipped" in tab.log.toPlainText()
