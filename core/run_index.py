@@ -21,6 +21,7 @@ import numpy as np
 
 from core.config import TrainConfig
 from core.presets import PresetError, config_fields, load_preset
+from core.processes import GONE, process_state
 from core.runs import CONFIG, METRICS, PLAN, SUMMARY, read_metrics
 
 CHECKPOINT_DIR = "checkpoints"  # as core.training.checkpoint names it (not imported: that pulls in torch)
@@ -40,7 +41,7 @@ class RunRecord:
     name: str  # output_name from the config, else the folder name
     folder: str
     started_at: float | None = None
-    status: str = "incomplete"  # completed, stopped, cancelled, failed, running, incomplete
+    status: str = "incomplete"  # completed, stopped, cancelled, failed, running, interrupted, incomplete
     config: TrainConfig | None = None
     problem: str | None = None  # why the config or summary could not be read, naming the file
     params: dict[str, object] = field(default_factory=dict)  # "group.field" -> value
@@ -228,6 +229,11 @@ def load_run(path: Path) -> RunRecord:
     summary, problem = _read_json(path / SUMMARY)
     if summary is not None:
         _apply_summary(record, summary)
+        if record.status == "running" and process_state(summary.get("runner")) == GONE:
+            # Its process was killed or crashed: the summary was never rewritten.
+            record.status = "interrupted"
+            problems.append(f"the process training it ended without finishing; continue it with "
+                            f"lorakiln train --resume \"{path}\" (it resumes from its last saved state)")
     elif record.config is not None:
         problems.append(f"{problem}: the run ended before writing it, or is still starting")
     else:
@@ -235,7 +241,7 @@ def load_run(path: Path) -> RunRecord:
     plan, _ = _read_json(path / PLAN)
     if plan is not None:
         _apply_plan(record, plan)
-    if record.status in ("running", "incomplete"):
+    if record.status in ("running", "interrupted", "incomplete"):
         _fill_from_metrics(record)
     if record.started_at is None:
         stamp = _FOLDER_STAMP.match(path.name)

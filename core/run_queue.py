@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
@@ -24,6 +23,7 @@ from core.atomic import write_text_atomic
 from core.config import TrainConfig
 from core.paths import user_data_dir
 from core.presets import PresetError, dumps_preset, loads_preset
+from core.processes import ALIVE, process_state, this_process
 from core.sweep import SweepSpec, sweep_configs, write_sweep_record
 from core.training.control import Control
 from core.training.events import Event, Failed, Finished, MultiSink, RunStarted, Sink
@@ -71,19 +71,13 @@ def _item_from_json(data: Any) -> QueueItem:
 
 
 def _this_process() -> dict[str, Any]:
-    return {"pid": psutil.Process().pid, "host": socket.gethostname(),
-            "started": psutil.Process().create_time()}
+    return this_process()
 
 
 def _is_alive(runner: Any) -> bool:
     """Whether the process recorded as running the queue still runs (the same pid and start
     time on this machine, so a reused pid after a reboot does not count)."""
-    if not isinstance(runner, dict) or runner.get("host") != socket.gethostname():
-        return False
-    try:
-        return abs(psutil.Process(int(runner["pid"])).create_time() - float(runner["started"])) < 1.0
-    except (psutil.Error, KeyError, TypeError, ValueError):
-        return False
+    return process_state(runner) == ALIVE
 
 
 class RunQueue:

@@ -185,6 +185,10 @@ class RunSummary:
     state_path: str | None = None
     skipped_steps: int = 0  # steps left out for a NaN/inf loss
 
+    # The process training the run (core.processes.this_process), so that a run whose process
+    # was killed is not shown as running for ever.
+    runner: dict[str, Any] | None = None
+
     def write(self, run_dir: Path) -> None:
         write_json(run_dir / SUMMARY, self.__dict__)
 

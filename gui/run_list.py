@@ -27,6 +27,7 @@ COLUMNS = ["name", "date", "status", "steps", "epochs", "wall time", "peak memor
 PATH_ROLE = Qt.ItemDataRole.UserRole
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 STATUS_COLOURS = {"failed": theme.ERROR, "cancelled": theme.WARNING, "incomplete": theme.WARNING,
+                  "interrupted": theme.WARNING,
                   "running": theme.ACCENT, "completed": theme.OK}
 
 

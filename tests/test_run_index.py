@@ -129,6 +129,40 @@ def test_a_running_run_shows_its_progress(tmp_path):
     assert record.steps == 5 and record.final_loss == pytest.approx(0.2)
 
 
+def _mark_running(run: Path, runner: dict | None) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(status="running", runner=runner)
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_run_whose_process_is_gone_is_interrupted_not_running(tmp_path):
+    import subprocess
+    import sys
+
+    from core.processes import this_process
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    stamp = {"pid": ended.pid, "host": this_process()["host"], "started": 0.0}
+    ended.wait()
+    run = write_run(tmp_path, "killed", steps=5)
+    _mark_running(run, stamp)
+    record = load_run(run)
+    assert record.status == "interrupted" and record.steps == 5
+    assert f'lorakiln train --resume "{run}"' in record.problem
+
+
+def test_a_run_whose_process_lives_or_is_unknown_stays_running(tmp_path):
+    from core.processes import this_process
+
+    alive = write_run(tmp_path, "alive")
+    _mark_running(alive, this_process())
+    elsewhere = write_run(tmp_path, "elsewhere")
+    _mark_running(elsewhere, {"pid": 1, "host": "another-machine", "started": 0.0})
+    older = write_run(tmp_path, "older")
+    _mark_running(older, None)  # written before runs carried their process
+    assert [load_run(r).status for r in (alive, elsewhere, older)] == ["running"] * 3
+
+
 def test_a_failed_run_carries_its_error_and_skipped_steps(tmp_path):
     run = write_run(tmp_path, "r", status="failed")
     summary = json.loads((run / "summary.json").read_text())

@@ -18,6 +18,7 @@ import torch
 
 from core.config import TrainConfig
 from core.plan import DatasetPlan, plan_dataset, plan_to_json
+from core.processes import this_process
 from core.runs import (LOG, METRICS, PLAN, MetricsWriter, RunSummary, create_run_dir, write_config, write_json)
 from core.training import setup
 from core.training.checkpoint import (CHECKPOINT_DIR, SAVE_DTYPES, STATE_DIR, TrainingState, capture_rng,
@@ -164,7 +165,8 @@ class Trainer:
         self.summary = RunSummary(status="running", name=config.output.output_name,
                                   total_steps=steps.max_train_steps, total_epochs=steps.epochs,
                                   started_at=self._started,
-                                  memory_kind="cuda" if torch.cuda.is_available() else "rss")
+                                  memory_kind="cuda" if torch.cuda.is_available() else "rss",
+                                  runner=this_process())
         self.summary.write(self.run_dir)
         log.info("run folder %s; %d steps, %d epochs, %d batches per epoch", self.run_dir,
                  steps.max_train_steps, steps.epochs, steps.batches_per_epoch)
