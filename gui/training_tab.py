@@ -45,7 +45,7 @@ class TrainingTab(QWidget):
         self.run_dir: str | None = None
         self.last_result: Finished | Failed | None = None
         self._blocked: list[str] = []
-        self._total_steps = self._epochs = 0
+        self._total_steps = self._epochs = self._skipped = 0
         self._latest: StepMetrics | None = None
         self._progress_dirty = False
         self._last_status = ""
