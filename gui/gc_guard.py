@@ -42,14 +42,15 @@ class GuiGarbageCollector(QObject):
         self._holds += 1
 
     def release(self) -> None:
-        """Give collection back to the interpreter when the last hold ends, after one full
-        collection here (what the background thread left behind is freed in this thread)."""
+        """End one hold with a full collection here, so what the background work left in
+        reference cycles (a finished run's model, say) is freed now, in this thread, even
+        while an outer hold (the app's) goes on; the last hold gives collection back."""
         if self._holds == 0:
             return
         self._holds -= 1
+        gc.collect()
         if self._holds == 0:
             self._timer.stop()
-            gc.collect()
             if self._was_enabled:
                 gc.enable()
 

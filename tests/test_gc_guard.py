@@ -33,8 +33,10 @@ def test_holding_turns_automatic_collection_off_and_release_gives_it_back(qapp, 
     collector.hold()
     collector.hold()
     assert not gc.isenabled() and collector.held
+    inner = _cycle()
     collector.release()
     assert not gc.isenabled()  # holds nest: one is still held
+    assert inner() is None  # but each release collects what the work behind it left
     orphan = _cycle()
     collector.release()
     assert gc.isenabled() and not collector.held
