@@ -15,21 +15,15 @@ from core.training.events import Failed, Finished
 from core.training.step import StepComputer
 from gui.app import LOG_BACKUPS, LOG_FILE, LOG_MAX_BYTES, AppLogHandler, setup_logging
 from gui.error_dialog import ErrorDialog
-from gui.project import Project
-from gui.training_tab import TrainingTab
 from tests.engine_fixtures import tiny_config
+from tests.gui_fixtures import quiet_training_tab
 
 RUN_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
 def tab(qtbot):
-    tab = TrainingTab(Project())
-    qtbot.addWidget(tab)
-    tab.errors = []
-    tab.show_error = tab.errors.append  # the dialog would wait for a person
-    yield tab
-    tab.request_stop_and_wait(RUN_TIMEOUT_MS)
+    yield from quiet_training_tab(qtbot, RUN_TIMEOUT_MS)
 
 
 def run_to_end(qtbot, tab, config):

@@ -201,28 +201,39 @@ def _check_import(path: Path, top_keys: set[str] | None) -> None:
     assert _ranges(result.config) == []
 
 
+def _check_import_file(name: str, data: str | bytes, top_keys: set[str] | None) -> None:
+    """Write ``data`` as a file called ``name`` in a fresh folder and check importing it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data, "utf-8")
+        _check_import(path, top_keys)
+
+
+def _toml_or_skip(document: dict) -> str:
+    """The TOML text of a generated document; examples TOML cannot express are skipped."""
+    try:
+        return tomli_w.dumps(document)
+    except (TypeError, ValueError, OverflowError):
+        assume(False)
+        raise  # not reached: assume(False) ends the example
+
+
 @fuzz(FAST)
 @given(kohya_tables())
 def test_fuzzed_kohya_ss_json_imports_or_raises_kohya_import_error(table):
     table.setdefault("LoRA_type", "Standard")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "kohya.json"
-        path.write_text(json.dumps(table), "utf-8")  # NaN and Infinity as Python's json writes them
-        _check_import(path, set(table))
+    # NaN and Infinity as Python's json writes them
+    _check_import_file("kohya.json", json.dumps(table), set(table))
 
 
 @fuzz(FAST)
 @given(kohya_tables(), st.booleans())
 def test_fuzzed_sd_scripts_config_toml_imports_or_raises_kohya_import_error(table, in_sections):
     document = {"training": table} if in_sections else table
-    try:
-        text = tomli_w.dumps(document)
-    except (TypeError, ValueError, OverflowError):
-        assume(False)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "config.toml"
-        path.write_text(text, "utf-8")
-        _check_import(path, None)
+    _check_import_file("config.toml", _toml_or_skip(document), None)
 
 
 @fuzz(FAST)
@@ -230,23 +241,13 @@ def test_fuzzed_sd_scripts_config_toml_imports_or_raises_kohya_import_error(tabl
 def test_fuzzed_dataset_config_toml_imports_or_raises_kohya_import_error(general, datasets):
     document = {"general": general,
                 "datasets": [dict(table, subsets=subsets) for table, subsets in datasets]}
-    try:
-        text = tomli_w.dumps(document)
-    except (TypeError, ValueError, OverflowError):
-        assume(False)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "dataset.toml"
-        path.write_text(text, "utf-8")
-        _check_import(path, None)
+    _check_import_file("dataset.toml", _toml_or_skip(document), None)
 
 
 @fuzz(FAST)
 @given(st.binary(max_size=400), st.sampled_from(["config.json", "config.toml", "dataset.toml"]))
 def test_any_bytes_as_a_kohya_file_raise_only_kohya_import_error(data, name):
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / name
-        path.write_bytes(data)
-        _check_import(path, None)
+    _check_import_file(name, data, None)
 
 
 @pytest.mark.parametrize("name, text, expected", [
@@ -373,10 +374,7 @@ def test_long_fuzz_preset_documents(doc):
 @given(kohya_tables())
 def test_long_fuzz_kohya_ss_json(table):
     table.setdefault("LoRA_type", "Standard")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "kohya.json"
-        path.write_text(json.dumps(table), "utf-8")
-        _check_import(path, set(table))
+    _check_import_file("kohya.json", json.dumps(table), set(table))
 
 
 @pytest.mark.slow

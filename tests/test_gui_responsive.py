@@ -25,6 +25,7 @@ from gui.dataset_tab import DatasetTab
 from gui.project import Project
 from gui.training_tab import TrainingTab
 from tests.engine_fixtures import tiny_config
+from tests.gui_fixtures import quiet_training_tab
 
 MAX_GAP_S = 1.5
 IMAGES = 10_000
@@ -125,12 +126,7 @@ def test_cancel_stops_a_scan_of_ten_thousand_images(qtbot, dataset_tab, many_ima
 
 @pytest.fixture
 def training_tab(qtbot):
-    tab = TrainingTab(Project())
-    qtbot.addWidget(tab)
-    tab.errors = []
-    tab.show_error = tab.errors.append  # the dialog would wait for a person
-    yield tab
-    tab.request_stop_and_wait(WAIT_MS)
+    yield from quiet_training_tab(qtbot, WAIT_MS)
 
 
 class Gate:

@@ -8,23 +8,16 @@ import pytest  # noqa: E402
 from PySide6.QtCore import QObject, Qt, QThread, Slot  # noqa: E402
 
 from core.training.events import Failed, Finished, StepMetrics  # noqa: E402
-from gui.project import Project  # noqa: E402
-from gui.training_tab import TrainingTab, progress_text  # noqa: E402
+from gui.training_tab import progress_text  # noqa: E402
 from tests.engine_fixtures import tiny_config  # noqa: E402
+from tests.gui_fixtures import quiet_training_tab  # noqa: E402
 
 RUN_TIMEOUT_MS = 60_000
 
 
 @pytest.fixture
 def tab(qtbot):
-    tab = TrainingTab(Project())
-    tab.resize(1200, 800)
-    qtbot.addWidget(tab)
-    tab.errors = []
-    tab.show_error = tab.errors.append  # the dialog would wait for a person
-    yield tab
-    # A failed assertion mid-run must not leave a training thread behind.
-    tab.request_stop_and_wait(RUN_TIMEOUT_MS)
+    yield from quiet_training_tab(qtbot, RUN_TIMEOUT_MS)
 
 
 def run_to_end(qtbot, tab, config=None):
