@@ -54,7 +54,7 @@ class Batch:
     captions: list[str]
     loss_weights: torch.Tensor  # [B] float32
     pixels: torch.Tensor | None  # [B, 3, H, W] in [-1, 1]; None when latents come from a cache
-    latents: torch.Tensor | None  # [B, 4, H/8, W/8] from the cache, else None
+    latents: torch.Tensor | None  # [B, C, H/8, W/8] from the cache (C = 4 for SD), else None
     flipped: list[bool]
 
 
@@ -147,11 +147,11 @@ class BucketBatchDataset(torch.utils.data.Dataset):
 
     def _cached(self, sample: Sample, flipped: bool) -> torch.Tensor:
         assert self.latent_cache is not None
-        latents = self.latent_cache.get(self.latent_cache.key(sample, flipped))
+        latents = self.latent_cache.get(self.latent_cache.key(sample, flipped), sample.assignment.bucket)
         if latents is None:
             side = "flipped " if flipped else ""
-            raise MissingLatents(f"no cached {side}latents for {sample.record.display_path}: "
-                                 "fill the latent cache before training")
+            raise MissingLatents(f"no usable cached {side}latents for {sample.record.display_path} (missing, "
+                                 "damaged or of another shape): fill the latent cache before training")
         return latents
 
 

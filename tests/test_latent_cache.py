@@ -1,9 +1,13 @@
-"""The latent cache: filled once, invalidated by what the latents depend on, never crashed by
-a damaged file; the Dataset serves cached latents instead of pixels."""
+"""The latent cache: filled once, invalidated by what the latents depend on, never crashed,
+hung or misled by a damaged or foreign file; the Dataset serves cached latents instead of pixels."""
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save as save_tensors
 
 from core.config import DatasetParams, Duration, SubsetParams, TrainingParams
 from core.latent_cache import CacheCancelled, LatentCache
@@ -183,3 +188,176 @@ def test_random_crop_cannot_use_a_latent_cache(folder: Path) -> None:
     plan = _plan(folder, random_crop=True)
     with pytest.raises(ValueError, match="random crop"):
         BucketBatchDataset(plan, batch_size=2, seed=0, latent_cache=LatentCache("memory", None, "v"))
+
+
+# ---------------------------------------------------------------- entries that cannot be trusted
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _filled(tmp_path: Path, folder: Path) -> tuple[LatentCache, list, Path]:
+    """A warm disk cache, its samples, and the entry file of the first sample."""
+    items = samples(_plan(folder))
+    cache = _disk(tmp_path)
+    cache.fill(items, FakeVae(), flip_aug_keys=False)
+    return cache, items, cache.path(cache.key(items[0], False))
+
+
+def _latents_of(sample, channels: int = 4, extra_rows: int = 0) -> torch.Tensor:
+    w, h = sample.assignment.bucket
+    return torch.ones(channels, h // 8 + extra_rows, w // 8)
+
+
+def _encodes_only_the_first_again(tmp_path: Path, folder: Path, caplog: pytest.LogCaptureFixture,
+                                  latent_channels: int | None = None) -> None:
+    items = samples(_plan(folder))
+    cache, vae = _disk(tmp_path), FakeVae()
+    with caplog.at_level(logging.WARNING, logger="lorakiln.latents"):
+        assert cache.fill(items, vae, flip_aug_keys=False, latent_channels=latent_channels) == 1
+    w, h = items[0].assignment.bucket
+    assert vae.calls == [(1, 3, h, w)]  # encoded for that entry only
+    assert cache.bad_entries == 1
+    assert "1 latent cache entry could not be used and will be encoded again" in caplog.text
+    assert items[0].record.display_path in caplog.text
+    path = cache.path(cache.key(items[0], False))
+    assert path.is_file() and not path.is_symlink()
+    latents = cache.get(cache.key(items[0], False), items[0].assignment.bucket)
+    assert latents is not None and tuple(latents.shape) == (4, h // 8, w // 8)
+    assert cache.fill(items, FakeVae(), flip_aug_keys=False) == 0 and cache.bad_entries == 0
+
+
+@pytest.mark.parametrize("damage", [
+    "wrong height", "another tensor name", "two tensors", "integers", "four dimensions", "truncated",
+    "padded", "not safetensors", "empty",
+])
+def test_an_entry_that_is_not_the_expected_latents_is_encoded_again(
+        tmp_path: Path, folder: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    cache, items, path = _filled(tmp_path, folder)
+    good = _latents_of(items[0])
+    content = {
+        "wrong height": lambda: save_tensors({"latents": _latents_of(items[0], extra_rows=1)}),
+        "another tensor name": lambda: save_tensors({"pixels": good}),
+        "two tensors": lambda: save_tensors({"latents": good, "extra": good.clone()}),
+        "integers": lambda: save_tensors({"latents": good.to(torch.int32)}),
+        "four dimensions": lambda: save_tensors({"latents": good[None]}),
+        "truncated": lambda: path.read_bytes()[:-7],
+        "padded": lambda: path.read_bytes() + b"\0" * 16,
+        "not safetensors": lambda: b"\xff" * 64,
+        "empty": lambda: b"",
+    }[damage]()
+    path.write_bytes(content)
+    assert not cache.contains(cache.key(items[0], False), items[0].assignment.bucket)
+    _encodes_only_the_first_again(tmp_path, folder, caplog)
+
+
+def test_an_entry_with_another_channel_count_is_encoded_again_when_the_count_is_known(
+        tmp_path: Path, folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache, items, path = _filled(tmp_path, folder)
+    path.write_bytes(save_tensors({"latents": _latents_of(items[0], channels=16)}))
+    _encodes_only_the_first_again(tmp_path, folder, caplog, latent_channels=4)
+
+
+def test_the_channel_count_is_learned_from_the_first_latents_encoded(tmp_path: Path, folder: Path) -> None:
+    items = samples(_plan(folder))
+    cache = _disk(tmp_path)
+    cache.fill(items, FakeVae(), flip_aug_keys=False)
+    assert cache.latent_channels == 4
+    assert cache.expected_shape((128, 64)) == (4, 8, 16)
+
+
+def test_a_wrong_shape_entry_is_not_served_to_training(tmp_path: Path, folder: Path) -> None:
+    cache, items, path = _filled(tmp_path, folder)
+    path.write_bytes(save_tensors({"latents": _latents_of(items[0], extra_rows=1)}))
+    dataset = BucketBatchDataset(_plan(folder), batch_size=1, seed=0, latent_cache=cache)
+    index = next(i for i in range(len(dataset)) if dataset._batches[i][1] == ["0"])
+    with pytest.raises(MissingLatents, match="img0.png .missing, damaged or of another shape"):
+        dataset[index]
+
+
+def test_a_folder_in_place_of_an_entry_is_replaced_by_the_entry(
+        tmp_path: Path, folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache, items, path = _filled(tmp_path, folder)
+    path.unlink()
+    path.mkdir()
+    _encodes_only_the_first_again(tmp_path, folder, caplog)
+
+
+def test_a_folder_with_contents_in_place_of_an_entry_is_named_not_deleted(tmp_path: Path, folder: Path) -> None:
+    cache, items, path = _filled(tmp_path, folder)
+    path.unlink()
+    path.mkdir()
+    (path / "keep.txt").write_text("someone's file")
+    with pytest.raises(OSError, match="a folder stands where a latent cache file belongs") as caught:
+        cache.fill(items, FakeVae(), flip_aug_keys=False)
+    assert caught.value.filename == str(path)
+    assert (path / "keep.txt").read_text() == "someone's file"
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="symlinks")
+def test_a_link_in_place_of_an_entry_is_replaced_and_its_target_left_alone(
+        tmp_path: Path, folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache, items, path = _filled(tmp_path, folder)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    elsewhere.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(elsewhere)
+    before = elsewhere.read_bytes()
+    _encodes_only_the_first_again(tmp_path, folder, caplog)
+    assert elsewhere.read_bytes() == before
+
+
+_FIFO_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from tests.test_latent_cache import FakeVae, _disk, _images, _plan
+    from core.pipeline import samples
+
+    tmp = Path(sys.argv[1])
+    _images(tmp / "train", [(128, 128), (200, 70)])
+    items = samples(_plan(tmp / "train"))
+    cache = _disk(tmp)
+    cache.fill(items, FakeVae(), flip_aug_keys=False)
+    path = cache.path(cache.key(items[0], False))
+    path.unlink()
+    os.mkfifo(path)
+    key, bucket = cache.key(items[0], False), items[0].assignment.bucket
+    print("contains", cache.contains(key, bucket), "get", cache.get(key, bucket), flush=True)
+    vae = FakeVae()
+    print("encoded", cache.fill(items, vae, flip_aug_keys=False), "bad", cache.bad_entries, flush=True)
+    print("regular", path.is_file(), "served", tuple(cache.get(key, bucket).shape), flush=True)
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_in_place_of_an_entry_never_hangs_and_is_replaced(tmp_path: Path) -> None:
+    # Opening a FIFO for reading waits for a writer for ever, so the check runs in a child
+    # process with a generous limit: a regression fails here instead of hanging the suite.
+    try:
+        result = subprocess.run([sys.executable, "-c", _FIFO_SCRIPT, str(tmp_path)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as expired:
+        pytest.fail(f"the latent cache hung on a FIFO; it printed: {expired.stdout!r}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["contains False get None", "encoded 1 bad 1",
+                                          "regular True served (4, 16, 16)"]
+
+
+def test_memory_mode_does_not_serve_latents_of_another_shape(folder: Path) -> None:
+    items = samples(_plan(folder))
+    cache = LatentCache("memory", None, "v")
+    cache.fill(items, FakeVae(), flip_aug_keys=False)
+    key, bucket = cache.key(items[0], False), items[0].assignment.bucket
+    cache.put(key, _latents_of(items[0], extra_rows=1))
+    assert cache.get(key, bucket) is None and not cache.contains(key, bucket)
+    vae = FakeVae()
+    assert cache.fill(items, vae, flip_aug_keys=False) == 1 and cache.bad_entries == 1
+    latents = cache.get(key, bucket)
+    assert latents is not None and tuple(latents.shape) == tuple(_latents_of(items[0]).shape)
+
+
+def test_an_encoder_giving_latents_of_the_wrong_size_is_an_error_naming_the_bucket(folder: Path) -> None:
+    def halved(pixels: torch.Tensor) -> torch.Tensor:
+        return FakeVae()(pixels)[:, :, ::2, ::2]
+
+    with pytest.raises(ValueError, match=r"encode returned .* of bucket \d+x\d+, not"):
+        LatentCache("memory", None, "v").fill(samples(_plan(folder)), halved, flip_aug_keys=False)
