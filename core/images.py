@@ -47,10 +47,24 @@ _WHITE = (255, 255, 255, 255)
 class ImageLoadError(ValueError):
     """An image file could not be turned into pixels; the message names the file."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
+        if reason is None:
+            # Rebuilt from a message alone: torch's DataLoader re-raises a worker's error as
+            # type(error)(text with the worker's traceback). Keep the original last line, so
+            # the error still names the file, without the traceback in the person's summary.
+            text = os.fspath(path)
+            lines = [line for line in text.splitlines() if f"{type(self).__name__}: " in line]
+            message = lines[-1].split(f"{type(self).__name__}: ", 1)[1] if lines else text
+            super().__init__(message)
+            self.path, self.reason = "", message
+            return
         super().__init__(f"cannot load image {os.fspath(path)}: {reason}")
         self.path = os.fspath(path)
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        # Pickled (to or from another process) by its two parts, not by the message.
+        return type(self), ((self.path, self.reason) if self.path else (str(self),))
 
 
 def conversion_note(mode: str) -> str | None:

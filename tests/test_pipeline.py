@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ from PIL import Image
 from core.batching import epoch_batches
 from core.config import DatasetParams, Duration, SubsetParams, TrainingParams
 from core.images import ImageLoadError
-from core.pipeline import Batch, BucketBatchDataset, make_loader, samples
+from core.pipeline import Batch, BucketBatchDataset, load_pixels, make_loader, samples
 from core.plan import DatasetPlan, plan_dataset
+from tests.damaged_images import garbage_png
 
 # Sizes that land in three buckets at 128x128 (buckets 64..256, step 64).
 SIZES = [(128, 128), (130, 126), (200, 70), (190, 64), (70, 200), (64, 190), (128, 128), (100, 100)]
@@ -155,6 +157,31 @@ def test_an_image_changed_since_planning_is_reported(tmp_path: Path) -> None:
     Image.new("RGB", (64, 128)).save(tmp_path / "train" / "img0.png")
     with pytest.raises(ImageLoadError, match="plan the dataset again"):
         BucketBatchDataset(plan, batch_size=1, seed=0)[0]
+
+
+def test_an_image_damaged_past_its_header_fails_at_its_first_load_naming_the_file(tmp_path: Path) -> None:
+    bad = garbage_png(tmp_path / "train" / "bad.png", (128, 128))
+    plan = _plan([SubsetParams(image_dir=str(tmp_path / "train"))])
+    assert [i.record.path for i in plan.images] == [bad]  # the header check lets it through
+    with pytest.raises(ImageLoadError, match="damaged") as caught:
+        load_pixels(samples(plan)[0], None, False)
+    assert caught.value.path == str(bad) and str(bad) in str(caught.value)
+
+
+def test_a_damaged_image_met_in_a_loader_worker_is_still_named(tmp_path: Path) -> None:
+    # The loader re-raises a worker's error as exc_type(message): ImageLoadError must
+    # survive that, or a damaged image would reach the person as a bare RuntimeError.
+    bad = garbage_png(tmp_path / "train" / "bad.png", (128, 128))
+    dataset = BucketBatchDataset(_plan([SubsetParams(image_dir=str(tmp_path / "train"))]), batch_size=1, seed=0)
+    with pytest.raises(ImageLoadError, match="damaged") as caught:
+        list(make_loader(dataset, num_workers=1))
+    assert str(caught.value).startswith(f"cannot load image {bad}: the file is damaged")  # no traceback
+
+
+def test_an_image_load_error_survives_pickling(tmp_path: Path) -> None:
+    error = pickle.loads(pickle.dumps(ImageLoadError(tmp_path / "a.png", "the file is damaged")))
+    assert (error.path, error.reason) == (str(tmp_path / "a.png"), "the file is damaged")
+    assert str(error) == f"cannot load image {tmp_path / 'a.png'}: the file is damaged"
 
 
 def test_an_index_past_the_epoch_raises_index_error(plan: DatasetPlan) -> None:
