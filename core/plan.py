@@ -17,7 +17,7 @@ from core.batching import (PlannedImage, StepPlan, batches_per_epoch, bucket_cou
 from core.buckets import BucketAssigner, BucketAssignment, BucketSettings, ImageTooSmall
 from core.config import DatasetParams, Duration, TrainingParams
 from core.dataset import ImageRecord, ResolvedSubset, ScanResult, SkippedFile, scan_dataset
-from core.plan_report import plan_warnings
+from core.plan_report import header_checked, plan_warnings
 
 Bucket = tuple[int, int]
 
@@ -146,4 +146,5 @@ def plan_to_json(plan: DatasetPlan) -> dict:
         "epochs": plan.steps.epochs if plan.steps else 0,
         "max_train_steps": plan.steps.max_train_steps if plan.steps else 0,
         "warnings": plan.scan_warnings + plan.warnings,
+        "header_checked": header_checked(plan),  # images checked by their headers only, never decoded
     }

@@ -36,6 +36,11 @@ def cropped_fraction(image) -> float:  # noqa: ANN001 - PlanImage
     return 1.0 - (bw * bh) / (rw * rh)
 
 
+def header_checked(plan: DatasetPlan) -> int:
+    """How many files the plan uses, each checked by its header and ending, never decoded."""
+    return len({image.record.path for image in plan.images})
+
+
 def plan_warnings(plan: DatasetPlan) -> tuple[list[str], list[str]]:
     """(warnings, notes) for a plan."""
     warnings: list[str] = []
@@ -95,6 +100,10 @@ def plan_warnings(plan: DatasetPlan) -> tuple[list[str], list[str]]:
             converted.setdefault(note, []).append(_name(image))
     for note, names in converted.items():
         notes.append(f"{len(names)} image(s) are converted when loaded ({note}): {_listing(names)}")
+    # Planning never decodes pixels (that keeps it fast), so say so: data damaged past a
+    # sound header and ending passes here and stops the run at its first load, by name.
+    notes.append(f"{header_checked(plan)} image(s) were checked by their headers only; a damaged image "
+                 "is found when it is first decoded (caching latents or training)")
     notes.append(f"mean aspect-ratio error {plan.mean_ar_error:.4f} (bucket shape vs image shape)")
     fractions = [(cropped_fraction(i), i) for i in plan.images]
     mean_crop = sum(f for f, _ in fractions) / len(fractions)

@@ -7,6 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from core.cli import main
+from tests.damaged_images import garbage_png
 
 DEMO = str(Path(__file__).resolve().parent.parent / "resources" / "demo" / "dataset")
 
@@ -70,6 +71,15 @@ def test_the_table_explains_the_plan(capsys):
     out = capsys.readouterr().out
     assert "bucket  aspect  images  batches" in out
     assert "fall into" in out and "enlarged" in out and "batches never mix buckets" in out
+
+
+def test_the_table_and_the_json_say_the_images_were_checked_by_their_headers_only(capsys, tmp_path):
+    _image(tmp_path / "a.png", (512, 512))
+    garbage_png(tmp_path / "b.png", (512, 512))  # a sound header over garbage data
+    assert main(["plan", str(tmp_path)]) == 0
+    assert ("2 image(s) were checked by their headers only; a damaged image is found when it is first "
+            "decoded (caching latents or training)") in capsys.readouterr().out
+    assert _json(capsys, str(tmp_path))["header_checked"] == 2
 
 
 def test_errors_name_the_problem(capsys, tmp_path):

@@ -8,6 +8,7 @@ from PIL import Image
 from core.buckets import BucketError
 from core.config import DatasetParams, Duration, SubsetParams, TrainingParams
 from core.plan import plan_dataset, plan_to_json
+from tests.damaged_images import garbage_png
 
 
 def _image(path: Path, size: tuple[int, int]) -> Path:
@@ -134,12 +135,14 @@ def test_json_has_the_documented_shape(tmp_path):
     _image(tmp_path / "3_c" / "a.png", (640, 384))
     (tmp_path / "3_c" / "bad.png").write_bytes(b"")
     doc = plan_to_json(plan_dataset(_kohya(tmp_path), _training(batch_size=2, epochs=2)))
-    assert set(doc) == {"buckets", "images", "skipped", "batches_per_epoch", "epochs", "max_train_steps", "warnings"}
+    assert set(doc) == {"buckets", "images", "skipped", "batches_per_epoch", "epochs", "max_train_steps", "warnings",
+                        "header_checked"}
     assert doc["buckets"] == [{"resolution": [640, 384], "count": 3}]
     assert doc["images"] == [{"path": str(tmp_path / "3_c" / "a.png"), "size": [640, 384],
                               "bucket": [640, 384], "resized": [640, 384], "repeats": 3}]
     assert doc["skipped"][0]["path"] == str(tmp_path / "3_c" / "bad.png")
     assert (doc["batches_per_epoch"], doc["epochs"], doc["max_train_steps"]) == (2, 2, 4)
+    assert doc["header_checked"] == 1
 
 
 def test_the_demo_dataset_plans_differently_at_512_and_1024():
@@ -165,6 +168,18 @@ def test_colour_conversions_are_listed_in_the_plan(tmp_path):
     assert "transparency flattened onto white): alpha.png" in text
     assert "CMYK converted to RGB): print.jpg" in text
     assert "rgb.png" not in text
+
+
+def test_the_plan_says_its_images_were_checked_by_their_headers_only(tmp_path):
+    _image(tmp_path / "2_c" / "good.png", (512, 512))
+    garbage_png(tmp_path / "2_c" / "garbage.png", (512, 512))
+    plan = plan_dataset(_kohya(tmp_path), _training(epochs=1))
+    # Damage past a sound header and ending cannot be seen without decoding: it is planned...
+    assert sorted(i.record.path.name for i in plan.images) == ["garbage.png", "good.png"]
+    # ...and the plan says plainly what was and was not checked.
+    assert ("2 image(s) were checked by their headers only; a damaged image is found when it is first "
+            "decoded (caching latents or training)") in plan.notes
+    assert plan_to_json(plan)["header_checked"] == 2
 
 
 def test_planning_does_not_load_torch():
