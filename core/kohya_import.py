@@ -23,6 +23,7 @@ from core import kohya_keys as keys
 from core.config import GROUPS, DatasetParams, TrainConfig
 from core.params import FieldError, ParamSpec, PathKind, coerce_value, param_specs, range_problem, spec_for
 from core.presets import MAX_NESTING, parser_trouble, resolve_path_value, too_deep
+from core.safe_read import MiB, FileRefused, read_regular_bytes
 
 KOHYA_SS = "kohya_ss GUI JSON"
 CONFIG = "sd-scripts config TOML"
@@ -32,6 +33,9 @@ DATASET = "sd-scripts dataset config TOML"
 _KOHYA_SS_MARKERS = ("LoRA_type", "train_data_dir", "pretrained_model_name_or_path", "network_dim",
                      "output_name", "optimizer", "learning_rate")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# The largest kohya_ss JSON or sd-scripts TOML is a few tens of KiB; a file far larger is
+# something else, and reading it whole could exhaust memory (/dev/zero never ends).
+MAX_CONFIG_BYTES = 4 * MiB
 
 
 class KohyaImportError(ValueError):
@@ -200,12 +204,21 @@ class ImportContext:
 # ---------------------------------------------------------------- reading
 
 
-def read_source(path: Path) -> tuple[str, dict[str, Any]]:
-    """(what the file is, its contents); raises KohyaImportError naming the file."""
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise KohyaImportError(path, f"cannot read the file: {err.strerror or err}") from None
+def read_config_bytes(path: Path) -> bytes:
+    """A config file's bytes: a regular file of at most MAX_CONFIG_BYTES, or FileRefused."""
+    return read_regular_bytes(path, limit=MAX_CONFIG_BYTES)
+
+
+def read_source(path: Path, raw: bytes | None = None) -> tuple[str, dict[str, Any]]:
+    """(what the file is, its contents); raises KohyaImportError naming the file.
+
+    ``raw`` is the file's bytes when the caller has read them already.
+    """
+    if raw is None:
+        try:
+            raw = read_config_bytes(path)
+        except FileRefused as err:
+            raise KohyaImportError(path, err.reason) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

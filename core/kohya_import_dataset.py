@@ -10,15 +10,15 @@ Option names come from the schema's ``kohya=`` names of DatasetParams and Subset
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core import kohya_keys as keys
 from core.config import DatasetParams, SubsetParams, TrainingParams
-from core.kohya_import import DATASET, ImportContext, read_source
+from core.kohya_import import DATASET, ImportContext, read_config_bytes, read_source
 from core.params import FieldError, ParamSpec, param_specs, spec_for
+from core.safe_read import FileRefused
 
 
 def _dataset_targets() -> dict[str, tuple[str, ParamSpec]]:
@@ -129,10 +129,13 @@ def linked_dataset_config(ctx: ImportContext, given: tuple[Path, dict[str, Any]]
         ctx.arg_ignored("dataset_config", f"the dataset config given ({given[0].name}) is used instead")
         return given
     path = Path(ctx.resolve_path(str(value), ctx.base_dir, "dataset_config"))
-    if not os.path.isfile(path):  # os.path: False for a name too long for the file system
-        ctx.arg_unsupported("dataset_config", "file not found here: import it as a second file")
+    try:  # only a regular file of a config's size: never a device, a FIFO or a folder
+        raw = read_config_bytes(path)
+    except FileRefused as err:
+        ctx.arg_unsupported("dataset_config", "file not found here: import it as a second file" if err.missing
+                            else f"{path} {err.reason}")
         return None
-    kind, data = read_source(path)
+    kind, data = read_source(path, raw)
     if kind != DATASET:
         ctx.arg_unsupported("dataset_config", f"{path.name} is not a dataset config (no [[datasets]])")
         return None

@@ -16,9 +16,14 @@ from core import kohya_keys as keys
 from core.config import Attention, Duration, LatentCache, ModelFamily
 from core.kohya_import import KOHYA_SS
 from core.params import spec_for
+from core.safe_read import KiB, FileRefused, decode_text, read_regular_bytes, size_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from core.kohya_import import ImportContext
+
+# A prompt file holds a line per sample image, a few KiB; 256 KiB is a thousand prompts or
+# more, and a file larger than that is not the prompt file the config meant.
+MAX_PROMPT_FILE_BYTES = 256 * KiB
 
 
 def set_field(ctx: ImportContext, obj: Any, name: str, raw: Any, path: str) -> str | None:
@@ -193,13 +198,38 @@ def _sample_prompts(ctx: ImportContext) -> None:
             ctx.arg_unsupported("sample_prompts", "prompt files in TOML or JSON form are not read; put the "
                                                   "prompts in sampling.prompts, one per line")
             return
-        try:
-            text = path.read_text("utf-8", errors="replace")
-        except (OSError, ValueError):  # ValueError: a NUL character in the name
-            ctx.arg_unsupported("sample_prompts", "the prompt file was not found here")
+        text = _read_prompt_file(ctx, path)
+        if text is None:
             return
     ctx.config.sampling.prompts = text
     ctx.arg_mapped("sample_prompts", "sampling.prompts")
+
+
+def _read_prompt_file(ctx: ImportContext, path: Path) -> str | None:
+    """The prompt file's text, and the report of what was read; None (reported) if refused.
+
+    A config can name any file: only a regular file of UTF-8 text up to
+    MAX_PROMPT_FILE_BYTES is read. The report's list of files read names it with its size
+    and the prompts found, and a warning names it in full when it does not look like a
+    prompt file, so a wrong file (a system file, say) does not pass into the preset unseen.
+    """
+    try:
+        data = read_regular_bytes(path, limit=MAX_PROMPT_FILE_BYTES, what="sample_prompts")
+        text = decode_text(data, path, "sample_prompts")
+    except FileRefused as err:
+        ctx.arg_unsupported("sample_prompts", "the prompt file was not found here" if err.missing
+                            else f"{path} {err.reason}")
+        return None
+    count = sum(1 for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    size = size_text(len(data))
+    ctx.result.sources.append((str(path), f"sample_prompts: {count} prompt(s), {size}"))
+    # A prompt file is a .txt file (sd-scripts' own are); anything else, or a file without a
+    # prompt in it, is worth a look before it becomes the preset's prompts.
+    doubt = ("it is not a .txt file, so check that it really is a list of prompts"
+             if path.suffix.lower() != ".txt" else "" if count else "it holds no prompts")
+    if doubt:
+        ctx.warn(f"sample_prompts: read {count} prompt(s) from {path} ({size}) into sampling.prompts; {doubt}")
+    return text
 
 
 def _sampler(ctx: ImportContext) -> None:
