@@ -1,23 +1,29 @@
 """The training queue: configurations waiting to train one after another (overnight runs).
 
 The queue is one JSON file (``<user data>/queue.json``) shared by the desktop app and
-``lorakiln queue``. Each item holds a full snapshot of its configuration, so editing the
-project afterwards does not change what is queued. Every change is saved at once,
-atomically; a change made by another process since the last read is picked up before the
-next change is applied, so the app and the command line do not overwrite each other.
+``lorakiln queue``, which may run at the same time. Every change is one transaction under a
+lock file beside it (``queue.json.lock``): take the lock, read the file as it is now, apply
+the change, save atomically, release. So two processes adding at once both keep their item,
+and a runner takes the next item by marking it running, stamped with its process, in one
+such step: two runners never train the same item. Each item holds a full snapshot of its
+configuration, so editing the project afterwards does not change what is queued.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
+from filelock import FileLock, Timeout
 
 from core.atomic import write_text_atomic
 from core.config import TrainConfig
@@ -37,6 +43,8 @@ PENDING, RUNNING = "pending", "running"
 # that was running when the process that ran it died (its run folder can be resumed).
 ENDED = ("completed", "stopped", "cancelled", "failed", "interrupted")
 STATUSES = (PENDING, RUNNING, *ENDED)
+# A change holds the lock for milliseconds; waiting this long means the holder is stuck.
+LOCK_WAIT_SECONDS = 30.0
 
 
 class QueueError(ValueError):
@@ -54,10 +62,13 @@ class QueueItem:
     run_dir: str | None
     message: str
     added_at: float
+    # The process running the item (core.processes stamp) while it is "running", else None.
+    claimed_by: dict[str, Any] | None = None
 
 
-def _item_from_json(data: Any) -> QueueItem:
-    """Raises ValueError when ``data`` is not a queue item this version can use."""
+def _item_from_json(data: Any, runner: Any) -> QueueItem:
+    """Raises ValueError when ``data`` is not a queue item this version can use. ``runner`` is
+    the document's runner, the claim of a running item saved before items had their own."""
     if not isinstance(data, dict):
         raise ValueError("an item is not a JSON object")
     kinds = {"id": str, "label": str, "config_toml": str, "description": str, "sweep_id": (str, type(None)),
@@ -67,17 +78,22 @@ def _item_from_json(data: Any) -> QueueItem:
             raise ValueError(f"item {data.get('id', '?')!r}: '{name}' is missing or of the wrong kind")
     if data["status"] not in STATUSES:
         raise ValueError(f"item {data['id']!r}: unknown status {data['status']!r}")
-    return QueueItem(**{f.name: data[f.name] for f in fields(QueueItem)})
+    item = QueueItem(**{f.name: data[f.name] for f in fields(QueueItem) if f.name != "claimed_by"})
+    if item.status == RUNNING:
+        # A malformed claim is not worth losing the queue over: it counts as a process that has ended.
+        claim = data.get("claimed_by", runner)
+        item.claimed_by = claim if isinstance(claim, dict) else None
+    return item
 
 
-def _this_process() -> dict[str, Any]:
-    return this_process()
+def _is_alive(claim: Any) -> bool:
+    """Whether the stamped process still runs (the same pid and start time on this machine,
+    so a reused pid after a reboot does not count)."""
+    return process_state(claim) == ALIVE
 
 
-def _is_alive(runner: Any) -> bool:
-    """Whether the process recorded as running the queue still runs (the same pid and start
-    time on this machine, so a reused pid after a reboot does not count)."""
-    return process_state(runner) == ALIVE
+def _is_this_process(claim: Any) -> bool:
+    return _is_alive(claim) and claim.get("pid") == os.getpid()
 
 
 class RunQueue:
@@ -86,31 +102,61 @@ class RunQueue:
         self.items: list[QueueItem] = []
         # sweep id -> {"field", "values", and "record" (the sweep record's path) once written}
         self.sweeps: dict[str, dict[str, Any]] = {}
-        self.runner: dict[str, Any] | None = None
         self.load_problem: str | None = None
-        self._seen: tuple[int, int] | None = None  # (mtime_ns, size) of the file we last read or wrote
+        self._seen: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) of the file we last read or wrote
+        self._in_change = False  # True while this object holds the lock, in a change
 
-    # ------------------------------------------------------------------ reading and saving
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.lock")
+
+    # ------------------------------------------------------------------ reading, locking and saving
     @classmethod
     def load(cls, path: Path | None = None) -> RunQueue:
         """The queue in ``path`` (default ``<user data>/queue.json``); empty when there is none.
         An unreadable file is kept aside and reported in ``load_problem``; never raises for it."""
         queue = cls(Path(path) if path is not None else user_data_dir() / QUEUE_FILE)
-        queue._read()
+        queue._refresh()
         return queue
 
-    def _signature(self) -> tuple[int, int] | None:
+    def reload(self) -> None:
+        """Pick up changes another process (the app, ``lorakiln queue``) saved since we last looked,
+        and items whose runner has ended since."""
+        if self._signature() != self._seen or self._left_by_ended_process():
+            self._refresh()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        # The inode as well: every save is a new file, and two saves within one clock tick can
+        # leave the same time and size.
         try:
             stat = self.path.stat()
         except OSError:
             return None
-        return stat.st_mtime_ns, stat.st_size
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
-    def _read(self) -> None:
-        signature = self._signature()
-        if signature is None:
-            self._seen = None
+    def _refresh(self) -> None:
+        """Read the file without the lock (a save replaces it whole, so a read sees one version or
+        the next); what needs repairing (an unreadable file, items left running by a process that
+        has ended) is repaired under the lock, after reading the file again."""
+        problem = self._read()
+        if problem is None and not self._left_by_ended_process():
             return
+        try:
+            with self._changing():
+                pass
+        except (QueueError, OSError) as err:  # shown as read; the repair is tried again next time
+            log.warning("the queue file %s could not be repaired now: %s", self.path, err)
+            if problem is not None:
+                self.load_problem = (f"the queue file {self.path} could not be read ({problem}) and could not be "
+                                     f"moved aside ({err}); the queue shows empty")
+
+    def _read(self) -> str | None:
+        """Replace the items with the file's; returns why the file could not be read, if it could
+        not (the items are then empty). No file is an empty queue."""
+        signature = self._signature()
+        self.items, self.sweeps, self._seen = [], {}, None
+        if signature is None:
+            return None
         try:
             document = json.loads(self.path.read_text(encoding="utf-8"))
             if not isinstance(document, dict):
@@ -122,23 +168,58 @@ class RunQueue:
                 raise ValueError(f"written by a newer LoRA Kiln (queue version {version})")
             if not isinstance(document.get("items", []), list):
                 raise ValueError("'items' is not a JSON list")
-            items = [_item_from_json(d) for d in document.get("items", [])]
+            items = [_item_from_json(d, document.get("runner")) for d in document.get("items", [])]
             sweeps = document.get("sweeps", {})
             if not isinstance(sweeps, dict):
                 raise ValueError("'sweeps' is not a JSON object")
+        except FileNotFoundError:  # removed since the stat: an empty queue
+            return None
         except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
-            self._set_aside(str(err))
+            return str(err)
+        self.items, self.sweeps, self._seen = items, sweeps, signature
+        return None
+
+    def _left_by_ended_process(self) -> list[QueueItem]:
+        return [item for item in self.items if item.status == RUNNING and not _is_alive(item.claimed_by)]
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One read-modify-write of the file: under the lock, read it as it is now (never trust
+        what this object read before: another process may have saved since), let the caller
+        change the items, and save if anything changed. An exception saves nothing. A change
+        made inside a change is part of it (the outer one reads and saves)."""
+        if self._in_change:
+            yield
             return
-        self.items, self.sweeps, self.runner = items, sweeps, document.get("runner")
-        self._seen = signature
-        if not _is_alive(self.runner):
-            self.runner = None
-            stale = [item for item in self.items if item.status == RUNNING]
-            for item in stale:  # the process that ran it died: its run folder can be resumed
-                item.status = "interrupted"
+        lock = self._acquire_lock()
+        self._in_change = True
+        try:
+            problem = self._read()
+            if problem is not None:
+                self._set_aside(problem)
+            before = self._document() if self._seen is not None else None
+            for item in self._left_by_ended_process():  # its run folder can be resumed
+                item.status, item.claimed_by = "interrupted", None
                 item.message = "LoRA Kiln ended while this run was training; resume its run folder to continue"
-            if stale:
+            yield
+            if self._document() != before and (self._seen is not None or self.items or self.sweeps):
                 self._save()
+        finally:
+            self._in_change = False
+            lock.release()
+
+    def _acquire_lock(self) -> FileLock:
+        """The queue's lock file, held; another process waits here, up to LOCK_WAIT_SECONDS."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A new lock object each time: one made before a fork must not be used by the child.
+        lock = FileLock(str(self.lock_path), timeout=LOCK_WAIT_SECONDS)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise QueueError(f"the queue file {self.path} stayed locked by another LoRA Kiln process for "
+                             f"{LOCK_WAIT_SECONDS:g} s (lock file {self.lock_path}); nothing was changed. Try again; "
+                             "if it stays locked, end the LoRA Kiln process that hangs") from None
+        return lock
 
     def _set_aside(self, reason: str) -> None:
         aside = self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -149,18 +230,15 @@ class RunQueue:
             kept = f"it could not be moved aside ({err.strerror or err}) and will be overwritten"
         self.load_problem = f"the queue file {self.path} could not be read ({reason}); {kept}; the queue starts empty"
         log.warning("%s", self.load_problem)
-        self._seen = None
 
-    def reload(self) -> None:
-        """Pick up changes another process (the app, ``lorakiln queue``) saved since we last looked."""
-        if self._signature() != self._seen:
-            self._read()
+    def _document(self) -> dict[str, Any]:
+        running = next((item.claimed_by for item in self.items if item.status == RUNNING and item.claimed_by), None)
+        # "runner" is what LoRA Kiln read before items had their own claim.
+        return {"version": QUEUE_VERSION, "runner": running, "sweeps": copy.deepcopy(self.sweeps),
+                "items": [asdict(item) for item in self.items]}
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        document = {"version": QUEUE_VERSION, "runner": self.runner, "sweeps": self.sweeps,
-                    "items": [asdict(item) for item in self.items]}
-        write_text_atomic(self.path, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+        write_text_atomic(self.path, json.dumps(self._document(), indent=1, ensure_ascii=False) + "\n")
         self._seen = self._signature()
 
     # ------------------------------------------------------------------ looking up
@@ -174,6 +252,7 @@ class RunQueue:
         return self.items.index(self.get(item_id))
 
     def next_pending(self) -> QueueItem | None:
+        """The item a runner would take next (only a look: ``claim_next`` takes it)."""
         self.reload()
         return next((item for item in self.items if item.status == PENDING), None)
 
@@ -182,11 +261,31 @@ class RunQueue:
         return loads_preset(item.config_toml, source=f"queue item '{item.label}' ({item.id})").config
 
     def busy_elsewhere(self) -> bool:
-        """True while another live process is running this queue."""
+        """True while another live process is training an item of this queue."""
         self.reload()
-        return _is_alive(self.runner) and self.runner.get("pid") != psutil.Process().pid
+        return self._running_elsewhere() is not None
+
+    def _running_elsewhere(self) -> QueueItem | None:
+        return next((item for item in self.items if item.status == RUNNING and _is_alive(item.claimed_by)
+                     and not _is_this_process(item.claimed_by)), None)
 
     # ------------------------------------------------------------------ changing
+    def claim_next(self) -> QueueItem | None:
+        """Take the first pending item for this process: it is marked running, stamped with this
+        process, in the same locked step that finds it, so no other process can take it too.
+        None when nothing is pending. Raises QueueError while another live process is training
+        an item of this queue: one queue trains one run at a time (they share the GPU)."""
+        with self._changing():
+            busy = self._running_elsewhere()
+            item = None if busy else next((item for item in self.items if item.status == PENDING), None)
+            if item is not None:
+                item.status, item.message, item.claimed_by = RUNNING, "", this_process()
+        if busy is not None:  # raised after the change, so items found interrupted are saved as such
+            pid = busy.claimed_by["pid"] if busy.claimed_by else "?"
+            raise QueueError(f"the queue is being run by another LoRA Kiln process (pid {pid}, training "
+                             f"'{busy.label}'); wait for it to finish or stop it there")
+        return item
+
     def _new_id(self) -> str:
         taken = {item.id for item in self.items}
         while (new := uuid.uuid4().hex[:8]) in taken:
@@ -202,63 +301,61 @@ class RunQueue:
     def add(self, config: TrainConfig, label: str = "", description: str = "",
             sweep_id: str | None = None) -> QueueItem:
         """Queue a snapshot of ``config`` at the end (label defaults to the LoRA's name)."""
-        self.reload()
-        item = self._make_item(config, label, description, sweep_id)
-        self.items.append(item)
-        self._save()
+        with self._changing():
+            item = self._make_item(config, label, description, sweep_id)
+            self.items.append(item)
         return item
 
     def add_sweep(self, base: TrainConfig, spec: SweepSpec, description: str = "") -> tuple[str, list[QueueItem]]:
         """Queue one item per value of ``spec``; raises SweepError (nothing queued) on any problem."""
         configs = sweep_configs(base, spec)
-        self.reload()
-        sweep_id = self._new_id()
-        items = [self._make_item(config, label, description, sweep_id) for label, config in configs]
-        self.sweeps[sweep_id] = {"field": spec.field, "values": list(spec.values)}
-        self.items += items
-        self._save()
+        with self._changing():
+            sweep_id = self._new_id()
+            items = [self._make_item(config, label, description, sweep_id) for label, config in configs]
+            self.sweeps[sweep_id] = {"field": spec.field, "values": list(spec.values)}
+            self.items += items
         return sweep_id, items
 
     def remove(self, item_id: str) -> None:
-        self.reload()
-        item = self.get(item_id)
-        if item.status == RUNNING:
-            raise QueueError(f"'{item.label}' is training; stop it before removing it from the queue")
-        self.items.remove(item)
-        if item.sweep_id:
-            self._finish_sweep_if_done(item.sweep_id)
-        self._forget_empty_sweeps()
-        self._save()
+        with self._changing():
+            item = self.get(item_id)
+            if item.status == RUNNING:
+                raise QueueError(f"'{item.label}' is training; stop it before removing it from the queue")
+            self.items.remove(item)
+            if item.sweep_id:
+                self._finish_sweep_if_done(item.sweep_id)
+            self._forget_empty_sweeps()
 
     def move(self, item_id: str, new_index: int) -> None:
         """Move an item to ``new_index`` (0-based; clamped to the list)."""
-        self.reload()
-        item = self.get(item_id)
-        self.items.remove(item)
-        self.items.insert(max(0, min(new_index, len(self.items))), item)
-        self._save()
+        with self._changing():
+            item = self.get(item_id)
+            self.items.remove(item)
+            self.items.insert(max(0, min(new_index, len(self.items))), item)
 
     def mark(self, item_id: str, status: str, run_dir: str | None = None, message: str = "") -> None:
-        """Record an item's state; ``run_dir`` None keeps the one already recorded."""
+        """Record an item's state; ``run_dir`` None keeps the one already recorded. Marked running,
+        the item is this process's; marked anything else, no process's."""
         if status not in STATUSES:
             raise ValueError(f"unknown queue status {status!r}; expected one of {', '.join(STATUSES)}")
-        self.reload()
-        item = self.get(item_id)
-        item.status, item.message = status, message
-        if run_dir:
-            item.run_dir = str(run_dir)
-        self.runner = _this_process() if any(i.status == RUNNING for i in self.items) else None
-        if item.sweep_id and status in ENDED:
-            self._finish_sweep_if_done(item.sweep_id)
-        self._save()
+        with self._changing():
+            item = self.get(item_id)
+            item.status, item.message = status, message
+            if run_dir:
+                item.run_dir = str(run_dir)
+            if status != RUNNING:
+                item.claimed_by = None
+            elif not _is_this_process(item.claimed_by):
+                item.claimed_by = this_process()
+            if item.sweep_id and status in ENDED:
+                self._finish_sweep_if_done(item.sweep_id)
 
     def clear_finished(self) -> int:
         """Remove every item that has ended; returns how many were removed."""
-        self.reload()
-        before = len(self.items)
-        self.items = [item for item in self.items if item.status in (PENDING, RUNNING)]
-        self._forget_empty_sweeps()
-        self._save()
+        with self._changing():
+            before = len(self.items)
+            self.items = [item for item in self.items if item.status in (PENDING, RUNNING)]
+            self._forget_empty_sweeps()
         return before - len(self.items)
 
     # ------------------------------------------------------------------ sweeps
@@ -319,18 +416,26 @@ def run_queue(queue: RunQueue, sink_factory: Callable[[QueueItem], Sink],
               trainer_factory: Callable[..., Any] = _default_trainer) -> list[QueueItem]:
     """Train the pending items in order; returns the items this call ran, as they ended.
 
-    Each item gets a fresh trainer, sink and control (``*_factory(item)``), so nothing of one
-    run is carried into the next. A failed item is recorded and the queue goes on; a run the
-    person stopped or cancelled ends the queue; ``stop_after_current()`` is asked after each
-    run. ``trainer_factory(config, sink, control, description=...)`` returns an object whose
-    ``run()`` returns the engine's Finished or Failed event (tests pass a fake one).
+    Each item is claimed before it runs (``RunQueue.claim_next``), so a second process running
+    the same queue never trains it too. Raises QueueError when another live process is running
+    the queue before this call took any item; if one takes over between two of this call's
+    runs, this call ends there. Each item gets a fresh trainer, sink and control
+    (``*_factory(item)``), so nothing of one run is carried into the next. A failed item is
+    recorded and the queue goes on; a run the person stopped or cancelled ends the queue;
+    ``stop_after_current()`` is asked after each run. ``trainer_factory(config, sink, control,
+    description=...)`` returns an object whose ``run()`` returns the engine's Finished or
+    Failed event (tests pass a fake one).
     """
-    if queue.busy_elsewhere():
-        raise QueueError(f"the queue is being run by another LoRA Kiln process (pid {queue.runner['pid']}); "
-                         "wait for it to finish or stop it there")
     ran: list[str] = []
-    while (item := queue.next_pending()) is not None:
-        if ran and stop_after_current():
+    while not (ran and stop_after_current()):
+        try:
+            item = queue.claim_next()
+        except QueueError as err:
+            if not ran:
+                raise
+            log.warning("queue: ending after %d run(s): %s", len(ran), err)
+            break
+        if item is None:
             break
         ran.append(item.id)
         if _run_item(queue, item, sink_factory, control_factory, trainer_factory) in ("stopped", "cancelled"):
@@ -340,12 +445,12 @@ def run_queue(queue: RunQueue, sink_factory: Callable[[QueueItem], Sink],
 
 def _run_item(queue: RunQueue, item: QueueItem, sink_factory: Callable[[QueueItem], Sink],
               control_factory: Callable[[QueueItem], Control], trainer_factory: Callable[..., Any]) -> str:
+    """Run an item this process has claimed, and record how it ended."""
     try:
         config = queue.config_of(item)
     except PresetError as err:
         queue.mark(item.id, "failed", message=str(err))
         return "failed"
-    queue.mark(item.id, RUNNING)
     sink = MultiSink(_ItemRecorder(queue, item.id), sink_factory(item))
     try:
         result = trainer_factory(config, sink, control_factory(item), description=item.description).run()

@@ -94,35 +94,54 @@ def test_changes_from_another_process_are_not_overwritten(tmp_path, base):
     assert [i.label for i in RunQueue.load(tmp_path / "q.json").items] == ["from-app", "from-cli", "again-app"]
 
 
-def test_an_item_left_running_by_a_dead_process_becomes_interrupted(tmp_path, base):
+def _dead_process_stamp():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return {"pid": dead.pid, "host": socket.gethostname(), "started": 0.0}
+
+
+def _live_other_process_stamp():
+    parent = psutil.Process().parent()
+    return {"pid": parent.pid, "host": socket.gethostname(), "started": parent.create_time()}
+
+
+@pytest.mark.parametrize("claim", ["the item's", "the file's runner, as saved before items had their own"])
+def test_an_item_left_running_by_a_dead_process_becomes_interrupted(tmp_path, base, claim):
     queue = RunQueue.load(tmp_path / "q.json")
     item = queue.add(base)
     queue.mark(item.id, "running", run_dir=str(tmp_path / "run"))
     document = _file(queue)
-    assert document["runner"]["pid"] == os.getpid()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    document["runner"] = {"pid": dead.pid, "host": socket.gethostname(), "started": 0.0}
+    assert document["items"][0]["claimed_by"]["pid"] == document["runner"]["pid"] == os.getpid()
+    if claim == "the item's":
+        document["items"][0]["claimed_by"] = _dead_process_stamp()
+    else:
+        del document["items"][0]["claimed_by"]
+        document["runner"] = _dead_process_stamp()
     queue.path.write_text(json.dumps(document))
     again = RunQueue.load(queue.path)
     assert (again.items[0].status, again.items[0].run_dir) == ("interrupted", str(tmp_path / "run"))
     assert "resume" in again.items[0].message
-    assert _file(again)["items"][0]["status"] == "interrupted" and _file(again)["runner"] is None
+    saved = _file(again)
+    assert saved["items"][0]["status"] == "interrupted" and saved["items"][0]["claimed_by"] is None
+    assert saved["runner"] is None
 
 
 def test_an_item_running_in_a_live_process_stays_running(tmp_path, base):
     queue = RunQueue.load(tmp_path / "q.json")
     item = queue.add(base)
+    queue.add(_named(base, "next"))
     queue.mark(item.id, "running")
-    parent = psutil.Process().parent()
     document = _file(queue)
-    document["runner"] = {"pid": parent.pid, "host": socket.gethostname(), "started": parent.create_time()}
+    other = document["items"][0]["claimed_by"] = _live_other_process_stamp()
     queue.path.write_text(json.dumps(document))
-    other = RunQueue.load(queue.path)
-    assert other.items[0].status == "running"
-    assert other.busy_elsewhere()
-    with pytest.raises(QueueError, match=f"another LoRA Kiln process \\(pid {parent.pid}\\)"):
-        run_queue(other, lambda item: ListSink(), lambda item: Control(), trainer_factory=_FakeTrainer)
+    again = RunQueue.load(queue.path)
+    assert again.items[0].status == "running"
+    assert again.busy_elsewhere()
+    with pytest.raises(QueueError, match=f"another LoRA Kiln process \\(pid {other['pid']}, training 'tiny'\\)"):
+        run_queue(again, lambda item: ListSink(), lambda item: Control(), trainer_factory=_FakeTrainer)
+    with pytest.raises(QueueError, match="another LoRA Kiln process"):
+        again.claim_next()  # one queue trains one run at a time: the next item is not taken either
+    assert [i.status for i in RunQueue.load(queue.path).items] == ["running", "pending"]
 
 
 @pytest.mark.parametrize("content, reason", [
@@ -215,6 +234,35 @@ def _queue_of(tmp_path, base, *names):
     return queue
 
 
+def test_claiming_takes_the_first_pending_item_for_this_process_once(tmp_path, base):
+    queue = _queue_of(tmp_path, base, "a", "b")
+    first = queue.claim_next()
+    assert (first.label, first.status) == ("a", "running")
+    assert _file(queue)["items"][0]["claimed_by"]["pid"] == os.getpid()
+    other = RunQueue.load(queue.path)  # another view of the file, such as the app's
+    assert not other.busy_elsewhere()  # the claim is this process's own
+    assert other.claim_next().label == "b"
+    assert queue.claim_next() is None  # both are taken, whichever object asks
+    queue.mark(first.id, "completed")
+    assert _file(queue)["items"][0]["claimed_by"] is None
+
+
+def test_a_lock_held_too_long_is_named_and_nothing_is_changed(tmp_path, base, monkeypatch):
+    from filelock import FileLock
+
+    import core.run_queue
+
+    queue = _queue_of(tmp_path, base, "a")
+    monkeypatch.setattr(core.run_queue, "LOCK_WAIT_SECONDS", 0.2)
+    holder = FileLock(str(tmp_path / "q.json.lock"))  # another process in the middle of a change
+    with holder:
+        with pytest.raises(QueueError, match=r"q\.json\.lock.*nothing was changed"):
+            queue.add(_named(base, "b"))
+    assert [i.label for i in RunQueue.load(queue.path).items] == ["a"]
+    queue.add(_named(base, "b"))
+    assert [i.label for i in RunQueue.load(queue.path).items] == ["a", "b"]
+
+
 def test_pending_items_run_in_order_each_with_its_own_sink_and_control(tmp_path, base):
     queue = _queue_of(tmp_path, base, "a", "b")
     sinks, controls = {}, {}
@@ -256,6 +304,23 @@ def test_stop_after_current_is_asked_between_runs(tmp_path, base):
     ran = run_queue(queue, lambda item: ListSink(), lambda item: Control(), lambda: next(answers),
                     trainer_factory=_FakeTrainer.script())
     assert [i.label for i in ran] == ["a", "b"] and queue.items[2].status == "pending"
+
+
+def test_a_runner_ends_when_another_process_takes_the_queue_between_two_runs(tmp_path, base):
+    queue = _queue_of(tmp_path, base, "a", "b", "c")
+
+    def another_process_takes_b():  # asked between runs, just when a second runner could claim
+        document = _file(queue)
+        document["items"][1].update(status="running", claimed_by=_live_other_process_stamp())
+        queue.path.write_text(json.dumps(document))
+        return False
+
+    fake = _FakeTrainer.script()
+    ran = run_queue(queue, lambda item: ListSink(), lambda item: Control(), another_process_takes_b,
+                    trainer_factory=fake)
+    assert [(i.label, i.status) for i in ran] == [("a", "completed")]
+    assert [t.config.output.output_name for t in fake.made] == ["a"]  # neither b nor c trains beside it
+    assert [i.status for i in RunQueue.load(queue.path).items] == ["completed", "running", "pending"]
 
 
 def test_an_interrupt_mid_run_leaves_the_item_resumable(tmp_path, base):
