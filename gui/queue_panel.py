@@ -229,7 +229,14 @@ class QueuePanel(QWidget):
             self._end("as asked, after that run")
             return
         while True:
-            item = self.queue.next_pending()
+            try:  # marked running for this process in one locked step: `lorakiln queue run` cannot take it too
+                item = self.queue.claim_next()
+            except (QueueError, OSError) as error:
+                self._runner.append_log(f"queue: cannot take the next item from {self.queue.path}: {error}")
+                if not self._ended:  # nothing ran: the person pressed Run queue and deserves to know why
+                    self._runner.show_message("Cannot run the queue", str(error))
+                self._end("the next item could not be taken")
+                return
             if item is None:
                 self._end("every item has run")
                 return
@@ -238,7 +245,6 @@ class QueuePanel(QWidget):
                 break
             self._record(item.id, item.label, "failed", None, problem)
             self._runner.append_log(f"queue: “{item.label}” cannot start: {problem}")
-        self._change(lambda: self.queue.mark(item.id, RUNNING))
         if not self._runner.start_queued(config, item.description, item.label):
             self._change(lambda: self.queue.mark(item.id, PENDING))
             self._end("the run could not start")
