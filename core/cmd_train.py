@@ -149,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if progress.tty:
         print()
+    if result.reason == "already_complete":
+        print(f"already complete: the saved state is at step {result.steps}; nothing was trained or changed. "
+              f"LoRA: {result.lora_path or 'none in the run folder'}")
+        return 0
     skipped = getattr(result, "skipped_steps", 0)
     note = f" ({skipped} skipped for a non-finite loss)" if skipped else ""
     print(f"{result.reason}: {result.steps} steps{note} in {result.wall_seconds:.0f} s; "

@@ -183,11 +183,19 @@ def read_kohya_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         return tensors, metadata
     import torch
 
+    import pickle
+
     try:
         # weights_only: an old .pt LoRA is loaded without running code from the file.
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises loading unsafely: never relay that for a file from elsewhere.
+        raise KohyaFormatError(f"{path.name}: holds Python objects besides tensors, which are not loaded "
+                               "because loading them could run code; use a .safetensors version of "
+                               "this LoRA") from None
     except Exception as err:  # noqa: BLE001 - any failure means "not a LoRA we can read"
-        raise KohyaFormatError(f"{path.name}: cannot read it as a LoRA file ({err})") from err
+        detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise KohyaFormatError(f"{path.name}: cannot read it as a LoRA file ({detail})") from None
     if not isinstance(loaded, dict) or not all(hasattr(v, "shape") for v in loaded.values()):
         raise KohyaFormatError(f"{path.name}: not a LoRA state dict")
     return dict(loaded), {}

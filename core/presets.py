@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import enum
 import os
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,9 +243,19 @@ def loads_preset(text: str, *, source: str = "<preset>", base_dir: Path | None =
     return LoadedPreset(config, None, description)
 
 
+# A full preset is a few kB; a config.toml with a long prompt list some more.
+MAX_PRESET_BYTES = 4 * 1024 * 1024
+
+
 def load_preset(path: str | os.PathLike[str]) -> LoadedPreset:
     file = Path(path)
     try:
+        info = os.stat(file)
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block, a device never end
+            raise PresetError(str(file), [("", "not a regular file, so it is not read as a preset")])
+        if info.st_size > MAX_PRESET_BYTES:
+            raise PresetError(str(file), [("", f"{info.st_size:,} bytes is far too large for a preset "
+                                               f"(at most {MAX_PRESET_BYTES:,}); is it really one?")])
         raw = file.read_bytes()
     except OSError as err:
         raise PresetError(str(file), [("", f"cannot read the file: {err.strerror or err}")]) from None

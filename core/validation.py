@@ -288,6 +288,10 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
     elif _BAD_NAME.search(out.output_name) or out.output_name.strip() in (".", ".."):
         add("output.output_name", f"'{out.output_name}' cannot be a file name "
                                   "(no / \\ : * ? \" < > | characters)")
+    else:
+        name_problem = _file_name_problem(out.output_name, total_steps)
+        if name_problem:
+            add("output.output_name", name_problem)
     if (sample.every_n_steps or sample.every_n_epochs or sample.at_step_0) and not _has_prompt(sample.prompts):
         add("sampling.prompts", "sampling is turned on but there is no prompt")
     try:  # checked now, not at the first sample hours into the run
@@ -295,6 +299,32 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
     except PromptError as error:
         add("sampling.prompts", f"{error}; fix that line")
     return found
+
+
+# The longest name a run writes from output.output_name is the temporary file of a step
+# checkpoint while it is written: ".<name>-step00000500.safetensors.<8 random>.tmp"
+# (core.training.checkpoint.checkpoint_name, core.atomic.write_bytes_atomic). File systems
+# allow 255 bytes (UTF-8) per name.
+MAX_FILE_NAME_BYTES = 255
+_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\.|$)", re.IGNORECASE)
+
+
+def longest_written_name_bytes(output_name: str, total_steps: int | None = None) -> int:
+    digits = max(8, len(str(total_steps or 0)))
+    return len(f".{output_name}-step{'0' * digits}.safetensors.{'x' * 8}.tmp".encode("utf-8"))
+
+
+def _file_name_problem(name: str, total_steps: int | None) -> str | None:
+    longest = longest_written_name_bytes(name, total_steps)
+    if longest > MAX_FILE_NAME_BYTES:
+        allowed = len(name.encode("utf-8")) - (longest - MAX_FILE_NAME_BYTES)
+        return (f"the name is too long for the files a run writes: checkpoints add up to "
+                f"{longest - len(name.encode('utf-8'))} bytes to it and a file name may have "
+                f"{MAX_FILE_NAME_BYTES}; shorten it to at most {allowed} bytes (now "
+                f"{len(name.encode('utf-8'))})")
+    if name != name.rstrip(" .") or _WINDOWS_RESERVED.match(name):
+        return f"'{name}' cannot be a file name on Windows (a reserved name, or a trailing dot or space)"
+    return None
 
 
 def _has_prompt(text: str) -> bool:

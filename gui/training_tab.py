@@ -324,8 +324,9 @@ class TrainingTab(QWidget):
         else:
             took = format_duration(result.wall_seconds)
             saved = f": {result.lora_path}" if result.lora_path else " (nothing saved)"
-            self.status_label.setText(f"{result.reason.capitalize()} after {result.steps} steps")
-            self._append_log(f"{result.reason} after {result.steps} steps in {took}{saved}")
+            reason = result.reason.replace("_", " ")
+            self.status_label.setText(f"{reason.capitalize()} after {result.steps} steps")
+            self._append_log(f"{reason} after {result.steps} steps in {took}{saved}")
         self._set_state(IDLE)
         self.running_changed.emit(False)
         if isinstance(result, Failed) and not self.queue_panel.running:

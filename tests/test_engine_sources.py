@@ -87,7 +87,7 @@ def test_ctrl_c_stops_saves_and_resume_finishes(tmp_path):
     assert process.returncode == 0, err
     assert "stopping after this step and saving" in err and "stopped:" in out
     run_dir = next((tmp_path / "runs").iterdir())
-    assert (run_dir / "tiny.safetensors").is_file() and list((run_dir / "state").glob("step-*.pt"))
+    assert (run_dir / "tiny.safetensors").is_file() and list((run_dir / "state").glob("step-*.safetensors"))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "stopped" and 0 < summary["steps"] < 400
     resumed = subprocess.run([sys.executable, "-m", "core.cli", "train", "--resume", str(run_dir), "--quiet",

@@ -121,16 +121,16 @@ def resume(run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["tiny-step00000004.safetensors", "step-00000004.pt"])
+@pytest.mark.parametrize("target", ["tiny-step00000004.safetensors", "step-00000004.safetensors"])
 def test_killed_while_saving_a_checkpoint_keeps_the_last_one_and_resumes(tmp_path, target):
     temporary = Path(kill_while(tmp_path, "rename", target, "train", str(training_preset(tmp_path))))
     run = the_run_folder(tmp_path)
     assert temporary.is_file() and temporary.parent in (run / "checkpoints", run / "state")  # killed mid-write
     assert load_file(run / "checkpoints" / "tiny-step00000002.safetensors")
-    assert load_state(run / "state" / "step-00000002.pt").step == 2
-    assert sorted(p.name for p in (run / "state").glob("*.pt")) == ["step-00000002.pt"]
+    assert load_state(run / "state" / "step-00000002.safetensors").step == 2
+    assert sorted(p.name for p in (run / "state").glob("step-*")) == ["step-00000002.safetensors"]
     lora_4 = run / "checkpoints" / "tiny-step00000004.safetensors"
-    if target == "step-00000004.pt":  # the LoRA of step 4 was complete before its state began
+    if target == "step-00000004.safetensors":  # the LoRA of step 4 was complete before its state began
         assert load_file(lora_4)
     else:
         assert not lora_4.exists()

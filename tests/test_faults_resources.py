@@ -77,7 +77,7 @@ def test_a_full_disk_at_a_checkpoint_is_reported_and_the_previous_checkpoint_kep
     assert Path(result.last_checkpoint) == run / "checkpoints" / "tiny-step00000002.safetensors"
     assert load_file(result.last_checkpoint)  # the last good checkpoint still loads
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["tiny-step00000002.safetensors"]
-    assert [p.name for p in (run / "state").iterdir()] == ["step-00000002.pt"]  # resumable from there
+    assert [p.name for p in (run / "state").iterdir()] == ["step-00000002.safetensors"]  # resumable from there
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left" in summary["error"]
     again = Trainer(tiny_config(tmp_path / "again", steps=2), ListSink()).run()

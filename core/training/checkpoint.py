@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,15 @@ import torch
 from core.atomic import remove_temporaries, write_bytes_atomic
 from core.config import SavePrecision
 from core.runs import METRICS, trim_metrics
+from core.training.state_file import StateFileError, read_state_file, write_state_bytes
 
 SAVE_DTYPES = {SavePrecision.FLOAT: torch.float32, SavePrecision.FP16: torch.float16,
                SavePrecision.BF16: torch.bfloat16}
 STATE_DIR = "state"
 CHECKPOINT_DIR = "checkpoints"
-_STATE_FILE = re.compile(r"^step-(\d+)\.pt$")
+# step-00000500.safetensors; step-00000500.pt from versions that pickled the state (read
+# without running code, see load_state).
+_STATE_FILE = re.compile(r"^step-(\d+)\.(safetensors|pt)$")
 
 
 def checkpoint_name(output_name: str, *, epoch: int | None = None, step: int | None = None) -> str:
@@ -77,24 +80,34 @@ class TrainingState:
     skipped_steps: int = 0  # steps left out for a NaN/inf loss (training.nonfinite_loss = "skip")
 
 
+class StateError(ValueError):
+    """A training state file that cannot be used; the message names the file."""
+
+
 def save_state(folder: Path, state: TrainingState, keep: int = 2) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state.__dict__, buffer)
-    path = folder / f"step-{state.step:08d}.pt"
-    write_bytes_atomic(path, buffer.getvalue())
-    for old in sorted(folder.glob("step-*.pt"))[:-keep]:
+    path = folder / f"step-{state.step:08d}.safetensors"
+    write_bytes_atomic(path, write_state_bytes(state.__dict__))
+    for old in state_files(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
 
 
+def state_files(folder: Path) -> list[Path]:
+    """The state files in ``folder``, oldest step first (at one step, .safetensors last)."""
+    if not folder.is_dir():
+        return []
+    found = [(state_step(p), p.suffix == ".safetensors", p) for p in folder.iterdir() if _STATE_FILE.match(p.name)]
+    return [path for _, _, path in sorted(found)]
+
+
 def latest_state(folder: Path) -> Path | None:
-    candidates = sorted(p for p in folder.glob("step-*.pt") if _STATE_FILE.match(p.name))
+    candidates = state_files(folder)
     return candidates[-1] if candidates else None
 
 
 def state_step(path: Path) -> int:
-    """The step a state file was saved at, from its name (step-00000500.pt)."""
+    """The step a state file was saved at, from its name (step-00000500.safetensors)."""
     match = _STATE_FILE.match(path.name)
     if match is None:
         raise ValueError(f"{path.name} is not a training state file")
@@ -102,8 +115,59 @@ def state_step(path: Path) -> int:
 
 
 def load_state(path: Path) -> TrainingState:
-    data = torch.load(path, map_location="cpu", weights_only=False)
-    return TrainingState(**data)
+    """The state saved in ``path``. Nothing in the file can run code: the safetensors format
+    holds data only, and an older pickled .pt is read with PyTorch's weights-only loader,
+    which refuses every Python object that is not plain data."""
+    try:
+        data = read_state_file(path) if path.suffix == ".safetensors" else _load_legacy(path)
+    except StateFileError as error:
+        raise StateError(str(error)) from None
+    return _as_state(path, data)
+
+
+def _load_legacy(path: Path) -> Any:
+    import pickle
+    import stat
+
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise StateError(f"{path}: not a regular file, so it is not read as training state")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message advises loading unsafely; a file from elsewhere must never be.
+        raise StateError(f"{path}: this state file holds Python objects besides training data, and "
+                         "loading them could run code, so it was not loaded. Nothing was changed. Resume "
+                         "only from state files LoRA Kiln saved; otherwise train the run again from its "
+                         "config.toml") from None
+    except StateError:
+        raise
+    except Exception as error:  # noqa: BLE001 - zip, pickle and storage errors: a damaged file
+        first_line = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise StateError(f"{path}: not a readable training state file; it is damaged or cut short "
+                         f"({first_line})") from None
+
+
+_REQUIRED = {f.name for f in fields(TrainingState) if f.default is dataclasses.MISSING
+             and f.default_factory is dataclasses.MISSING}
+
+
+def _as_state(path: Path, data: Any) -> TrainingState:
+    if not isinstance(data, dict):
+        raise StateError(f"{path}: a damaged training state file (it holds no state record)")
+    known = {f.name for f in fields(TrainingState)}
+    missing = sorted(_REQUIRED - set(data))
+    if missing:
+        raise StateError(f"{path}: a damaged or foreign training state file (it lacks {', '.join(missing)})")
+    state = TrainingState(**{k: v for k, v in data.items() if k in known})
+    checks = [("step", int), ("epoch", int), ("batch_in_epoch", int), ("lora", dict), ("optimizer", dict),
+              ("scheduler", dict), ("generator", torch.Tensor), ("torch_rng", torch.Tensor)]
+    for name, kind in checks:
+        value = getattr(state, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise StateError(f"{path}: a damaged training state file ({name} is a {type(value).__name__})")
+    if state.step < 0 or state.epoch < 1 or state.batch_in_epoch < 0:
+        raise StateError(f"{path}: a damaged training state file (step {state.step}, epoch {state.epoch})")
+    return state
 
 
 def capture_rng() -> tuple[torch.Tensor, Any, list[torch.Tensor] | None]:

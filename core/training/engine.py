@@ -20,10 +20,10 @@ from core.config import TrainConfig
 from core.plan import DatasetPlan, plan_dataset, plan_to_json
 from core.processes import this_process
 from core.runs import (LOG, METRICS, PLAN, MetricsWriter, RunSummary, create_run_dir, write_config, write_json)
-from core.training import setup
+from core.training import resume, setup
 from core.training.checkpoint import (CHECKPOINT_DIR, SAVE_DTYPES, STATE_DIR, TrainingState, capture_rng,
-                                      checkpoint_name, latest_state, load_state, load_trainable_state,
-                                      prune_checkpoints, restore_rng, save_state, tidy_for_resume, trainable_state)
+                                      checkpoint_name, prune_checkpoints, restore_rng, save_state, tidy_for_resume,
+                                      trainable_state)
 from core.training.control import Cancelled, Control
 from core.training.errors import ConfigProblems, diagnose, format_traceback
 from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, PhaseProgress, RunStarted,
@@ -31,9 +31,24 @@ from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finishe
 from core.training.faults import NonFiniteGuard, release_memory
 from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds, memory_figures
 from core.training.optim import current_lrs
+from core.training.run_lock import RunFolderLock
 from core.validation import errors, validate
 
 log = logging.getLogger("lorakiln.run")
+
+
+class RunFolderLost(OSError):
+    """The run folder was deleted during training and could not be created again."""
+
+
+class _BufferHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < 10_000:
+            self.records.append(record)
 
 
 def _is_cancel(error: BaseException) -> bool:
@@ -75,6 +90,8 @@ class Trainer:
             return self._finish(reason)
         except (KeyboardInterrupt, SystemExit):
             raise
+        except resume.AlreadyComplete as done:
+            return self._already_complete(done)
         except BaseException as error:  # noqa: BLE001 - every failure is reported to the person
             if _is_cancel(error):
                 return self._finish("cancelled")
@@ -97,6 +114,7 @@ class Trainer:
     # ------------------------------------------------------------------ preparing
     def _prepare(self) -> None:
         config, control = self.config, self.control
+        self._buffer_log()
         problems = errors(validate(config))
         if problems:
             raise ConfigProblems(problems)
@@ -118,12 +136,15 @@ class Trainer:
         problems = errors(validate(config, total_steps=total))
         if problems:
             raise ConfigProblems(problems)
-        self._open_run_dir()
-        if note:
-            self._status(note, "loading")
-        steps = self.plan.steps
-        self._emit(RunStarted(str(self.run_dir), config.output.output_name, total, steps.epochs,
-                              steps.batches_per_epoch, steps.steps_per_epoch, 0))
+        # A resume writes nothing to its folder until the saved state has been read, checked
+        # against the plan and loaded into the model: a refused resume leaves the run as it was.
+        resumed = None
+        if self.resume_from is not None:
+            resumed = resume.read_resume_state(self.resume_from)
+            resume.check_not_complete(self.resume_from, resumed, total, config.output.output_name)
+        self._claim_run_dir()
+        if resumed is None:
+            self._open_run_dir(note)
         control.raise_if_cancelled()
         self.network = setup.load_network(config, self.device, self.weight_dtype, control.should_end,
                                           lambda text: self._status(text, "loading"))
@@ -132,44 +153,84 @@ class Trainer:
         self.optimizer = prepared[-1]
         self.trained_models = list(prepared[:-1])
         self.generator = torch.Generator().manual_seed(config.training.seed)
+        if resumed is not None:
+            changed = resume.changed_settings(self.resume_from, config) if self.is_main else []
+            resume.apply_state(resumed, self.network.trained, self.optimizer, self.lr_scheduler, self.generator,
+                               changed, self.resume_from)
+            self._open_run_dir(note)
         self._prepare_data()
-        if self.resume_from is not None:
-            self._load_state()
+        if resumed is not None:
+            self._take_resumed(resumed)
         from core.training.step import StepComputer
 
         self.computer = StepComputer(config, self.network.components, self.device, self.generator,
                                      self.accelerator.autocast)
 
-    def _open_run_dir(self) -> None:
-        config = self.config
+    def _claim_run_dir(self) -> None:
+        """The run folder, created for a new run, and locked against any other process."""
         if not self.is_main:
             return
-        self.run_dir = self.resume_from or create_run_dir(config)
+        folder = self.resume_from or create_run_dir(self.config)
+        self._lock = RunFolderLock(folder).acquire()
+        if self._lock.previous is not None:
+            log.info("took over the run folder from process %s, which is no longer running",
+                     self._lock.previous.get("pid"))
+        self._claimed = folder
+
+    def _buffer_log(self) -> None:
+        """Keep the log lines of the time before the run folder is written, for its log.txt."""
+        self._early_log = _BufferHandler()
+        logging.getLogger("lorakiln").addHandler(self._early_log)
+        logging.getLogger("lorakiln").setLevel(logging.INFO)
+
+    def _open_run_dir(self, note: str | None) -> None:
+        config = self.config
+        if self.is_main:
+            self.run_dir = self._claimed
+            self._open_log()
+            if self.resume_from is None:
+                write_config(self.run_dir, config, self.description)
+            else:  # a killed run left temporary files, and metrics of steps it trains again now
+                for line in tidy_for_resume(self.run_dir):
+                    log.info(line)
+            self._write_run_files(with_config=False)
+            steps = self.plan.steps
+            self.summary = RunSummary(status="running", name=config.output.output_name,
+                                      total_steps=steps.max_train_steps, total_epochs=steps.epochs,
+                                      started_at=self._started,
+                                      memory_kind="cuda" if torch.cuda.is_available() else "rss",
+                                      runner=this_process())
+            self.summary.write(self.run_dir)
+            log.info("run folder %s; %d steps, %d epochs, %d batches per epoch", self.run_dir,
+                     steps.max_train_steps, steps.epochs, steps.batches_per_epoch)
+        if note:
+            self._status(note, "loading")
+        steps = self.plan.steps
+        self._emit(RunStarted(str(self.run_dir), config.output.output_name, steps.max_train_steps, steps.epochs,
+                              steps.batches_per_epoch, steps.steps_per_epoch, 0))
+
+    def _open_log(self) -> None:
         handler = logging.FileHandler(self.run_dir / LOG, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        early, self._early_log = getattr(self, "_early_log", None), None
+        if early is not None:
+            logging.getLogger("lorakiln").removeHandler(early)
+            for record in early.records:
+                handler.handle(record)
         logging.getLogger("lorakiln").addHandler(handler)
         logging.getLogger("lorakiln").setLevel(logging.INFO)
         self._log_handler = handler
-        if self.resume_from is None:
-            write_config(self.run_dir, config, self.description)
-        else:  # a killed run left temporary files, and metrics of steps it trains again now
-            for line in tidy_for_resume(self.run_dir):
-                log.info(line)
+
+    def _write_run_files(self, with_config: bool) -> None:
+        """plan.json, the metrics and TensorBoard writers (and config.toml when asked)."""
+        if with_config:
+            write_config(self.run_dir, self.config, self.description)
         write_json(self.run_dir / PLAN, plan_to_json(self.plan))
         self._metrics = MetricsWriter(self.run_dir / METRICS)
-        if config.logging.tensorboard:
+        if self.config.logging.tensorboard:
             from core.training.tensorboard import EventWriter
 
             self._tensorboard = EventWriter(self.run_dir / "tensorboard")
-        steps = self.plan.steps
-        self.summary = RunSummary(status="running", name=config.output.output_name,
-                                  total_steps=steps.max_train_steps, total_epochs=steps.epochs,
-                                  started_at=self._started,
-                                  memory_kind="cuda" if torch.cuda.is_available() else "rss",
-                                  runner=this_process())
-        self.summary.write(self.run_dir)
-        log.info("run folder %s; %d steps, %d epochs, %d batches per epoch", self.run_dir,
-                 steps.max_train_steps, steps.epochs, steps.batches_per_epoch)
 
     def _prepare_data(self) -> None:
         from core.pipeline import BucketBatchDataset, samples
@@ -181,26 +242,21 @@ class Trainer:
             items = samples(self.plan, config.dataset.prior_loss_weight)
             encode = setup.vae_encoder(self.network.components, self.device, config.training.seed)
             flips = any(s.options.flip_aug for s in items)
+            channels = getattr(getattr(self.network.components.vae, "config", None), "latent_channels", None)
             encoded = cache.fill(items, encode, batch_size=config.training.batch_size, flip_aug_keys=flips,
-                                 cancelled=self.control.should_end,
+                                 latent_channels=channels, cancelled=self.control.should_end,
                                  progress=lambda done, total: self._emit(PhaseProgress("caching", done, total)))
-            self._status(f"latents ready ({encoded} newly encoded)" if encoded
+            bad = getattr(cache, "bad_entries", 0)
+            redone = f", {bad} of them replacing damaged or mismatched cache files" if bad else ""
+            self._status(f"latents ready ({encoded} newly encoded{redone})" if encoded
                          else "latents ready (all from the cache)", "caching")
         self.dataset = BucketBatchDataset(self.plan, batch_size=config.training.batch_size,
                                           seed=config.training.seed,
                                           prior_loss_weight=config.dataset.prior_loss_weight, latent_cache=cache)
         self._start_epoch, self._skip_batches = 1, 0
 
-    def _load_state(self) -> None:
-        path = latest_state(self.resume_from / STATE_DIR)
-        if path is None:
-            raise ConfigProblems([f"{self.resume_from}: no saved training state to resume from "
-                                  "(state is saved on stop, and with output.save_state)"])
-        state = load_state(path)
-        load_trainable_state(self.network.trained, state.lora)
-        self.optimizer.load_state_dict(state.optimizer)
-        self.lr_scheduler.load_state_dict(state.scheduler)
-        self.generator.set_state(state.generator)
+    def _take_resumed(self, state: TrainingState) -> None:
+        """Where the saved state left off; its RNGs are restored last, after latent caching."""
         restore_rng(state)
         self.step, self._start_epoch, self._skip_batches = state.step, state.epoch, state.batch_in_epoch
         self._wall_before = state.wall_seconds
@@ -327,11 +383,13 @@ class Trainer:
                       "in_a_row": guard.in_a_row})
 
     def _record(self, record: dict) -> None:
+        self._ensure_run_dir()
         if self._metrics is not None:
             self._metrics.write(record)
 
     def _after_step(self) -> None:
         output, sampling = self.config.output, self.config.sampling
+        self._ensure_run_dir()
         if self.control.take_save_request():
             self._save_checkpoint("manual", with_state=True)
         elif output.save_every_n_steps and self.step % output.save_every_n_steps == 0 \
@@ -352,6 +410,8 @@ class Trainer:
         from core.kohya_format import to_kohya_state_dict
         from core.lora_metadata import build_metadata, save_lora_file
 
+        self._ensure_run_dir()
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._status(f"saving {path.name}…", "saving")
         config = self.config
         tensors = to_kohya_state_dict(self.network.handles, SAVE_DTYPES[config.output.save_precision])
@@ -397,6 +457,7 @@ class Trainer:
         from core.prompts import parse_prompts
         from core.training.sampling import generate, save_sample
 
+        self._ensure_run_dir()
         components = self.network.components
         prompts = parse_prompts(self.config.sampling.prompts, self.config.sampling)
         was_training = {m: m.training for m in (components.unet, components.text_encoder)}
@@ -415,6 +476,49 @@ class Trainer:
             for module, mode in was_training.items():
                 module.train(mode)
         self._status("training")
+
+    def _ensure_run_dir(self) -> None:
+        """A run folder deleted while training (by hand, a sync tool, a cleaner) is created
+        again, so the work still in memory is saved; what was in it is gone, and the log says
+        so. When it cannot be created again, the run stops saying exactly that."""
+        if not self.is_main or self.run_dir is None or self.run_dir.is_dir():
+            return
+        lost = self.run_dir
+        try:
+            lost.mkdir(parents=True)
+        except OSError as error:
+            raise RunFolderLost(f"the run folder {lost} was deleted during training (at step {self.step}) and "
+                                f"could not be created again ({error.strerror or error}); the LoRA trained so "
+                                "far could not be saved") from None
+        self._close_writers()
+        self._open_log()
+        lock = getattr(self, "_lock", None)
+        if lock is not None:  # its file went with the folder
+            lock.release()
+            self._lock = RunFolderLock(lost).acquire()
+        self._write_run_files(with_config=True)
+        if self.last_checkpoint and not Path(self.last_checkpoint).exists():
+            self.last_checkpoint = None
+        if self.summary is not None:
+            self.summary.write(lost)
+        text = (f"the run folder {lost} was deleted during training (at step {self.step}); it was created "
+                "again and training goes on. The log, metrics, checkpoints and samples from before were lost "
+                "with it; the final LoRA will be saved there.")
+        log.warning(text)
+        self._emit(Status(text, "training"))
+
+    def _close_writers(self) -> None:
+        for closer in (self._metrics, self._tensorboard):
+            if closer is not None:
+                try:
+                    closer.close()
+                except OSError:
+                    pass
+        self._metrics = self._tensorboard = None
+        if self._log_handler is not None:
+            logging.getLogger("lorakiln").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
 
     # ------------------------------------------------------------------ ending
     def _finish(self, reason: str) -> Finished:
@@ -470,22 +574,33 @@ class Trainer:
         log.error("%s\n%s", diagnosis.summary, trace)
         if self.summary is not None:
             self._complete_summary("failed", None, self._wall_seconds(), diagnosis.summary)
-        log_path = str(self.run_dir / LOG) if self.run_dir else None
+        # Only files that exist: a run folder deleted under the run took its log with it.
+        log_path = str(self.run_dir / LOG) if self.run_dir and (self.run_dir / LOG).is_file() else None
+        checkpoint = self.last_checkpoint if self.last_checkpoint and Path(self.last_checkpoint).is_file() else None
         event = Failed(diagnosis.kind, diagnosis.summary, diagnosis.advice, trace, log_path,
-                       str(self.run_dir) if self.run_dir else None, self.last_checkpoint)
+                       str(self.run_dir) if self.run_dir else None, checkpoint)
+        self._emit(event)
+        return event
+
+    def _already_complete(self, done: resume.AlreadyComplete) -> Finished:
+        """Nothing to train: say so, and change nothing in the run folder."""
+        log.info("%s", done)
+        self._status(str(done), "loading")
+        state = done.state
+        event = Finished("already_complete", str(done.run_dir), str(done.lora_path) if done.lora_path else None,
+                         state.step, state.epoch, state.wall_seconds, state.skipped_steps)
         self._emit(event)
         return event
 
     def _cleanup(self) -> None:
-        for closer in (self._metrics, self._tensorboard):
-            if closer is not None:
-                try:
-                    closer.close()
-                except OSError:
-                    pass
-        if self._log_handler is not None:
-            logging.getLogger("lorakiln").removeHandler(self._log_handler)
-            self._log_handler.close()
+        early = getattr(self, "_early_log", None)
+        if early is not None:
+            logging.getLogger("lorakiln").removeHandler(early)
+            self._early_log = None
+        self._close_writers()
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
         # Release the model and optimizer now (an out-of-memory run must leave the GPU usable
         # for the next run in the same process) and reset accelerate's process-wide state.
         self.network = self.optimizer = self.lr_scheduler = self.trained_models = self.computer = None

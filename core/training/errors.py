@@ -119,6 +119,14 @@ def diagnose(error: BaseException, config: TrainConfig) -> Diagnosis:
     if isinstance(error, NonFiniteLoss):
         return Diagnosis("nan", f"Training stopped: {error}. Likely causes: a learning rate that is too "
                                 "high, or a broken or fp16 VAE giving NaN latents.", nonfinite_advice(error, config))
+    if type(error).__name__ in ("ResumeRefused", "StateError"):
+        return Diagnosis("resume", str(error), ("the run folder was left as it was",))
+    if type(error).__name__ == "RunFolderLost":
+        return Diagnosis("disk", f"{str(error)[:1].upper()}{str(error)[1:]}.",
+                         ("keep run folders where sync tools and disk cleaners leave them alone "
+                          "(output.output_dir)",))
+    if type(error).__name__ == "RunFolderBusy":
+        return Diagnosis("busy", str(error), ("one process trains a run folder at a time",))
     if isinstance(error, ConfigProblems):
         return Diagnosis("config", "The configuration has errors.", tuple(str(p) for p in error.problems))
     if isinstance(error, (DatasetError, BucketError)):

@@ -91,7 +91,9 @@ class SampleImage:
 
 @dataclass(frozen=True)
 class Finished:
-    reason: str  # "completed", "stopped", "cancelled"
+    # "completed", "stopped", "cancelled", or "already_complete" (a resume with nothing left
+    # to train, which changed nothing)
+    reason: str
     run_dir: str
     lora_path: str | None
     steps: int
