@@ -23,7 +23,7 @@ from core import kohya_keys as keys
 from core.config import GROUPS, DatasetParams, TrainConfig
 from core.params import FieldError, ParamSpec, PathKind, coerce_value, param_specs, range_problem, spec_for
 from core.presets import MAX_NESTING, parser_trouble, resolve_path_value, too_deep
-from core.safe_read import MiB, FileRefused, read_regular_bytes
+from core.safe_read import FileRefused, MiB, read_regular_bytes
 
 KOHYA_SS = "kohya_ss GUI JSON"
 CONFIG = "sd-scripts config TOML"

@@ -16,7 +16,7 @@ from core import kohya_keys as keys
 from core.config import Attention, Duration, LatentCache, ModelFamily
 from core.kohya_import import KOHYA_SS
 from core.params import spec_for
-from core.safe_read import KiB, FileRefused, decode_text, read_regular_bytes, size_text
+from core.safe_read import FileRefused, KiB, decode_text, read_regular_bytes, size_text
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from core.kohya_import import ImportContext

@@ -21,7 +21,8 @@ MiB = 1024 * KiB
 # Opening a FIFO without O_NONBLOCK blocks until a writer opens it, before any check of
 # the opened file can run; with it, open() returns at once and fstat() tells. No effect on
 # a regular file. (Windows has neither FIFOs nor the flag.)
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+               | getattr(os, "O_CLOEXEC", 0))
 # Control characters that no text file a person writes contains (tab, line breaks, form
 # feed and vertical tab are allowed); one of them means binary content, not text.
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f]")
@@ -38,6 +39,7 @@ class FileRefused(OSError):
     def __init__(self, path: str | os.PathLike[str], what: str, reason: str, *, missing: bool = False) -> None:
         where = f"{what}: {path}" if what else str(path)
         super().__init__(f"{where}: {reason}")
+        self.strerror = reason  # what handlers of OSError show after the file's name
         self.path = str(path)
         self.what = what
         self.reason = reason
@@ -48,12 +50,11 @@ class FileRefused(OSError):
 
 
 def size_text(size: int) -> str:
-    """A byte count as a person reads it: "412 bytes", "3.5 KiB", "2.0 MiB"."""
+    """A byte count as a person reads it: "412 bytes", "3.5 KiB", "2 MiB"."""
     if size < KiB:
         return f"{size} bytes"
-    if size < MiB:
-        return f"{size / KiB:.1f} KiB"
-    return f"{size / MiB:.1f} MiB"
+    value, unit = (size / KiB, "KiB") if size < MiB else (size / MiB, "MiB")
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def _not_regular(mode: int) -> str | None:
@@ -114,9 +115,8 @@ def read_regular_bytes(path: str | os.PathLike[str], *, limit: int, what: str = 
         # Read one byte past the limit: a file that grows after the size check is caught too.
         data = b"" if size > limit else handle.read(limit + 1)
     if size > limit or len(data) > limit:
-        shown = size_text(max(size, len(data)))
-        raise FileRefused(path, what, f"is {shown}, more than the {size_text(limit)} allowed here; "
-                                      "is it the right file?")
+        raise FileRefused(path, what, f"is {max(size, len(data)):,} bytes, more than the {size_text(limit)} "
+                                      "allowed here; is it the right file?")
     return data
 
 

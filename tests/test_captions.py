@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import codecs
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from core.captions import read_caption_file, split_tags, tag_frequency
+from core.captions import MAX_CAPTION_BYTES, read_caption_file, split_tags, tag_frequency
 
 
 def _caption(tmp_path: Path, data: bytes) -> tuple[str, str | None]:
@@ -69,3 +71,35 @@ def test_tag_frequency_counts_each_caption_once_per_tag_lowercased() -> None:
 
 def test_tag_frequency_counts_a_repeated_tag_each_time_as_sd_scripts_does() -> None:
     assert tag_frequency(["cat, cat"]) == {"cat": 2}
+
+
+# ---------------------------------------------------------------- files that are not captions
+
+def test_a_first_line_longer_than_the_cap_is_cut_there_with_a_warning(tmp_path: Path) -> None:
+    # The cut falls inside "é" (two bytes): it is dropped whole, so the text stays UTF-8.
+    data = b"x" * (MAX_CAPTION_BYTES - 1) + "é, more".encode() + b" and more" * 1000
+    caption, warning = _caption(tmp_path, data)
+    assert caption == "x" * (MAX_CAPTION_BYTES - 1)
+    assert warning == "its first line is longer than 4 MiB; only that much is read"
+
+
+def test_a_short_first_line_of_a_huge_file_is_read_without_a_warning(tmp_path: Path) -> None:
+    assert _caption(tmp_path, b"cat, sitting\n" + b"x" * (MAX_CAPTION_BYTES + 10)) == ("cat, sitting", None)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(signal, "SIGALRM"), reason="no FIFOs or alarms here")
+def test_a_fifo_named_like_a_caption_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "img.txt")
+
+    def hung(*_: object) -> None:
+        raise TimeoutError("reading the FIFO blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)  # a bound on a hang, far above the milliseconds a refusal takes
+    try:
+        with pytest.raises(OSError, match="is a named pipe") as info:
+            read_caption_file(tmp_path / "img.txt")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not isinstance(info.value, TimeoutError)

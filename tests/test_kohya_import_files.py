@@ -77,7 +77,7 @@ def test_a_prompt_file_larger_than_the_cap_is_refused(tmp_path):
     (tmp_path / "prompts.txt").write_text("a cat, sitting\n" * (MAX_PROMPT_FILE_BYTES // 15 + 1), "utf-8")
     result = import_kohya([_config(tmp_path, sample_prompts="prompts.txt")])
     reason = {u.key: u.reason for u in result.unsupported}["sample_prompts"]
-    assert "prompts.txt" in reason and "more than the 256.0 KiB allowed here" in reason
+    assert "prompts.txt" in reason and "more than the 256 KiB allowed here" in reason
     assert result.config.sampling.prompts != (tmp_path / "prompts.txt").read_text("utf-8")
 
 
