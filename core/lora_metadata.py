@@ -86,6 +86,31 @@ def tag_frequency(plan: DatasetPlan) -> dict[str, dict[str, int]]:
     return {name: count_tags(texts) for name, texts in captions.items()}
 
 
+# ss_tag_frequency is for people and web UIs browsing a LoRA's training tags. sd-scripts
+# stores every tag; one runaway caption (a 1 MB file of 120,000 "tags") then bloats every
+# saved file's header by megabytes. So it keeps, per folder, the most used tags, and no
+# "tag" longer than a sentence fragment.
+MAX_TAGS_PER_FOLDER = 1000
+MAX_TAG_CHARS = 200
+
+
+def limit_tag_frequency(frequency: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """At most MAX_TAGS_PER_FOLDER tags per folder, the most used, none over MAX_TAG_CHARS.
+
+    The shape stays sd-scripts' {folder: {tag: count}}, and the kept tags keep their order,
+    so a dataset within the limits gets exactly sd-scripts' value.
+    """
+    limited: dict[str, dict[str, int]] = {}
+    for folder, counts in frequency.items():
+        short = {tag: n for tag, n in counts.items() if len(tag) <= MAX_TAG_CHARS}
+        if len(short) > MAX_TAGS_PER_FOLDER:
+            # sorted() is stable, so among equally used tags the first seen are kept.
+            kept = set(sorted(short, key=lambda tag: -short[tag])[:MAX_TAGS_PER_FOLDER])
+            short = {tag: n for tag, n in short.items() if tag in kept}
+        limited[folder] = short
+    return limited
+
+
 def bucket_info(plan: DatasetPlan) -> dict[str, Any]:
     """ss_bucket_info: non-empty buckets under sd-scripts' bucket index, and the AR error.
 
@@ -159,7 +184,8 @@ def build_metadata(config: TrainConfig, plan: DatasetPlan, *, epoch: int, step: 
 
     ``training_finished_at`` None means "now": sd-scripts stamps every save, intermediate
     ones included. Pass ``tag_frequency_override`` (ScanResult.tag_frequency) to count
-    exactly as sd-scripts does, surplus regularisation images included.
+    exactly as sd-scripts does, surplus regularisation images included. Either way the
+    tags are limited as limit_tag_frequency says.
     """
     from core.training.optim import optimizer_description, warmup_steps
 
@@ -193,8 +219,8 @@ def build_metadata(config: TrainConfig, plan: DatasetPlan, *, epoch: int, step: 
         "ss_full_fp16": "False",
         "ss_color_aug": "False",
         "ss_bucket_info": _json(bucket_info(plan)),
-        "ss_tag_frequency": _json(tag_frequency_override if tag_frequency_override is not None
-                                  else tag_frequency(plan)),
+        "ss_tag_frequency": _json(limit_tag_frequency(
+            tag_frequency_override if tag_frequency_override is not None else tag_frequency(plan))),
         "ss_dataset_dirs": _json(dataset_dirs(plan, reg=False)),
         "ss_reg_dataset_dirs": _json(dataset_dirs(plan, reg=True)),
     }

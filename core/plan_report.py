@@ -41,6 +41,30 @@ def header_checked(plan: DatasetPlan) -> int:
     return len({image.record.path for image in plan.images})
 
 
+# A caption past this many characters is far beyond the 75 tokens (a few hundred
+# characters) that reach the text encoder: most likely a mistake, and a slow one.
+LONG_CAPTION_CHARS = 2000
+
+
+def long_caption_warning(plan: DatasetPlan) -> str | None:
+    """The warning for captions longer than LONG_CAPTION_CHARS, naming their files."""
+    long = [(len(i.record.caption), i) for i in plan.images
+            if len(i.record.caption) > LONG_CAPTION_CHARS and i.record.caption_source == "file"]
+    if not long:
+        return None
+    long.sort(key=lambda pair: -pair[0])
+    names = []
+    for length, image in long:
+        extension = plan.subsets[image.record.subset_index].params.caption_extension
+        extension = extension if extension.startswith(".") else "." + extension
+        names.append(f"{image.record.path.stem}{extension} ({length:,} characters)")
+    return (f"{len(long)} caption(s) are longer than {LONG_CAPTION_CHARS:,} characters: {_listing(names)}. "
+            "Only the first 75 tokens of a caption (a few hundred characters) reach the text encoder, so "
+            "the rest never trains; yet the whole text is tokenised (and shuffled or dropped tag by tag, "
+            "if those options are on) every time the image is drawn, which slows the steps. Shorten these "
+            "captions, or check that they are the right files")
+
+
 def plan_warnings(plan: DatasetPlan) -> tuple[list[str], list[str]]:
     """(warnings, notes) for a plan."""
     warnings: list[str] = []
@@ -111,6 +135,9 @@ def plan_warnings(plan: DatasetPlan) -> tuple[list[str], list[str]]:
     if worst_fraction > 0:
         notes.append(f"cropping removes {mean_crop:.1%} of each image's pixels on average "
                      f"(most: {_name(worst)}, {worst_fraction:.1%})")
+    long_captions = long_caption_warning(plan)
+    if long_captions:
+        warnings.append(long_captions)
     if worst_fraction > 0.2:
         warnings.append(f"{_name(worst)} loses {worst_fraction:.0%} of its pixels to cropping; "
                         "check that the subject stays in frame")
