@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from core.atomic import write_text_atomic
+from core.atomic import write_bytes_atomic, write_text_atomic
 from core.config import TrainConfig
 from core.paths import default_runs_dir
 from core.presets import dumps_preset
@@ -132,36 +132,94 @@ def drop_torn_tail(path: Path) -> int:
         return end - keep
 
 
-def trim_metrics(path: Path, last_step: int) -> int:
-    """Keep the records up to ``last_step``: a run resumed from the state saved at that step
-    trains the later steps again, and one curve must not hold two versions of them (a
-    killed run had recorded some). Rewritten atomically; returns the records dropped."""
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for record in read_metrics(path):
-        if isinstance(record.get("step"), int) and record["step"] > last_step:
-            dropped += 1
-        else:
-            kept.append(json.dumps(record, ensure_ascii=False) + "\n")
-    write_text_atomic(path, "".join(kept))
-    return dropped
+@dataclass
+class DamagedLines:
+    """The complete lines of a metrics file that hold no record: not UTF-8 (a flipped byte, a
+    line cut inside a multi-byte character and glued to the next), not JSON, or not a JSON
+    object. Readers skip them and count them here, so a person can be told that a curve is
+    missing points instead of the whole file failing to read."""
+
+    count: int = 0
+    first_line: int | None = None  # 1-based, in the file as it was read
+
+    def add(self, line_number: int) -> None:
+        self.count += 1
+        if self.first_line is None:
+            self.first_line = line_number
+
+    def describe(self, name: str = METRICS) -> str | None:
+        """E.g. "metrics.jsonl: 2 damaged lines were skipped (the first is line 17); ..."; None
+        when there are none."""
+        if not self.count:
+            return None
+        lines = "line was" if self.count == 1 else "lines were"
+        where = f" (the first is line {self.first_line})" if self.first_line is not None else ""
+        return f"{name}: {self.count} damaged {lines} skipped{where}; the other records are shown"
 
 
-def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete record of a metrics file; a torn last line is ignored."""
+def parse_metrics_line(line: bytes) -> dict[str, Any] | None:
+    """The record one line of a metrics file holds, or None when the line is damaged.
+    Decoded on its own, strictly, so one bad byte costs one line, not the file."""
     try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115
+        record = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _metrics_lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | None]]:
+    """(line number, the line's bytes with its newline, its record or None) for every
+    complete line; the last line without a newline (being written, or cut when the process
+    died) is left out. A missing file has no lines; other read errors are raised."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - bytes: a bad byte must not fail the whole file
     except FileNotFoundError:
         return
     with handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                break  # written when the process died: incomplete
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n"):
+                break
+            yield number, line, parse_metrics_line(line)  # a blank line reads as None too
+
+
+def trim_metrics(path: Path, last_step: int, damaged: DamagedLines | None = None) -> int:
+    """Keep the records up to ``last_step``: a run resumed from the state saved at that step
+    trains the later steps again, and one curve must not hold two versions of them (a
+    killed run had recorded some). The lines kept are kept byte for byte, damaged ones
+    included (their step cannot be told, and nothing is thrown away unseen; readers go on
+    skipping and counting them); the torn last line goes. Rewritten atomically; returns
+    the records dropped."""
+    if not path.is_file():
+        return 0
+    kept: list[bytes] = []
+    dropped = 0
+    for number, line, record in _metrics_lines(path):
+        if record is None:
+            if damaged is not None and line.strip():
+                damaged.add(number)
+            kept.append(line)
+        elif (step := _record_step(record)) is not None and step > last_step:
+            dropped += 1
+        else:
+            kept.append(line)
+    write_bytes_atomic(path, b"".join(kept))
+    return dropped
+
+
+def _record_step(record: dict[str, Any]) -> int | None:
+    step = record.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def read_metrics(path: Path, damaged: DamagedLines | None = None) -> Iterator[dict[str, Any]]:
+    """Every complete record of a metrics file, as JSON objects. A torn last line is
+    ignored; a damaged complete line is skipped and counted in ``damaged`` (blank lines
+    are skipped without counting)."""
+    for number, line, record in _metrics_lines(path):
+        if record is not None:
+            yield record
+        elif damaged is not None and line.strip():
+            damaged.add(number)
 
 
 @dataclass
