@@ -40,11 +40,17 @@ def _gather(paths: list[Path]) -> tuple[list[RunRecord], list[str]]:
     records: list[RunRecord] = []
     seen: set[Path] = set()
     for path in paths:
-        path = path.expanduser()
-        if not path.exists():
+        try:
+            path = path.expanduser()
+            exists, is_dir = path.exists(), path.is_dir()
+        except (OSError, RuntimeError) as error:  # a name too long, an unknown ~user
+            errors.append(f"{path}: cannot be looked at ({getattr(error, 'strerror', None) or error}); "
+                          "give a run folder or a folder of runs")
+            continue
+        if not exists:
             errors.append(f"{path}: no such folder")
             continue
-        if not path.is_dir():
+        if not is_dir:
             errors.append(f"{path}: not a folder; give a run folder or a folder of runs")
             continue
         found = discover_runs([path])
@@ -60,6 +66,7 @@ def _gather(paths: list[Path]) -> tuple[list[RunRecord], list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     from core.compare import comparison_table, export_comparison, table_to_text
+    from core.run_index import load_series
 
     records, errors = _gather(list(args.paths))
     for error in errors:
@@ -68,20 +75,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     table = comparison_table(records)
     written: list[Path] = []
+    notes = {str(r.path): r.problem for r in records if r.problem}
     if args.out is not None:
         if args.out.exists() and not args.out.is_dir():
             print(f"lorakiln compare: {args.out}: exists and is not a folder; choose another --out",
                   file=sys.stderr)
             return 2
+        series = [load_series(r.path) for r in records]  # read here too, to tell of damaged metrics
+        for record, curves in zip(records, series):
+            if curves.note:
+                notes[str(record.path)] = record.problem_with(curves.note)
         try:
-            written = export_comparison(records, args.out)
+            written = export_comparison(records, args.out, series)
         except OSError as err:
             print(f"lorakiln compare: cannot write into {args.out}: {err.strerror or err}", file=sys.stderr)
             return 1
     if args.json:
         doc = {"columns": table.columns, "rows": [[_json_value(v) for v in row] for row in table.rows],
                "varied": table.varied, "runs": [str(r.path) for r in records],
-               "problems": {str(r.path): r.problem for r in records if r.problem},
+               "problems": notes,
                "written": [str(p) for p in written]}
         print(json.dumps(doc, indent=1, ensure_ascii=False))
         return 0
@@ -93,9 +105,8 @@ def run(args: argparse.Namespace) -> int:
         print("settings that differ: " + ", ".join(table.varied))
     else:
         print("the runs share every setting (output name and folder aside)")
-    for record in records:
-        if record.problem:
-            print(f"note: {record.path}: {record.problem}")
+    for path, note in notes.items():
+        print(f"note: {path}: {note}")
     if written:
         print(f"wrote {len(written)} files to {args.out}: " + ", ".join(p.name for p in written))
     return 0

@@ -258,14 +258,16 @@ def _memory_label(series: Sequence[RunSeries]) -> str:
     return "VRAM reserved (MB)" if kinds == {"cuda"} else "RAM in use (MB)" if kinds == {"rss"} else "memory (MB)"
 
 
-def export_comparison(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
+def export_comparison(records: Sequence[RunRecord], out_dir: Path,
+                      series: Sequence[RunSeries] | None = None) -> list[Path]:
     """Write comparison.csv, comparison.md and the plots into ``out_dir``; returns the files.
-    Each run keeps its colour (by position in ``records``) in every plot."""
+    Each run keeps its colour (by position in ``records``) in every plot. ``series`` are the
+    runs' curves when the caller has read them already (to report their notes), one per run."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = comparison_table(records)
     labels = [row[0] for row in table.rows]
-    series = [load_series(r.path) for r in records]
+    series = list(series) if series is not None else [load_series(r.path) for r in records]
     colours = [run_colour(i) for i in range(len(records))]
     written: list[Path] = []
     csv_path = out_dir / "comparison.csv"
@@ -296,13 +298,13 @@ def export_comparison(records: Sequence[RunRecord], out_dir: Path) -> list[Path]
     for name, image in plots.items():
         written.append(_png(out_dir / name, image))
     md_path = out_dir / "comparison.md"
-    write_text_atomic(md_path, _markdown_report(records, table, labels, list(plots)))
+    write_text_atomic(md_path, _markdown_report(records, series, table, labels, list(plots)))
     written.insert(1, md_path)
     return written
 
 
-def _markdown_report(records: Sequence[RunRecord], table: ComparisonTable, labels: list[str],
-                     plots: list[str]) -> str:
+def _markdown_report(records: Sequence[RunRecord], series: Sequence[RunSeries], table: ComparisonTable,
+                     labels: list[str], plots: list[str]) -> str:
     lines = [table_to_markdown(table).rstrip(), ""]
     if len(records) < 2:
         lines.append("Only one run: nothing to compare its settings with.")
@@ -311,8 +313,9 @@ def _markdown_report(records: Sequence[RunRecord], table: ComparisonTable, label
     else:
         lines.append("The runs share every setting (output name and folder aside).")
     lines += ["", "## Runs", ""]
-    for label, record in zip(labels, records):
-        note = f"; {record.problem}" if record.problem else ""
+    for label, record, curves in zip(labels, records, series):
+        problem = record.problem_with(curves.note)
+        note = f"; {problem}" if problem else ""
         note += f"; failed: {record.error}" if record.error and record.status == "failed" else ""
         lines.append(f"- **{label}**: `{record.path}` ({record.status}{note})")
     lines += ["", "## Plots", ""]

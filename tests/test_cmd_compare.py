@@ -82,3 +82,39 @@ def test_out_must_be_a_folder(capsys, tmp_path):
     assert main(["compare", str(runs), "--out", str(tmp_path / "taken")]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_damaged_and_odd_runs_are_listed_beside_the_good_ones(capsys, tmp_path):
+    import socket
+
+    runs = _study(tmp_path)
+    odd = runs / "20240102-120000-cat"
+    summary = json.loads((odd / "summary.json").read_text())
+    summary.update(status="running", runner={"pid": -1, "host": socket.gethostname(), "started": 0.0},
+                   lora_path="/loras/" + "l" * 300 + ".safetensors")
+    (odd / "summary.json").write_text(json.dumps(summary))
+    with open(runs / "20240103-120000-cat" / "metrics.jsonl", "ab") as handle:
+        handle.write('{"type": "step", "step": 5, "prompt": "ñandú"}'.encode()[:-4])  # cut inside "ú"
+    assert main(["compare", str(runs), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["rows"]) == 3 and doc["problems"] == {}
+    status = doc["columns"].index("status")
+    assert [row[status] for row in doc["rows"]] == ["completed", "running", "completed"]
+
+
+def test_out_notes_the_damaged_metrics_lines_of_a_run(capsys, tmp_path):
+    runs = _study(tmp_path)
+    damaged = runs / "20240101-120000-cat"
+    with open(damaged / "metrics.jsonl", "ab") as handle:
+        handle.write(b'{"type": "step", "step": 5, "loss": 0.1, "prompt": "\xe7\x94"}\n')
+        handle.write(b'{"type": "step", "step": 6, "loss": 0.1}\n')
+    assert main(["compare", str(runs), "--out", str(tmp_path / "study")]) == 0
+    out = capsys.readouterr().out
+    assert (f"note: {damaged}: metrics.jsonl: 1 damaged line was skipped (the first is line 6); "
+            "the other records are shown") in out
+    assert out.count("note:") == 1
+
+
+def test_a_path_too_long_to_look_at_is_an_error_not_a_crash(capsys, tmp_path):
+    assert main(["compare", str(tmp_path / ("x" * 300))]) == 2
+    assert "cannot be looked at (File name too long)" in capsys.readouterr().err

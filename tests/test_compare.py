@@ -186,3 +186,65 @@ def test_export_leaves_out_dlr_when_no_run_has_it_and_lists_problems(tmp_path):
     assert "dlr_by_step.png" not in names and "lr_by_step.png" in names
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "incomplete; summary.json is missing" in md
+
+
+def _damage_metrics(run, *, torn: bool = True) -> None:
+    """An invalid byte in the middle of the metrics file and, optionally, a last line cut
+    inside a multi-byte character (a non-ASCII prompt)."""
+    path = run / "metrics.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    lines.insert(2, b'{"type": "step", "step": 2, "prompt": "\xff"}')
+    data = b"\n".join(lines)
+    if torn:
+        data += '{"type": "sample", "prompt": "画像"}'.encode()[:-4]
+    path.write_bytes(data)
+
+
+def test_export_reads_past_damaged_metrics_and_names_them(tmp_path):
+    records = [load_run(write_run(tmp_path / "runs", "a", make_config("a", 512))),
+               load_run(write_run(tmp_path / "runs", "b", make_config("b", 768)))]
+    _damage_metrics(records[1].path)
+    names = [p.name for p in export_comparison(records, tmp_path / "out")]
+    assert "loss_by_step.png" in names
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert ("(completed; metrics.jsonl: 1 damaged line was skipped (the first is line 3); "
+            "the other records are shown)") in md
+    assert md.count("damaged line") == 1
+
+
+def test_the_curves_full_count_replaces_the_lists_partial_one(tmp_path):
+    from core.processes import this_process
+
+    run = write_run(tmp_path / "runs", "a", make_config("a", 512), steps=4)
+    _damage_metrics(run)
+    with open(run / "metrics.jsonl", "r+b") as handle:  # a second damaged line, at the very end
+        handle.truncate(handle.seek(0, 2) - len('{"type": "sample", "prompt": "画像"}'.encode()) + 4)
+        handle.write(b"\x00\xff\n")
+    summary = (run / "summary.json").read_text().replace('"completed"', '"running"')
+    (run / "summary.json").write_text(summary.replace('"runner": null', f'"runner": {{"pid": -1, "host": '
+                                                                       f'"{this_process()["host"]}", "started": 0}}'))
+    record = load_run(run)
+    assert record.status == "running" and "2 damaged lines were skipped near the end" in record.problem
+    export_comparison([record], tmp_path / "out")
+    md = (tmp_path / "out" / "comparison.md").read_text()
+    assert "metrics.jsonl: 2 damaged lines were skipped (the first is line 3)" in md
+    assert "near the end" not in md
+
+
+def test_a_table_of_runs_with_absurd_summaries_still_reads(tmp_path):
+    import json
+
+    records = []
+    for i, value in enumerate([10**400, -1, 1e308, "x", [1], {"a": None}]):
+        run = write_run(tmp_path / "runs", f"r{i}", make_config(f"r{i}", 512 + 64 * i))
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update({key: value for key in ("steps", "wall_seconds", "peak_vram_mb", "final_loss",
+                                               "mean_last_epoch_loss", "epochs", "started_at")})
+        summary.update(lora_path="z" * 300, memory_kind=value if i % 2 else "cuda")
+        (run / "summary.json").write_text(json.dumps(summary))
+        records.append(load_run(run))
+    assert all(r.problem is None for r in records)
+    table = comparison_table(records)
+    for render in (table_to_text, table_to_csv, table_to_markdown):
+        assert render(table).count("\n") >= len(records)
+    assert export_comparison(records, tmp_path / "out")

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,20 +136,47 @@ def _mark_running(run: Path, runner: dict | None) -> None:
     (run / "summary.json").write_text(json.dumps(summary))
 
 
-def test_a_run_whose_process_is_gone_is_interrupted_not_running(tmp_path):
+def _ended_process_stamp() -> dict:
     import subprocess
     import sys
 
     from core.processes import this_process
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    stamp = {"pid": ended.pid, "host": this_process()["host"], "started": 0.0}
     ended.wait()
+    return {"pid": ended.pid, "host": this_process()["host"], "started": 0.0}
+
+
+@pytest.mark.parametrize("state_file", ["step-00000003.pt", "step-00000003.safetensors"])
+def test_a_killed_run_with_a_saved_state_is_interrupted_and_resumable(tmp_path, state_file):
     run = write_run(tmp_path, "killed", steps=5)
-    _mark_running(run, stamp)
+    _mark_running(run, _ended_process_stamp())
+    (run / "state").mkdir()
+    (run / "state" / state_file).write_bytes(b"state")
     record = load_run(run)
     assert record.status == "interrupted" and record.steps == 5
     assert f'lorakiln train --resume "{run}"' in record.problem
+    assert "from the state saved at step 3" in record.problem
+
+
+def test_a_killed_run_without_a_saved_state_is_not_advised_to_resume(tmp_path):
+    run = write_run(tmp_path, "killed", steps=5)
+    _mark_running(run, _ended_process_stamp())
+    (run / "state").mkdir()  # made, but the process died before its first save
+    (run / "state" / ".step-00000003.pt.a1b2c3d4.tmp").write_bytes(b"half")  # an unfinished save
+    record = load_run(run)
+    assert record.status == "interrupted"
+    assert "--resume" not in record.problem and "cannot be resumed" in record.problem
+    assert f'lorakiln train "{run / "config.toml"}"' in record.problem
+
+
+def test_a_killed_run_without_state_or_settings_says_it_cannot_be_continued(tmp_path):
+    run = write_run(tmp_path, "killed", steps=5)
+    _mark_running(run, _ended_process_stamp())
+    (run / "config.toml").write_text("[network\n")
+    record = load_run(run)
+    assert record.status == "interrupted" and "--resume" not in record.problem
+    assert "its settings cannot be read" in record.problem and "config.toml" in record.problem
 
 
 def test_a_run_whose_process_lives_or_is_unknown_stays_running(tmp_path):
@@ -255,6 +283,135 @@ def test_series_ignores_a_torn_last_line_and_a_missing_file(tmp_path):
     (run / "metrics.jsonl").unlink()
     empty = load_series(run)
     assert empty.step.size == 0 and empty.loss.size == 0 and empty.lr == {} and empty.epoch.size == 0
+
+
+# ---------------------------------------------------------------- damaged runs
+
+
+def _edit_summary(run: Path, **changes) -> None:
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(changes)
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_running_run_with_pid_minus_one_is_listed_beside_the_others(tmp_path):
+    import socket
+
+    good = write_run(tmp_path / "out", "good", started=2_000.0)
+    odd = write_run(tmp_path / "out", "odd", started=1_000.0)
+    _mark_running(odd, {"pid": -1, "host": socket.gethostname(), "started": 0.0})
+    records = discover_runs([tmp_path / "out"])
+    assert [(r.folder, r.status) for r in records] == [("good", "completed"), ("odd", "running")]
+    assert records[0].problem is None and records[0].path == good
+
+
+def test_a_lora_path_too_long_for_the_file_system_is_not_fatal(tmp_path):
+    run = write_run(tmp_path, "r")
+    _edit_summary(run, lora_path="/models/" + "x" * 300 + ".safetensors")  # a name over 255 bytes
+    record = load_run(run)
+    assert record.problem is None and record.status == "completed"
+    assert record.lora_path == run / "cat.safetensors"  # found under the run's own name instead
+    (run / "cat.safetensors").unlink()
+    assert load_run(run).lora_path is None
+
+
+@pytest.mark.parametrize("lora_path", ["a\x00b.safetensors", "x" * 300, "/" + "y/" * 3000, ".", "", 5, None,
+                                       ["a"], {"p": 1}], ids=lambda value: repr(value)[:24])
+def test_a_lora_path_of_any_shape_is_read_or_left_out(tmp_path, lora_path):
+    run = write_run(tmp_path, "r")
+    (run / "cat.safetensors").unlink()
+    _edit_summary(run, lora_path=lora_path)
+    record = load_run(run)
+    assert record.lora_path is None and record.problem is None
+
+
+@pytest.mark.parametrize("value", [-1, -(10**30), 10**400, 1e308, "12", None, True, [4], {"n": 4}],
+                         ids=lambda value: repr(value)[:24])
+def test_summary_numbers_of_the_wrong_type_or_size_read_as_unknown(tmp_path, value):
+    run = write_run(tmp_path, "r")
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("steps", "total_steps", "epochs", "total_epochs", "skipped_steps", "wall_seconds",
+                "peak_vram_mb", "final_loss", "mean_last_epoch_loss", "started_at"):
+        summary[key] = value
+    (run / "summary.json").write_text(json.dumps(summary).replace("1e+308", "1e999"))  # JSON's infinity
+    record = load_run(run)
+    assert record.problem is None and record.status == "completed"
+    for count in (record.steps, record.epochs, record.skipped_steps):
+        assert isinstance(count, int) and 0 <= count < 2**63
+    assert record.wall_seconds is None or math.isfinite(record.wall_seconds)
+    assert record.started_at is None or time.localtime(record.started_at)
+
+
+def test_a_summary_of_the_wrong_shape_names_the_file(tmp_path):
+    run = write_run(tmp_path, "r")
+    for text in ("[1, 2]", '"completed"', "null", "1e999"):
+        (run / "summary.json").write_text(text)
+        record = load_run(run)
+        assert record.status == "incomplete" and "summary.json" in record.problem
+
+
+def test_a_summary_nested_too_deeply_to_read_is_named(tmp_path):
+    run = write_run(tmp_path, "r")
+    (run / "summary.json").write_text("[" * 200_000 + "]" * 200_000)
+    record = load_run(run)
+    assert record.status == "incomplete" and "summary.json" in record.problem and "nested" in record.problem
+
+
+def test_a_folder_under_an_unknown_user_is_no_runs_not_an_error():
+    assert discover_runs([Path("~no-such-user-of-lorakiln/runs")]) == []
+
+
+def test_an_interrupted_run_reads_its_progress_past_damaged_metrics_and_says_so(tmp_path):
+    metrics = [step_record(s) for s in (1, 2, 3)]
+    run = write_run(tmp_path, "r", metrics=metrics)
+    with open(run / "metrics.jsonl", "ab") as handle:
+        handle.write(b'{"type": "step", "step": 4, "prompt": "\xff"}\n')  # a flipped byte
+        handle.write(json.dumps(step_record(5)).encode() + b"\n")
+        handle.write('{"type": "step", "step": 6, "prompt": "画'.encode()[:-1])  # cut inside a character
+    _mark_running(run, _ended_process_stamp())
+    _edit_summary(run, steps=0, final_loss=None)
+    record = load_run(run)
+    assert record.status == "interrupted" and record.steps == 5
+    assert "1 damaged line was skipped near the end of metrics.jsonl" in record.problem
+    assert record.metrics_note in record.problem
+
+
+def test_series_skip_and_count_damaged_lines(tmp_path):
+    run = write_run(tmp_path, "r", steps=2)
+    with open(run / "metrics.jsonl", "ab") as handle:
+        handle.write(b'{"type": "step", "step": 3, "loss": 0.1, "prompt": "\xe7\x94"}\n')
+        handle.write(b"7\n")
+        handle.write(json.dumps(step_record(4, 0.4)).encode() + b"\n")
+        handle.write('{"type": "step", "step": 5, "prompt": "画'.encode()[:-2])
+    series = load_series(run)
+    assert series.step.tolist() == [1, 2, 4] and series.loss[-1] == 0.4
+    assert series.damaged_lines == 2
+    assert series.note == ("metrics.jsonl: 2 damaged lines were skipped (the first is line 4); "
+                           "the other records are shown")
+    assert load_series(write_run(tmp_path, "clean")).note is None
+
+
+@pytest.mark.parametrize("record", [
+    {"type": "step", "step": 2**70, "loss": 0.1}, {"type": "step", "step": -3}, {"type": "step", "step": True},
+    {"type": "step", "step": 9, "loss": 10**400, "lr": "fast", "dlr": [1, 2], "memory_kind": ["cuda"]},
+    {"type": "step", "step": 9, "lr": {"unet": "1e-4", "te": [1]}, "dlr": {"unet": None}, "memory_reserved_mb": {}},
+    {"type": "epoch", "epoch": 10**30, "step": 1}, {"type": "epoch", "epoch": 2, "step": 2**80, "mean_loss": "x"},
+    {"type": ["step"], "step": 1}, {"type": None}, {},
+], ids=lambda value: json.dumps(value)[:40])
+def test_series_leave_out_values_of_the_wrong_type_or_size(tmp_path, record):
+    metrics = [step_record(1, 0.5), record, step_record(10, 0.25)]
+    series = load_series(write_run(tmp_path, "r", metrics=metrics))
+    assert series.step[0] == 1 and series.step[-1] == 10 and series.loss[-1] == 0.25
+    assert series.lr["unet"][0].tolist()[-1] == 10 and series.memory_kind == "cuda"
+    assert series.damaged_lines == 0 and series.note is None
+
+
+def test_an_unreadable_metrics_file_gives_empty_curves_with_a_note(tmp_path):
+    run = write_run(tmp_path, "r")
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()  # read as a file, it fails like an unreadable one
+    series = load_series(run)
+    assert series.step.size == 0 and "metrics.jsonl cannot be read" in series.note
 
 
 @pytest.mark.slow
