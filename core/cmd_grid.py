@@ -111,8 +111,14 @@ def _prompts(args: argparse.Namespace, defaults: SamplingParams) -> list[SampleP
     prompts: list[SamplePrompt] = []
     if args.prompts_file:
         path = Path(args.prompts_file).expanduser()
+        from core.safe_read import MiB, FileRefused, read_text_file
+
         try:
-            prompts += parse_prompts(path.read_text(encoding="utf-8-sig"), defaults)
+            # Only a regular file of a prompt list's size: /dev/zero or a FIFO must not hang the grid.
+            prompts += parse_prompts(read_text_file(path, limit=MiB, what="--prompts-file"),
+                                     defaults)
+        except FileRefused as err:
+            raise GridError(str(err)) from None
         except OSError as err:
             raise GridError(f"{path}: cannot read the prompts file ({err.strerror or err})") from None
         except UnicodeDecodeError:

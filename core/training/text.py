@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 
 
+# Characters kept per token the tokenizer can keep: no CLIP token is this long, so what
+# trains is unchanged, but a runaway caption (a megabyte of tags) is not tokenised whole
+# every time its image is drawn.
+CHARACTERS_PER_TOKEN = 64
+
+
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:  # noqa: ANN001 - CLIPTokenizer
-    return tokenizer(captions, padding="max_length", truncation=True,
+    limit = tokenizer.model_max_length * CHARACTERS_PER_TOKEN
+    return tokenizer([caption[:limit] for caption in captions], padding="max_length", truncation=True,
                      max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
 
 
