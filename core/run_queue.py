@@ -31,6 +31,7 @@ from core.paths import user_data_dir
 from core.presets import PresetError, dumps_preset, loads_preset
 from core.processes import ALIVE, process_state, this_process
 from core.sweep import SweepSpec, sweep_configs, write_sweep_record
+from core.training.checkpoint import how_to_continue
 from core.training.control import Control
 from core.training.events import Event, Failed, Finished, MultiSink, RunStarted, Sink
 
@@ -200,7 +201,7 @@ class RunQueue:
             before = self._document() if self._seen is not None else None
             for item in self._left_by_ended_process():  # its run folder can be resumed
                 item.status, item.claimed_by = "interrupted", None
-                item.message = "LoRA Kiln ended while this run was training; resume its run folder to continue"
+                item.message = f"LoRA Kiln ended while this run was training; {how_to_continue(item.run_dir)}"
             yield
             if self._document() != before and (self._seen is not None or self.items or self.sweeps):
                 self._save()
@@ -458,7 +459,11 @@ def _run_item(queue: RunQueue, item: QueueItem, sink_factory: Callable[[QueueIte
         queue.mark(item.id, "failed", message=f"{type(err).__name__}: {err}")
         return "failed"
     except BaseException:  # Ctrl+C or exit in the middle of a run: resumable, not failed
-        queue.mark(item.id, "interrupted", message="interrupted while training; resume its run folder to continue")
+        try:
+            run_dir = queue.get(item.id).run_dir
+        except QueueError:
+            run_dir = item.run_dir
+        queue.mark(item.id, "interrupted", message=f"interrupted while training; {how_to_continue(run_dir)}")
         raise
     if isinstance(result, Failed):
         queue.mark(item.id, "failed", run_dir=result.run_dir, message=result.summary)

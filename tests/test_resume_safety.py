@@ -371,3 +371,16 @@ def test_a_run_folder_that_cannot_be_created_again_stops_the_run_saying_so(tmp_p
     assert "was deleted during training (at step 3)" in result.summary
     assert "could not be created again" in result.summary and "could not be saved" in result.summary
     assert result.log_path is None and result.last_checkpoint is None  # nothing that no longer exists
+
+
+# ---------------------------------------------------------------- advice for a run that ended early
+
+def test_the_advice_for_an_ended_run_resumes_only_from_a_saved_state(tmp_path):
+    from core.training.checkpoint import how_to_continue
+
+    run = trained_run(tmp_path / "with", steps=2)
+    assert f'lorakiln train --resume "{run}"' in how_to_continue(run) and "step 2" in how_to_continue(run)
+    bare = trained_run(tmp_path / "without", steps=2, save_state=False)
+    advice = how_to_continue(bare)
+    assert "--resume" not in advice and "cannot be resumed" in advice and str(bare / "config.toml") in advice
+    assert "--resume" not in how_to_continue(None) and "--resume" not in how_to_continue("x" * 5000)

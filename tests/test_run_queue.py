@@ -120,7 +120,8 @@ def test_an_item_left_running_by_a_dead_process_becomes_interrupted(tmp_path, ba
     queue.path.write_text(json.dumps(document))
     again = RunQueue.load(queue.path)
     assert (again.items[0].status, again.items[0].run_dir) == ("interrupted", str(tmp_path / "run"))
-    assert "resume" in again.items[0].message
+    # The run folder saved no state: resuming is not what to do.
+    assert "--resume" not in again.items[0].message and "cannot be resumed" in again.items[0].message
     saved = _file(again)
     assert saved["items"][0]["status"] == "interrupted" and saved["items"][0]["claimed_by"] is None
     assert saved["runner"] is None
@@ -431,3 +432,17 @@ def test_queue_command_runs_the_items(tmp_path, capsys, monkeypatch, first, code
     assert signal.getsignal(signal.SIGINT) is handler_before
     printed = capsys.readouterr().out
     assert f"one: {statuses[0]}" in printed
+
+
+def test_an_interrupted_item_whose_run_saved_a_state_is_advised_to_resume_from_it(tmp_path, base):
+    queue = RunQueue.load(tmp_path / "q.json")
+    item = queue.add(base)
+    run = tmp_path / "run"
+    (run / "state").mkdir(parents=True)
+    (run / "state" / "step-00000003.safetensors").write_bytes(b"")
+    queue.mark(item.id, "running", run_dir=str(run))
+    document = _file(queue)
+    document["items"][0]["claimed_by"] = _dead_process_stamp()
+    queue.path.write_text(json.dumps(document))
+    message = RunQueue.load(queue.path).items[0].message
+    assert f'lorakiln train --resume "{run}"' in message and "step 3" in message

@@ -13,7 +13,7 @@ import torch
 
 from core.atomic import remove_temporaries, write_bytes_atomic
 from core.config import SavePrecision
-from core.runs import METRICS, trim_metrics
+from core.runs import METRICS, DamagedLines, trim_metrics
 from core.training.state_file import StateFileError, read_state_file, write_state_bytes
 
 SAVE_DTYPES = {SavePrecision.FLOAT: torch.float32, SavePrecision.FP16: torch.float16,
@@ -106,6 +106,21 @@ def latest_state(folder: Path) -> Path | None:
     return candidates[-1] if candidates else None
 
 
+def how_to_continue(run_dir: str | Path | None) -> str:
+    """What a person can do with a run that ended early: resume it when it saved a state,
+    otherwise train its configuration again."""
+    try:
+        state = latest_state(Path(run_dir) / STATE_DIR) if run_dir else None
+    except (OSError, ValueError):
+        state = None
+    if state is not None:
+        return f'resume it from step {state_step(state)}: lorakiln train --resume "{run_dir}"'
+    if run_dir:
+        return (f'it saved no training state, so it cannot be resumed: train it again with '
+                f'lorakiln train "{Path(run_dir) / "config.toml"}" (turn on output.save_state to make runs resumable)')
+    return "it saved nothing: add it to the queue again"
+
+
 def state_step(path: Path) -> int:
     """The step a state file was saved at, from its name (step-00000500.safetensors)."""
     match = _STATE_FILE.match(path.name)
@@ -192,7 +207,10 @@ def tidy_for_resume(run_dir: Path) -> list[str]:
             for path in remove_temporaries(folder)]
     state = latest_state(run_dir / STATE_DIR)
     if state is not None:
-        dropped = trim_metrics(run_dir / METRICS, state_step(state))
+        damaged = DamagedLines()
+        dropped = trim_metrics(run_dir / METRICS, state_step(state), damaged)
         if dropped:
             done.append(f"dropped {dropped} metrics records after step {state_step(state)} (trained again now)")
+        if damaged.count:
+            done.append(f"{damaged.describe()} (kept as they were)")
     return done
