@@ -118,7 +118,7 @@ def _prompts(args: argparse.Namespace, defaults: SamplingParams) -> list[SampleP
             prompts += parse_prompts(read_text_file(path, limit=MiB, what="--prompts-file"),
                                      defaults)
         except FileRefused as err:
-            raise GridError(str(err)) from None
+            raise GridError(f"{path}: cannot read the prompts file ({err.reason})") from None
         except OSError as err:
             raise GridError(f"{path}: cannot read the prompts file ({err.strerror or err})") from None
         except UnicodeDecodeError:
