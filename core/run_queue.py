@@ -31,7 +31,6 @@ from core.paths import user_data_dir
 from core.presets import PresetError, dumps_preset, loads_preset
 from core.processes import ALIVE, process_state, this_process
 from core.sweep import SweepSpec, sweep_configs, write_sweep_record
-from core.training.checkpoint import how_to_continue
 from core.training.control import Control
 from core.training.events import Event, Failed, Finished, MultiSink, RunStarted, Sink
 
@@ -65,6 +64,12 @@ class QueueItem:
     added_at: float
     # The process running the item (core.processes stamp) while it is "running", else None.
     claimed_by: dict[str, Any] | None = None
+
+
+def how_to_continue(run_dir: str | None) -> str:
+    from core.training.checkpoint import how_to_continue as advice  # torch: not at import (lorakiln --help)
+
+    return advice(run_dir)
 
 
 def _item_from_json(data: Any, runner: Any) -> QueueItem:
