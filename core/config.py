@@ -231,8 +231,8 @@ class NetworkParams:
 class OptimizerParams:
     type: OptimizerType = param(
         OptimizerType.ADAMW8BIT, label="Optimizer", kohya="optimizer_type",
-        help="AdamW8bit needs a CUDA GPU. Prodigy and DAdaptAdam find their own step size: "
-             "set the learning rate to 1.0 for them.")
+        help="AdamW8bit keeps the optimizer state in 8 bits (bitsandbytes), saving memory. Prodigy and "
+             "DAdaptAdam find their own step size: set the learning rate to 1.0 for them.")
     learning_rate: float = param(
         1e-4, label="Learning rate", minimum=0.0, maximum=10.0, kohya="learning_rate",
         help="Base learning rate; ~1.0 for Prodigy and DAdaptAdam.")

@@ -18,6 +18,7 @@ from core.config import (DEMO_MODEL, GROUPS, Duration, LatentCache, ModelFamily,
                          OptimizerType, SavePrecision, Scheduler, TrainConfig)
 from core.models_files import SINGLE_FILE_SUFFIXES, ModelLoadError
 from core.models_load import check_base_model
+from core.optimizer_support import unavailable_message
 from core.paths import default_runs_dir
 from core.params import param_specs, range_problem
 from core.plan import bucket_settings
@@ -252,6 +253,9 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
         add("network.alpha", f"alpha {net.alpha:g} above dim {net.dim} amplifies the LoRA "
                              f"{net.alpha / net.dim:g}x; this is rarely intended", WARNING)
 
+    missing = unavailable_message(opt.type)
+    if missing:
+        add("optimizer.type", missing)
     if opt.type.adapts_lr:
         for field_name in ("learning_rate", "unet_lr", "text_encoder_lr"):
             value = getattr(opt, field_name)

@@ -226,3 +226,18 @@ def test_qt_loads_the_window_icon_that_the_app_sets(qapp):
     icon = QIcon(str(resource_path("icons", "lorakiln.png")))
     assert not icon.isNull() and icon.pixmap(64, 64).width() == 64
     assert 'resource_path("icons", "lorakiln.png")' in (ROOT / "gui" / "app.py").read_text(encoding="utf-8")
+
+
+def test_bitsandbytes_is_a_pinned_dependency_and_the_bundle_carries_its_native_library():
+    import tomllib
+
+    # AdamW8bit is the default optimizer: a fresh install and the built app must have it.
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    assert "bitsandbytes" in _requirements(dependencies)
+    lock = (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines()
+    assert any(line.startswith("bitsandbytes==") for line in lock)
+    # It loads libbitsandbytes_* with ctypes from its own folder, and picks back ends at import.
+    assert "collect_submodules('bitsandbytes')" in ast.unparse(_spec_constant("HIDDEN"))
+    assert ast.unparse(_spec_constant("BINARIES")) == "collect_dynamic_libs('bitsandbytes')"
+    assert "binaries=BINARIES" in SPEC.read_text(encoding="utf-8")
+    assert "bitsandbytes" in ast.literal_eval(_spec_constant("METADATA_OF"))

@@ -70,8 +70,28 @@ def test_prodigy_growth_rate_bounds_the_growth_of_d():
         previous = d
 
 
-def test_adamw8bit_without_bitsandbytes_or_cuda_is_a_clear_message():
-    with pytest.raises(OptimizerSetupError, match="AdamW8bit needs"):
+def test_adamw8bit_trains_on_a_cpu_with_8_bit_states():
+    # The schema default and the 8 GB preset's optimizer must run on the README's install.
+    weight = torch.nn.Parameter(torch.ones(64, 128))  # bitsandbytes keeps 32-bit states below 4096 values
+    optimizer = build_optimizer([ParamGroup("unet", [weight], 1e-3)], OptimizerParams(type=OptimizerType.ADAMW8BIT))
+    assert type(optimizer).__module__.startswith("bitsandbytes.optim")
+    for _ in range(2):
+        weight.grad = torch.full_like(weight, 0.5)
+        optimizer.step()
+    assert torch.all(weight.detach() < 1.0)
+    assert optimizer.state[weight]["state1"].dtype == torch.uint8
+
+
+def test_adamw8bit_without_bitsandbytes_names_the_package_and_the_nearest_choice(monkeypatch):
+    import importlib.util
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # "import bitsandbytes" raises ImportError
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    with pytest.raises(OptimizerSetupError, match="optimizer.type: AdamW8bit needs the bitsandbytes package, "
+                                                  "which is not installed here.*choose AdamW"):
         build_optimizer(_groups(), OptimizerParams(type=OptimizerType.ADAMW8BIT))
 
 
@@ -169,3 +189,14 @@ def test_a_starting_lora_of_other_dims_is_a_config_problem_naming_the_field():
     diagnosis = diagnose(KohyaFormatError("the file has dim 16, alpha 8; the settings say dim 4, alpha 1"),
                          TrainConfig())
     assert diagnosis.kind == "config" and diagnosis.summary.startswith("network.init_weights")
+
+
+def test_the_bitsandbytes_note_about_its_optional_kernels_package_is_not_shown(caplog):
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure "
+                       "you already `pip install kernels`", "No module named 'kernels'")
+        logger.warning("another bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["another bitsandbytes warning"]

@@ -175,3 +175,56 @@ def test_errors_come_before_warnings(tmp_path):
     config.training.batch_size = 0  # error
     severities = [p.severity for p in validate(config)]
     assert severities == sorted(severities, key=lambda s: s != ERROR)
+
+
+def _hide_packages(monkeypatch, *hidden):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name.split(".")[0] in hidden else real_find_spec(name, *args))
+
+
+def test_every_optimizer_of_the_schema_can_run_on_the_readme_install(tmp_path):
+    # AdamW8bit is the default: a fresh install must be able to train with it.
+    for kind in OptimizerType:
+        config = _valid(tmp_path)
+        config.optimizer.type = kind
+        config.optimizer.learning_rate = 1.0 if kind.adapts_lr else 1e-4
+        assert [p for p in errors(validate(config)) if p.path == "optimizer.type"] == [], kind
+
+
+def test_an_optimizer_whose_package_is_missing_is_an_error_naming_the_nearest_choice(tmp_path, monkeypatch):
+    _hide_packages(monkeypatch, "bitsandbytes")
+    config = _valid(tmp_path)
+    config.optimizer.type = OptimizerType.ADAMW8BIT
+    [problem] = errors(validate(config))
+    assert problem.path == "optimizer.type"
+    assert problem.message.startswith("AdamW8bit needs the bitsandbytes package, which is not installed here")
+    assert problem.message.endswith("or choose AdamW, the nearest optimizer that runs here")
+
+
+def test_the_nearest_choice_is_one_that_runs_here(tmp_path, monkeypatch):
+    config = _valid(tmp_path)
+    config.optimizer.type, config.optimizer.learning_rate = OptimizerType.PRODIGY, 1.0
+    _hide_packages(monkeypatch, "prodigyopt")
+    [problem] = errors(validate(config))
+    assert "choose DAdaptAdam, the nearest" in problem.message  # also finds its own step size
+    _hide_packages(monkeypatch, "prodigyopt", "dadaptation")
+    [problem] = errors(validate(config))
+    assert "choose AdamW, the nearest" in problem.message
+
+
+def test_optimizer_availability_is_checked_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import sys\nfrom core.config import TrainConfig, OptimizerType\nfrom core.validation import validate\n"
+              "config = TrainConfig()\n"
+              "for kind in OptimizerType:\n    config.optimizer.type = kind\n    validate(config, check_paths=False)\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'bitsandbytes', 'transformers')))\n")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

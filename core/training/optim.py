@@ -103,17 +103,18 @@ def optimizer_class_and_kwargs(opt: OptimizerParams, check_only: bool = False) -
 
 
 def _adamw8bit(check_only: bool) -> type:
-    try:
+    try:  # core/__init__.py quiets a harmless note bitsandbytes logs at import
         import bitsandbytes as bnb  # type: ignore[import-not-found]
-    except ImportError:
+    except (ImportError, OSError, RuntimeError) as error:
         if check_only:
             return type("AdamW8bit", (), {"__module__": "bitsandbytes.optim"})
-        raise OptimizerSetupError(
-            "optimizer.type: AdamW8bit needs the bitsandbytes package and a CUDA GPU; "
-            "install bitsandbytes into LoRA Kiln's environment, or choose AdamW") from None
-    if not torch.cuda.is_available() and not check_only:
-        raise OptimizerSetupError("optimizer.type: AdamW8bit needs a CUDA GPU; on this machine choose AdamW")
-    return bnb.optim.AdamW8bit
+        from core.optimizer_support import unavailable_message
+
+        reason = unavailable_message(OptimizerType.ADAMW8BIT) or (
+            f"AdamW8bit needs bitsandbytes, which is installed but cannot be loaded here ({error}); "
+            "reinstall it into LoRA Kiln's environment, or choose AdamW")
+        raise OptimizerSetupError(f"optimizer.type: {reason}") from None
+    return bnb.optim.AdamW8bit  # bitsandbytes 0.50 runs its 8-bit optimizers on CPUs too
 
 
 def build_optimizer(groups: list[ParamGroup], opt: OptimizerParams) -> torch.optim.Optimizer:
