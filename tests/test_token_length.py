@@ -316,3 +316,22 @@ def test_a_grid_from_a_lora_file_encodes_prompts_at_the_length_it_was_trained_wi
                   {"ss_max_token_length": recorded})
         found[recorded] = _settings_from_lora(path)["max_token_length"]
     assert found == {"150": 150, "None": 75, "1000": 75, None: 75}
+
+
+def test_captions_counted_ahead_plan_without_the_tokenizer(monkeypatch):
+    # The dataset scan's worker counts captions, so the GUI thread's plan finds them counted.
+    import core.caption_tokens as counting
+
+    captions = [f"{_cats(90)} number {i}" for i in range(5)]
+    stopped = [f"{_cats(90)} never {i}" for i in range(3)]
+    counting.count_ahead(stopped, cancelled=lambda: True)
+    counting.count_ahead(captions, batch=2)
+
+    def no_tokenizer():
+        raise AssertionError("tokenised on the planning thread")
+
+    monkeypatch.setattr(counting, "_tokenizer", no_tokenizer)
+    assert counting.captions_over(captions, 75) == {caption: 92 for caption in captions}
+    assert counting.captions_over(captions, 150) == {}
+    with pytest.raises(AssertionError, match="planning thread"):
+        counting.captions_over(stopped, 75)  # a cancelled count left them to the plan
