@@ -16,7 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from core.config import Sampler, SamplingParams
+from core.config import MAX_TOKEN_LENGTHS, Sampler, SamplingParams
 from core.grid import (COLUMN_KINDS, MAX_SEED, GridError, GridRow, GridSpec, base_model_from_metadata, check_spec,
                        find_run_dir, grid_columns, grid_rows, run_config, spec_from_run)
 from core.grid_rows import lora_metadata
@@ -148,10 +148,12 @@ def _column_kind(args: argparse.Namespace) -> str:
 
 
 def _settings_from_lora(path: Path) -> dict[str, object]:
-    """Clip skip and prediction type as a LoRA's metadata records them (sd-scripts and ours)."""
+    """Clip skip, prompt token length and prediction type as a LoRA's metadata records them (sd-scripts and ours)."""
     meta = lora_metadata(path)
     skip = meta.get("ss_clip_skip", "") or meta.get("modelspec.encoder_layer", "")
+    length = meta.get("ss_max_token_length", "")  # "None" where sd-scripts ran without it: 75
     return {"clip_skip": int(skip) if skip.isdigit() and 1 <= int(skip) <= 12 else 1,
+            "max_token_length": int(length) if length in {str(n) for n in MAX_TOKEN_LENGTHS} else 75,
             "v_parameterization": meta.get("ss_v_parameterization") == "True"
             or meta.get("modelspec.prediction_type") == "v"}
 

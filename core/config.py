@@ -293,6 +293,10 @@ class ScheduleParams:
         kohya="lr_scheduler_power", help="Exponent of the polynomial scheduler.")
 
 
+# sd-scripts' choices for --max_token_length: one, two or three chunks of 75 caption tokens.
+MAX_TOKEN_LENGTHS = (75, 150, 225)
+
+
 @dataclass
 class TrainingParams:
     batch_size: int = param(
@@ -332,6 +336,11 @@ class TrainingParams:
     max_grad_norm: float = param(
         1.0, label="Max grad norm", minimum=0.0, maximum=1000.0, advanced=True,
         kohya="max_grad_norm", help="Clip the gradient norm to this; 0 turns clipping off.")
+    max_token_length: int = param(
+        75, label="Max token length", unit="tokens", minimum=75, maximum=225, advanced=True,
+        kohya="max_token_length",
+        help="Caption tokens that reach the text encoder: 75, 150 or 225. Past 75 a caption is "
+             "encoded in chunks of 75, as sd-scripts does; the tokens beyond the limit never train.")
     attention: Attention = param(
         Attention.SDPA, label="Attention", advanced=True,
         help="sdpa: PyTorch's fused scaled-dot-product attention; eager: the plain maths.")

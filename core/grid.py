@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.config import DEMO_MODEL
+from core.config import DEMO_MODEL, MAX_TOKEN_LENGTHS
 from core.grid_render import GridLayout, draw_grid, layout_grid
 from core.grid_rows import (GridError, GridRow, base_model_from_metadata, find_run_dir, lora_applied,
                             read_lora, rows_from_runs, run_checkpoints, run_config)
@@ -57,6 +57,7 @@ class GridSpec:
     strength: float = 1.0
     vae: str = ""
     clip_skip: int = 1
+    max_token_length: int = 75  # prompt tokens that reach the text encoder, as the run trained
     v_parameterization: bool = False
     include_base_row: bool = False
 
@@ -81,7 +82,8 @@ def spec_from_run(run_dir: str | Path, rows: list[GridRow] | None = None, *,
         raise GridError(f"{Path(run_dir).name}/config.toml: sampling.prompts: {err}") from None
     return GridSpec(rows=rows if rows is not None else rows_from_runs([Path(run_dir)], checkpoints),
                     prompts=prompts, base_model=config.model.base_model, vae=config.model.vae,
-                    clip_skip=config.model.clip_skip, v_parameterization=config.model.v_parameterization)
+                    clip_skip=config.model.clip_skip, max_token_length=config.training.max_token_length,
+                    v_parameterization=config.model.v_parameterization)
 
 
 def check_spec(spec: GridSpec) -> None:
@@ -106,6 +108,9 @@ def check_spec(spec: GridSpec) -> None:
         raise GridError(f"strength {spec.strength} is not a number; use e.g. 1.0 (0 turns the LoRA off)")
     if not 1 <= spec.clip_skip <= 12:
         raise GridError(f"clip skip {spec.clip_skip} is outside 1..12")
+    if spec.max_token_length not in MAX_TOKEN_LENGTHS:
+        raise GridError(f"max token length {spec.max_token_length} is not one of "
+                        + ", ".join(str(n) for n in MAX_TOKEN_LENGTHS))
     if not spec.base_model.strip():
         raise GridError("no base model: choose the checkpoint to generate with")
 
@@ -207,7 +212,8 @@ def make_grid(spec: GridSpec, progress: Callable[[int, int], None] | None = None
             for column in columns:
                 _stop_if(cancelled)
                 try:
-                    cells[-1].append(generate(components, column.prompt, spec.clip_skip, device, dtype))
+                    cells[-1].append(generate(components, column.prompt, spec.clip_skip, device, dtype,
+                                                    spec.max_token_length))
                 except Exception as err:  # out of memory and the like: say which cell
                     raise GridError(f"row '{row.label}', column '{column.label.splitlines()[0]}': "
                                     f"generating the image failed: {err}") from err
@@ -245,7 +251,8 @@ def spec_to_dict(spec: GridSpec) -> dict[str, Any]:
                     for p in spec.prompts],
         "seeds": list(spec.seeds), "resolutions": [list(r) for r in spec.resolutions],
         "strength": spec.strength, "base_model": spec.base_model, "vae": spec.vae,
-        "clip_skip": spec.clip_skip, "v_parameterization": spec.v_parameterization,
+        "clip_skip": spec.clip_skip, "max_token_length": spec.max_token_length,
+        "v_parameterization": spec.v_parameterization,
     }
 
 

@@ -100,7 +100,7 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
         "multires_noise_iterations", "multires_noise_discount", "min_timestep", "max_timestep",
         "noise_offset_type", "weighted_captions", "zero_terminal_snr"),
     "dataset option not implemented in LoRA Kiln": (
-        "color_aug", "caption_dropout_every_n_epochs", "max_token_length", "keep_tokens_separator",
+        "color_aug", "caption_dropout_every_n_epochs", "keep_tokens_separator",
         "secondary_separator", "enable_wildcard", "face_crop_aug_range", "token_warmup_min",
         "token_warmup_step", "alpha_mask", "metadata_file", "in_json", "dataset_repeats",
         "cache_info", "custom_attributes", "validation_split", "validation_seed",
@@ -139,7 +139,7 @@ UNSUPPORTED: dict[str, str] = {key: reason for reason, keys in _REASON_GROUPS.it
 # Values that mean "off" although they are not empty: kohya_ss's and sd-scripts' defaults.
 OFF_VALUES: dict[str, Any] = {
     "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "noise_offset_type": "Original",
-    "multires_noise_discount": 0.3, "max_timestep": 1000, "max_token_length": 75,
+    "multires_noise_discount": 0.3, "max_timestep": 1000,
     "save_model_as": "safetensors", "LyCORIS_preset": "full", "preset": "full", "factor": -1,
     "unit": 1, "train_on_input": True, "dynamo_backend": "no", "dynamo_mode": "default",
     "num_machines": 1, "num_processes": 1, "num_cpu_threads_per_process": 2,

@@ -40,7 +40,7 @@ SCHEMA_KEYS = frozenset({
     "text_encoder_lr", "lr_scheduler", "seed", "clip_skip", "mixed_precision",
     "gradient_checkpointing", "gradient_accumulation_steps", "max_grad_norm", "noise_offset",
     "min_snr_gamma", "output_name", "training_comment", "prior_loss_weight", "enable_bucket",
-    "min_bucket_reso", "max_bucket_reso", "bucket_no_upscale",
+    "min_bucket_reso", "max_bucket_reso", "bucket_no_upscale", "max_token_length",
 })
 # Per-subset options that sd-scripts (without a dataset config) writes as one global value.
 _SUBSET_FLAGS = ("flip_aug", "shuffle_caption", "random_crop")

@@ -49,6 +49,7 @@ class DatasetPlan:
     scan_warnings: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # facts worth seeing that are not problems
+    max_token_length: int = 75  # caption tokens that reach the text encoder (training.max_token_length)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -122,7 +123,7 @@ def plan_from_scan(scan: ScanResult, data: DatasetParams, training: TrainingPara
     plan = DatasetPlan(settings=settings, batch_size=training.batch_size, images=images,
                        skipped=skipped, buckets=counts, steps=steps, num_train_images=num_train,
                        num_reg_images=num_reg, subsets=list(scan.subsets),
-                       scan_warnings=list(scan.warnings))
+                       scan_warnings=list(scan.warnings), max_token_length=training.max_token_length)
     plan.warnings, plan.notes = plan_warnings(plan)
     return plan
 

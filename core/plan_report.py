@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from core.config import MAX_TOKEN_LENGTHS
 from core.images import conversion_note
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,6 +47,37 @@ def header_checked(plan: DatasetPlan) -> int:
 LONG_CAPTION_CHARS = 2000
 
 
+def _caption_name(plan: DatasetPlan, image) -> str:  # noqa: ANN001 - PlanImage
+    if image.record.caption_source != "file":
+        return _name(image)
+    extension = plan.subsets[image.record.subset_index].params.caption_extension
+    extension = extension if extension.startswith(".") else "." + extension
+    return f"{image.record.path.stem}{extension}"
+
+
+def token_limit_warning(plan: DatasetPlan) -> str | None:
+    """The warning for captions of more tokens than reach the text encoder, naming the longest."""
+    from core.caption_tokens import COUNTED_CHARACTERS, captions_over
+
+    limit = plan.max_token_length
+    over = captions_over((i.record.caption for i in plan.images), limit)
+    if not over:
+        return None
+    images = sorted((i for i in plan.images if i.record.caption in over),
+                    key=lambda i: (-over[i.record.caption], str(i.record.path)))
+    names = []
+    for image in images:
+        caption = image.record.caption
+        count = f"at least {over[caption]:,}" if len(caption) > COUNTED_CHARACTERS else f"{over[caption]:,}"
+        names.append(f"{_caption_name(plan, image)} ({count} tokens)")
+    longer = [n for n in MAX_TOKEN_LENGTHS if n > limit]
+    advice = (f"set training.max_token_length to {' or '.join(str(n) for n in longer)} (sd-scripts' "
+              "--max_token_length) or shorten these captions" if longer else "shorten these captions")
+    return (f"{len(images)} image(s) have captions longer than {limit} tokens, the most that reach the text "
+            f"encoder (training.max_token_length): {_listing(names)}. The tokens past {limit} never train; "
+            + advice)
+
+
 def long_caption_warning(plan: DatasetPlan) -> str | None:
     """The warning for captions longer than LONG_CAPTION_CHARS, naming their files."""
     long = [(len(i.record.caption), i) for i in plan.images
@@ -59,7 +91,8 @@ def long_caption_warning(plan: DatasetPlan) -> str | None:
         extension = extension if extension.startswith(".") else "." + extension
         names.append(f"{image.record.path.stem}{extension} ({length:,} characters)")
     return (f"{len(long)} caption(s) are longer than {LONG_CAPTION_CHARS:,} characters: {_listing(names)}. "
-            "Only the first 75 tokens of a caption (a few hundred characters) reach the text encoder, so "
+            f"Only the first {plan.max_token_length} tokens of a caption (a few hundred characters) reach "
+            "the text encoder, so "
             "the rest never trains; yet the whole text is tokenised (and shuffled or dropped tag by tag, "
             "if those options are on) every time the image is drawn, which slows the steps. Shorten these "
             "captions, or check that they are the right files")
@@ -138,6 +171,9 @@ def plan_warnings(plan: DatasetPlan) -> tuple[list[str], list[str]]:
     long_captions = long_caption_warning(plan)
     if long_captions:
         warnings.append(long_captions)
+    over_limit = token_limit_warning(plan)
+    if over_limit:
+        warnings.append(over_limit)
     if worst_fraction > 0.2:
         warnings.append(f"{_name(worst)} loses {worst_fraction:.0%} of its pixels to cropping; "
                         "check that the subject stays in frame")

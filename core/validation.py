@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.buckets import BucketError, adjusted_limits
-from core.config import (DEMO_MODEL, GROUPS, Duration, LatentCache, ModelFamily, NetworkType,
+from core.config import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration, LatentCache, ModelFamily, NetworkType,
                          OptimizerType, SavePrecision, Scheduler, TrainConfig)
 from core.models_files import SINGLE_FILE_SUFFIXES, ModelLoadError
 from core.models_load import check_base_model
@@ -224,6 +224,9 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
         add("dataset.subsets", "every image folder is marked as regularisation; at least one must "
                                "hold training images")
 
+    if train.max_token_length not in MAX_TOKEN_LENGTHS:
+        add("training.max_token_length", f"{train.max_token_length} is not allowed; choose "
+                                         + ", ".join(str(n) for n in MAX_TOKEN_LENGTHS))
     width, height = data.resolution
     step = data.bucket_reso_steps
     if step % 8:

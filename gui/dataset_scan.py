@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
+from core.caption_tokens import count_ahead
 from core.config import DatasetParams
 from core.dataset import DatasetError, ScanCancelled, scan_dataset
 
@@ -23,6 +24,15 @@ DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
 class _Relay(QObject):
     progress = Signal(int, int, int)  # generation, done, total
     finished = Signal(int, str, object, float)  # generation, outcome, ScanResult or message, seconds
+
+
+def _count_tokens_ahead(scan, cancelled) -> None:  # noqa: ANN001 - ScanResult, a callable
+    # Planning warns about captions past the token limit and runs on the GUI thread: count
+    # the captions here, off it, so that the first plan of a large dataset does not stall.
+    try:
+        count_ahead((image.caption for image in scan.images), cancelled)
+    except Exception:  # noqa: BLE001 - only a speed-up: the plan counts what is left itself
+        pass
 
 
 class _ScanJob(QRunnable):
@@ -43,6 +53,7 @@ class _ScanJob(QRunnable):
         start = time.perf_counter()
         try:
             result: object = scan_dataset(self._params, self._base_dir, self._cancelled, self._progress)
+            _count_tokens_ahead(result, self._cancelled)
             outcome = DONE
         except ScanCancelled:
             result, outcome = None, CANCELLED

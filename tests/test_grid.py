@@ -158,6 +158,7 @@ def test_seed_and_size_columns_vary_the_first_prompt():
     ({"column_kind": "resolutions", "resolutions": [(100, 64)]}, "size 100x64"),
     ({"strength": float("nan")}, "strength nan"),
     ({"base_model": " "}, "no base model"),
+    ({"max_token_length": 100}, "max token length 100 is not one of 75, 150, 225"),
 ])
 def test_a_spec_that_cannot_make_a_grid_is_refused_naming_the_setting(changes, message):
     with pytest.raises(GridError, match=message):

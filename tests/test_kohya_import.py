@@ -77,7 +77,7 @@ def test_non_default_unsupported_values_are_reported_with_a_reason(sample):
 def test_off_and_default_values_of_unsupported_features_are_ignored_not_unsupported(sample):
     reasons = {u.key: u.reason for u in sample.ignored}
     assert reasons["color_aug"] == "empty or off"
-    assert reasons["max_token_length"] == "Kohya's default (off)"  # "75" as text
+    assert reasons["max_timestep"] == "Kohya's default (off)"
     assert reasons["conv_dim"].startswith("only used by LoCon")
 
 
@@ -97,6 +97,7 @@ def test_the_sample_json_values(sample):
     assert c.dataset.latent_cache is LatentCache.MEMORY
     assert (c.training.batch_size, c.training.mixed_precision.value, c.training.seed) == (2, "bf16", 1234)
     assert c.training.attention is Attention.SDPA and c.logging.tensorboard
+    assert c.training.max_token_length == 75  # kohya_ss writes "75" as text
     assert c.sampling.sampler is Sampler.EULER_A and c.sampling.every_n_epochs == 2
     assert c.sampling.prompts.splitlines()[0].startswith("kilnstyle, vase")
     assert c.output.comment == "kilnstyle pottery; trigger word: kilnstyle"
@@ -247,7 +248,8 @@ def test_config_and_dataset_config_together(order):
     reasons = _reasons(result)
     assert reasons["train_batch_size"] == "overridden by datasets[0].batch_size"
     assert reasons["caption_extension"] == "overridden by general.caption_extension"
-    assert {u.key for u in result.unsupported} >= {"max_token_length", "persistent_data_loader_workers"}
+    assert "persistent_data_loader_workers" in {u.key for u in result.unsupported}
+    assert c.training.max_token_length == 225 and "max_token_length" in {m.key for m in result.mapped}
 
 
 def test_a_hand_written_config_gets_sd_scripts_defaults_for_missing_keys(tmp_path):
@@ -313,8 +315,8 @@ def test_cli_prints_a_clean_preset_and_reports_on_stderr(capsys):
     out, err = capsys.readouterr()
     loaded = loads_preset(out)
     assert loaded.config.network.dim == 32 and loaded.description == "imported from kohya_ss_lora.json"
-    assert "mapped (57):" in err and "NOT SUPPORTED (2):" in err and "rank_dropout" in err
-    assert "ignored (112), by reason:" in err and "warnings:" in err
+    assert "mapped (58):" in err and "NOT SUPPORTED (2):" in err and "rank_dropout" in err
+    assert "ignored (111), by reason:" in err and "warnings:" in err
 
 
 def test_cli_writes_the_preset_with_o(tmp_path, capsys):

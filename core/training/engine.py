@@ -466,7 +466,8 @@ class Trainer:
         try:
             for index, prompt in enumerate(prompts):
                 self._status(f"sampling {index + 1}/{len(prompts)}…", "sampling")
-                image = generate(components, prompt, self.config.model.clip_skip, self.device, self.weight_dtype)
+                image = generate(components, prompt, self.config.model.clip_skip, self.device, self.weight_dtype,
+                                 self.config.training.max_token_length)
                 name = f"{self.config.output.output_name}_s{step:06d}_e{epoch:04d}_{index:02d}.png"
                 path = save_sample(image, self.run_dir / "samples", name, prompt, step, epoch)
                 self._record({"type": "sample", "path": str(path), "step": step, "epoch": epoch,

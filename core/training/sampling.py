@@ -41,8 +41,21 @@ def make_scheduler(sampler: Sampler, prediction_type: str):  # noqa: ANN201 - a 
     return cls(prediction_type=prediction_type, **options)
 
 
+def prompt_states(components, prompt: SamplePrompt, clip_skip: int,  # noqa: ANN001
+                  max_token_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt's and the negative prompt's states, encoded as training encodes captions
+    (chunks of 75 tokens past 75), so a sample sees the same long prompt a caption would.
+    The negative prompt gets the same length: classifier-free guidance pairs them."""
+    from core.training.text import encode, tokenize
+
+    device = next(components.text_encoder.parameters()).device
+    ids = tokenize(components.tokenizer, [prompt.prompt, prompt.negative or ""], max_token_length)
+    states = encode(components.text_encoder, ids.to(device), clip_skip)
+    return states[:1], states[1:]
+
+
 def generate(components, prompt: SamplePrompt, clip_skip: int, device: torch.device,  # noqa: ANN001
-             dtype: torch.dtype) -> "PIL.Image.Image":  # noqa: F821
+             dtype: torch.dtype, max_token_length: int = 75) -> "PIL.Image.Image":  # noqa: F821
     """One image from the current weights (LoRA included), deterministic for its seed."""
     from diffusers import StableDiffusionPipeline
 
@@ -53,12 +66,12 @@ def generate(components, prompt: SamplePrompt, clip_skip: int, device: torch.dev
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(prompt.seed)
-    # Kohya's clip_skip 2 means "the layer before the last"; diffusers counts skipped layers.
-    skip = clip_skip - 1 if clip_skip > 1 else None
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        result = pipe(prompt.prompt, negative_prompt=prompt.negative or None, width=prompt.width,
+        # The prompts are encoded here, not by the pipeline, which would cut them at 77 tokens.
+        positive, negative = prompt_states(components, prompt, clip_skip, max_token_length)
+        result = pipe(prompt_embeds=positive, negative_prompt_embeds=negative, width=prompt.width,
                       height=prompt.height, num_inference_steps=prompt.steps, guidance_scale=prompt.cfg_scale,
-                      generator=generator, clip_skip=skip)
+                      generator=generator)
     return result.images[0]
 
 

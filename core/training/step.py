@@ -35,7 +35,7 @@ class StepComputer:
 
     def loss(self, batch: Batch) -> torch.Tensor:
         latents = self.latents(batch)
-        ids = tokenize(self.c.tokenizer, batch.captions).to(self.device)
+        ids = tokenize(self.c.tokenizer, batch.captions, self.config.training.max_token_length).to(self.device)
         training = self.config.training
         with self.autocast():
             with torch.set_grad_enabled(self.train_text_encoder):
