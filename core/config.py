@@ -337,7 +337,7 @@ class TrainingParams:
         1.0, label="Max grad norm", minimum=0.0, maximum=1000.0, advanced=True,
         kohya="max_grad_norm", help="Clip the gradient norm to this; 0 turns clipping off.")
     max_token_length: int = param(
-        75, label="Max token length", unit="tokens", minimum=75, maximum=225, advanced=True,
+        75, label="Max token length", unit="tokens", minimum=75, maximum=225, step=75, advanced=True,
         kohya="max_token_length",
         help="Caption tokens that reach the text encoder: 75, 150 or 225. Past 75 a caption is "
              "encoded in chunks of 75, as sd-scripts does; the tokens beyond the limit never train.")

@@ -37,15 +37,17 @@ class ParamInfo:
     advanced: bool = False
     # The argument name in kohya_ss / sd-scripts, where one maps one-to-one.
     kohya: str | None = None
+    step: float | None = None  # what the arrows of a number field add (default: 1, 64 for pixels)
 
 
 def param(default: Any = dataclasses.MISSING, *, label: str, help: str, unit: str = "",
           minimum: float | None = None, maximum: float | None = None,
           path: PathKind = PathKind.NONE, multiline: bool = False, advanced: bool = False,
-          kohya: str | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+          kohya: str | None = None, step: float | None = None,
+          default_factory: Any = dataclasses.MISSING) -> Any:
     """Declare a schema field: its default and everything a view needs to show it."""
     info = ParamInfo(label=label, help=help, unit=unit, minimum=minimum, maximum=maximum,
-                     path=path, multiline=multiline, advanced=advanced, kohya=kohya)
+                     path=path, multiline=multiline, advanced=advanced, kohya=kohya, step=step)
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata={"param": info})
     return field(default=default, metadata={"param": info})

@@ -150,7 +150,8 @@ def _int_box(spec: ParamSpec, suffix: bool = True) -> QAbstractSpinBox:
         box.setDecimals(0)
         box.setRange(float(low), float(high))
     box.setKeyboardTracking(False)  # commit the typed number once, not each digit on the way
-    box.setSingleStep(64 if info.unit == "px" else 1)  # type: ignore[attr-defined]
+    step = info.step if info.step is not None else 64 if info.unit == "px" else 1
+    box.setSingleStep(int(step))  # type: ignore[attr-defined]
     if suffix and info.unit:
         box.setSuffix(f" {info.unit}")  # type: ignore[attr-defined]
     box.setMinimumWidth(_NUMBER_WIDTH)

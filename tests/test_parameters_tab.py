@@ -257,3 +257,13 @@ def test_the_tab_does_not_import_torch():
               "print('torch' in sys.modules, 'diffusers' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_the_token_length_arrows_step_through_75_150_225(tab):
+    box = tab.editor("training.max_token_length").box
+    assert box.value() == 75
+    box.stepUp()
+    assert box.value() == 150
+    box.stepUp()
+    box.stepUp()
+    assert box.value() == 225
