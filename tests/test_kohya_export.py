@@ -95,6 +95,8 @@ def _expected(key: str, value: Any) -> Any:
         return bool(value)
     if key == "sample_prompts":
         return parse_prompts(value, TrainConfig().sampling)
+    if key == "max_data_loader_n_workers":  # a count kohya_ss writes as text, not a resolution
+        return int(value)
     return value
 
 
