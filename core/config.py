@@ -110,6 +110,11 @@ class ModelParams:
     vae: str = param(
         "", label="VAE override", path=PathKind.FILE_OR_DIR, advanced=True, kohya="vae",
         help="A separate VAE file or folder to encode images with; empty uses the model's own.")
+    no_half_vae: bool = param(
+        False, label="Keep the VAE in fp32", advanced=True, kohya="no_half_vae",
+        help="Encode latents and decode samples with the VAE in fp32 instead of the training's "
+             "half precision: for a VAE that makes NaN in fp16 (SDXL's original one does). "
+             "Costs VRAM and time while caching and sampling; a CPU always uses fp32.")
 
 
 @dataclass
@@ -197,6 +202,16 @@ class DatasetParams:
     latent_cache: LatentCache = param(
         LatentCache.OFF, label="Latent cache",
         help="Encode each image once with the VAE, in memory or on disk, instead of every step.")
+    vae_batch_size: int = param(
+        1, label="VAE batch size", minimum=1, maximum=256, advanced=True, kohya="vae_batch_size",
+        help="Images the VAE encodes at once while caching latents (sd-scripts' default 1). "
+             "Larger is faster but needs more VRAM: about 0.6 GiB per 512 px image in fp32, "
+             "half that in half precision. Independent of the training batch size.")
+    max_data_loader_n_workers: int = param(
+        2, label="Data loader workers", minimum=0, maximum=64, advanced=True,
+        kohya="max_data_loader_n_workers",
+        help="Processes that decode and resize images while the GPU trains; 0 loads them in "
+             "the training process. Unused with a latent cache in memory (nothing to decode).")
 
 
 @dataclass

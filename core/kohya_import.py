@@ -73,12 +73,12 @@ def _direct_fields() -> dict[str, tuple[str, ParamSpec]]:
     """kohya name -> (group, field) for every one-to-one field outside the dataset section.
 
     The dataset's own options (resolution, buckets, subsets) resolve through sd-scripts'
-    levels in core.kohya_import_dataset; prior_loss_weight is an ordinary argument.
+    levels in core.kohya_import_dataset; keys.DATASET_ARGUMENT_FIELDS are ordinary arguments.
     """
     found: dict[str, tuple[str, ParamSpec]] = {}
     for group, cls in GROUPS.items():
         for spec in param_specs(cls):
-            if spec.info.kohya and (cls is not DatasetParams or spec.name == "prior_loss_weight"):
+            if spec.info.kohya and (cls is not DatasetParams or spec.name in keys.DATASET_ARGUMENT_FIELDS):
                 found[spec.info.kohya] = (group, spec)
     return found
 

@@ -22,9 +22,8 @@ from core.safe_read import FileRefused
 
 
 def _dataset_targets() -> dict[str, tuple[str, ParamSpec]]:
-    # prior_loss_weight is a training argument in sd-scripts, not a dataset option.
     targets = {s.info.kohya: ("dataset", s) for s in param_specs(DatasetParams)
-               if s.info.kohya and s.name != "prior_loss_weight"}
+               if s.info.kohya and s.name not in keys.DATASET_ARGUMENT_FIELDS}
     targets["batch_size"] = ("training", spec_for(TrainingParams, "batch_size"))
     return targets
 

@@ -284,6 +284,14 @@ def _stop_text_encoder(ctx: ImportContext) -> None:
         ctx.arg_unsupported("stop_text_encoder_training", "not a LoRA option (sd-scripts' train_db.py)")
 
 
+def _vae_batch_size(ctx: ImportContext) -> None:
+    # kohya_ss writes 0 for "not set" and then passes nothing: sd-scripts encodes one at a time.
+    if keys.is_off(ctx.value("vae_batch_size")):
+        ctx.arg_ignored("vae_batch_size", "0 means not set (kohya_ss passes nothing); LoRA Kiln's default applies")
+    else:
+        ctx.arg_direct("vae_batch_size", ctx.config.dataset, "vae_batch_size", "dataset.vae_batch_size")
+
+
 MISC_HANDLERS: tuple[tuple[tuple[str, ...], Callable[[ImportContext], None]], ...] = (
     (("epoch", "max_train_epochs", "max_train_steps"), _duration),
     (("lr_warmup", "lr_warmup_steps"), _warmup),
@@ -297,4 +305,5 @@ MISC_HANDLERS: tuple[tuple[tuple[str, ...], Callable[[ImportContext], None]], ..
     (("noise_offset",), _noise_offset),
     (("v2", "sdxl"), _family),
     (("stop_text_encoder_training",), _stop_text_encoder),
+    (("vae_batch_size",), _vae_batch_size),
 )

@@ -21,6 +21,10 @@ from core.params import optional_inner
 
 OFF = "empty or off"  # the reason given for every ignored empty or switched-off value
 
+# DatasetParams fields that sd-scripts reads as ordinary training arguments, never from a
+# dataset config's [general] or [[datasets]] tables.
+DATASET_ARGUMENT_FIELDS = frozenset({"prior_loss_weight", "vae_batch_size", "max_data_loader_n_workers"})
+
 # kohya_ss renamed a few keys over the years; old presets still carry the old names.
 KEY_ALIASES: dict[str, str] = {
     "max_resolution": "resolution",  # kohya_ss's name for sd-scripts' --resolution
@@ -75,7 +79,7 @@ SD_SCRIPTS_DEFAULTS: dict[str, Any] = {
 
 _REASON_GROUPS: dict[str, tuple[str, ...]] = {
     "SDXL option": (
-        "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae", "no_half_vae",
+        "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae",
         "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
         "learning_rate_te1", "learning_rate_te2", "block_lr"),
     "FLUX option": (
@@ -107,7 +111,7 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
         "resize_interpolation", "debug_dataset"),
     "memory or speed option (LoRA Kiln chooses these itself)": (
         "fp8_base", "fp8_base_unet", "full_fp16", "full_bf16", "highvram", "lowvram",
-        "vae_batch_size", "max_data_loader_n_workers", "persistent_data_loader_workers",
+        "persistent_data_loader_workers",
         "cpu_offload_checkpointing", "lowram"),
     "launcher setting (accelerate, several GPUs): LoRA Kiln trains in one process": (
         "num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -56,6 +56,13 @@ class Batch:
     pixels: torch.Tensor | None  # [B, 3, H, W] in [-1, 1]; None when latents come from a cache
     latents: torch.Tensor | None  # [B, C, H/8, W/8] from the cache (C = 4 for SD), else None
     flipped: list[bool]
+
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory (the loader calls this with pin_memory=True), so
+        its copy to the GPU can run asynchronously (non_blocking=True)."""
+        return replace(self, loss_weights=self.loss_weights.pin_memory(),
+                       pixels=None if self.pixels is None else self.pixels.pin_memory(),
+                       latents=None if self.latents is None else self.latents.pin_memory())
 
 
 def samples(plan: DatasetPlan, prior_loss_weight: float = 1.0) -> list[Sample]:
@@ -102,9 +109,10 @@ def load_pixels(sample: Sample, crop_offset: tuple[int, int] | None, flip: bool)
 class BucketBatchDataset(torch.utils.data.Dataset):
     """Batch ``index`` of the current epoch, fully augmented; use with batch_size=None.
 
-    Call set_epoch before iterating each epoch (epochs count from 1). Worker processes
-    take a copy of the dataset when the loader starts iterating, so make the loader's
-    iterator after set_epoch and do not use persistent workers.
+    Call set_epoch before iterating each epoch (epochs count from 1). An item may also be
+    asked for as ``(epoch, index)``: a worker process holds its own copy of the dataset
+    for the whole run (persistent workers, see EpochLoader), and the epoch travels with
+    each index instead of through set_epoch.
     """
 
     def __init__(self, plan: DatasetPlan, *, batch_size: int, seed: int,
@@ -128,7 +136,11 @@ class BucketBatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._batches)
 
-    def __getitem__(self, index: int) -> Batch:
+    def __getitem__(self, index: int | tuple[int, int]) -> Batch:
+        if isinstance(index, tuple):
+            epoch, index = index
+            if epoch != self.epoch:
+                self.set_epoch(epoch)
         if not 0 <= index < len(self._batches):
             raise IndexError(f"batch {index} out of range: epoch {self.epoch} has "
                              f"{len(self._batches)} batches")
@@ -196,3 +208,60 @@ def make_loader(dataset: BucketBatchDataset, num_workers: int = 0,
     """
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, sampler=indices,
                                        num_workers=num_workers, collate_fn=_pass_through)
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """(epoch, index) pairs of the epoch being trained; changed between epochs."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, int]] = []
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(list(self.items))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class EpochLoader:
+    """One loader for a whole run: ``epoch(n, indices)`` yields that epoch's batches, in the
+    order of ``indices``, exactly as the dataset gives them in this process.
+
+    With ``num_workers`` > 0, worker processes decode and resize images while the GPU
+    trains. They start once and live for the run (starting a process costs seconds under
+    Windows' and macOS's spawn, where each imports torch again); each works on its own copy
+    of the dataset, which is why the epoch travels with every index. ``pin_memory`` (CUDA
+    only) puts batches in page-locked memory so the step's non-blocking copies overlap.
+    Call close() when done: it stops the workers.
+    """
+
+    def __init__(self, dataset: BucketBatchDataset, num_workers: int = 0, pin_memory: bool = False) -> None:
+        self.dataset = dataset
+        self._order = _EpochOrder()
+        workers = max(0, num_workers)
+        self._loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, shuffle=False, sampler=self._order, num_workers=workers,
+            collate_fn=_pass_through, pin_memory=pin_memory, persistent_workers=workers > 0,
+            prefetch_factor=2 if workers > 0 else None)
+        self._iterator = None
+
+    def epoch(self, epoch: int, indices: Sequence[int]):  # noqa: ANN201 - Iterator[Batch]
+        self.dataset.set_epoch(epoch)
+        self._order.items = [(epoch, int(index)) for index in indices]
+        self._iterator = iter(self._loader)
+        return self._iterator
+
+    def close(self) -> None:
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def loader_workers(configured: int, latents_in_memory: bool, cpus: int | None) -> int:
+    """Worker processes for a run: none when latents come from memory (there is nothing to
+    decode, and each worker would get a copy of every latent), never more than the CPUs
+    less one for the training process."""
+    if latents_in_memory or configured <= 0:
+        return 0
+    return max(0, min(configured, (cpus or 1) - 1))

@@ -97,6 +97,8 @@ def _expected(key: str, value: Any) -> Any:
         return int(value)  # "75" as text in kohya_ss, not a resolution
     if key == "sample_prompts":
         return parse_prompts(value, TrainConfig().sampling)
+    if key == "max_data_loader_n_workers":  # a count kohya_ss writes as text, not a resolution
+        return int(value)
     return value
 
 

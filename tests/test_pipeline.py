@@ -13,7 +13,7 @@ from PIL import Image
 from core.batching import epoch_batches
 from core.config import DatasetParams, Duration, SubsetParams, TrainingParams
 from core.images import ImageLoadError
-from core.pipeline import Batch, BucketBatchDataset, load_pixels, make_loader, samples
+from core.pipeline import Batch, BucketBatchDataset, EpochLoader, load_pixels, loader_workers, make_loader, samples
 from core.plan import DatasetPlan, plan_dataset
 from tests.damaged_images import garbage_png
 
@@ -188,3 +188,52 @@ def test_an_index_past_the_epoch_raises_index_error(plan: DatasetPlan) -> None:
     dataset = BucketBatchDataset(plan, batch_size=2, seed=0)
     with pytest.raises(IndexError):
         dataset[len(dataset)]
+
+
+def _same_batches(left: list[Batch], right: list[Batch]) -> None:
+    assert len(left) == len(right)
+    for a, b in zip(left, right):
+        assert (a.bucket, a.keys, a.captions, a.flipped) == (b.bucket, b.keys, b.captions, b.flipped)
+        assert torch.equal(a.loss_weights, b.loss_weights) and torch.equal(a.pixels, b.pixels)
+
+
+def test_worker_processes_yield_exactly_the_batches_of_the_training_process(plan: DatasetPlan) -> None:
+    # Two epochs through one set of persistent workers, the second resumed after two batches:
+    # the epoch travels with each index, so the workers' own dataset copies follow along.
+    orders = {1: list(range(len(BucketBatchDataset(plan, batch_size=2, seed=5)))), 2: [5, 3, 1]}
+    results = {}
+    for workers in (0, 2):
+        loader = EpochLoader(BucketBatchDataset(plan, batch_size=2, seed=5), num_workers=workers)
+        try:
+            results[workers] = {epoch: list(loader.epoch(epoch, order)) for epoch, order in orders.items()}
+        finally:
+            loader.close()
+    for epoch in orders:
+        _same_batches(results[2][epoch], results[0][epoch])
+    reference = BucketBatchDataset(plan, batch_size=2, seed=5)
+    reference.set_epoch(2)
+    _same_batches(results[2][2], [reference[i] for i in orders[2]])
+
+
+def test_loader_workers_are_left_out_for_latents_in_memory_and_capped_by_the_cpus() -> None:
+    assert loader_workers(2, latents_in_memory=False, cpus=16) == 2
+    assert loader_workers(8, latents_in_memory=False, cpus=4) == 3
+    assert loader_workers(2, latents_in_memory=True, cpus=16) == 0
+    assert loader_workers(2, latents_in_memory=False, cpus=1) == 0
+    assert loader_workers(0, latents_in_memory=False, cpus=None) == 0
+
+
+def test_a_batch_pins_every_tensor_it_holds(plan: DatasetPlan, monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned: list[tuple[int, ...]] = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(tuple(self.shape)) or self)
+    batch = BucketBatchDataset(plan, batch_size=2, seed=5)[0]
+    again = batch.pin_memory()
+    assert pinned == [tuple(batch.loss_weights.shape), tuple(batch.pixels.shape)]
+    assert again.keys == batch.keys and again.latents is None
+
+
+def test_the_dataset_survives_pickling_as_spawned_workers_receive_it(plan: DatasetPlan) -> None:
+    # Windows and macOS start workers by "spawn": the dataset and collate function are pickled.
+    dataset = BucketBatchDataset(plan, batch_size=2, seed=5)
+    copy = pickle.loads(pickle.dumps(dataset))
+    _same_batches([copy[(2, i)] for i in range(len(copy))], [dataset[(2, i)] for i in range(len(dataset))])

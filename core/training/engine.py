@@ -12,15 +12,16 @@ import logging
 import os
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
-from core.config import TrainConfig
+from core.config import LatentCache as CacheMode, TrainConfig
 from core.plan import DatasetPlan, plan_dataset, plan_to_json
 from core.processes import this_process
 from core.runs import (LOG, METRICS, PLAN, MetricsWriter, RunSummary, create_run_dir, write_config, write_json)
-from core.training import resume, setup
+from core.training import placement, resume, setup
 from core.training.checkpoint import (CHECKPOINT_DIR, SAVE_DTYPES, STATE_DIR, TrainingState, capture_rng,
                                       checkpoint_name, prune_checkpoints, restore_rng, save_state, tidy_for_resume,
                                       trainable_state)
@@ -165,6 +166,26 @@ class Trainer:
 
         self.computer = StepComputer(config, self.network.components, self.device, self.generator,
                                      self.accelerator.autocast)
+        self._cache_text_states()
+
+    def _cache_text_states(self) -> None:
+        """Each distinct caption encoded once, and the text encoder off the GPU, when it is not
+        trained and no caption changes between epochs (sd-scripts' cache_text_encoder_outputs)."""
+        from core.captions_aug import process_caption
+        from core.pipeline import batch_rng
+        from core.training.text_cache import TextStateCache
+
+        if not placement.can_cache_text_states(self.config, [s.params for s in self.plan.subsets]):
+            return
+        self._status("encoding captions…", "caching")
+        # No option that draws is on, so these are the captions every epoch trains with.
+        captions = [process_caption(s.record.caption, s.options, batch_rng(0, 0, 0)) for s in self.dataset.samples]
+        cache = TextStateCache()
+        with self.accelerator.autocast():
+            count = cache.fill(captions, self.computer.text_states, cancelled=self.control.should_end)
+        self.computer.text_cache = cache
+        placement.offload(self.network.components.text_encoder)
+        self._status(f"text-encoder outputs cached for {count} distinct captions", "caching")
 
     def _claim_run_dir(self) -> None:
         """The run folder, created for a new run, and locked against any other process."""
@@ -243,13 +264,14 @@ class Trainer:
             encode = setup.vae_encoder(self.network.components, self.device, config.training.seed)
             flips = any(s.options.flip_aug for s in items)
             channels = getattr(getattr(self.network.components.vae, "config", None), "latent_channels", None)
-            encoded = cache.fill(items, encode, batch_size=config.training.batch_size, flip_aug_keys=flips,
+            encoded = cache.fill(items, encode, batch_size=config.dataset.vae_batch_size, flip_aug_keys=flips,
                                  latent_channels=channels, cancelled=self.control.should_end,
                                  progress=lambda done, total: self._emit(PhaseProgress("caching", done, total)))
             bad = getattr(cache, "bad_entries", 0)
             redone = f", {bad} of them replacing damaged or mismatched cache files" if bad else ""
             self._status(f"latents ready ({encoded} newly encoded{redone})" if encoded
                          else "latents ready (all from the cache)", "caching")
+            placement.offload(self.network.components.vae)  # until sampling borrows it back
         self.dataset = BucketBatchDataset(self.plan, batch_size=config.training.batch_size,
                                           seed=config.training.seed,
                                           prior_loss_weight=config.dataset.prior_loss_weight, latent_cache=cache)
@@ -267,7 +289,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _train(self) -> str:
-        from core.pipeline import make_loader
+        from core.pipeline import EpochLoader, loader_workers
         from core.training.step import train_micro_batch
 
         config, control, plan = self.config, self.control, self.plan
@@ -289,13 +311,16 @@ class Trainer:
         if self.step == 0 and config.sampling.at_step_0:
             self._sample(0, 0)
         self._status("training")
+        workers = loader_workers(config.dataset.max_data_loader_n_workers,
+                                 config.dataset.latent_cache is CacheMode.MEMORY, os.cpu_count())
+        self._loader = loaders = EpochLoader(self.dataset, workers, pin_memory=self.device.type == "cuda")
         for epoch in range(self._start_epoch, steps.epochs + 1):
             self.epoch = epoch
             self.dataset.set_epoch(epoch)
             order = setup.shard(list(range(len(self.dataset))), rank, world)
             skip = self._skip_batches if epoch == self._start_epoch else 0
             self._batch_in_epoch = skip
-            loader = make_loader(self.dataset, indices=order[skip:])
+            loader = loaders.epoch(epoch, order[skip:])
             last_batch = len(order) - skip  # the epoch's last micro-batch closes a short window
             micro_losses: list[float] = []
             for number, batch in enumerate(loader, start=1):
@@ -463,6 +488,10 @@ class Trainer:
         was_training = {m: m.training for m in (components.unet, components.text_encoder)}
         components.unet.eval()
         components.text_encoder.eval()
+        # An offloaded VAE or text encoder comes back to the GPU for the samples only.
+        borrowed = ExitStack()
+        borrowed.enter_context(placement.on_device(components.vae, self.device))
+        borrowed.enter_context(placement.on_device(components.text_encoder, self.device))
         try:
             for index, prompt in enumerate(prompts):
                 self._status(f"sampling {index + 1}/{len(prompts)}…", "sampling")
@@ -474,6 +503,7 @@ class Trainer:
                               "index": index, "prompt": prompt.prompt})
                 self._emit(SampleImage(str(path), prompt.prompt, step, epoch, index))
         finally:
+            borrowed.close()
             for module, mode in was_training.items():
                 module.train(mode)
         self._status("training")
@@ -604,6 +634,9 @@ class Trainer:
             lock.release()
         # Release the model and optimizer now (an out-of-memory run must leave the GPU usable
         # for the next run in the same process) and reset accelerate's process-wide state.
+        loader, self._loader = getattr(self, "_loader", None), None
+        if loader is not None:
+            loader.close()
         self.network = self.optimizer = self.lr_scheduler = self.trained_models = self.computer = None
         self.dataset = self.guard = None
         distributed = self.accelerator is not None and self.accelerator.num_processes > 1

@@ -41,6 +41,13 @@ class NonFiniteGuard:
         return False
 
     @property
+    def must_check_before_step(self) -> bool:
+        """Whether the loss must be read before the optimizer step is queued. Skipping needs
+        to know first; stopping does not: the stopped run's weights are never saved, so its
+        last step may run and the loss be read after it, sparing a wait on the GPU."""
+        return self.policy is not NonFinitePolicy.STOP
+
+    @property
     def step_is_bad(self) -> bool:
         return self.bad_value is not None
 

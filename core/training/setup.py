@@ -4,6 +4,7 @@ schedule, data loader and latent cache."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,10 @@ import torch
 
 from core.config import Attention, DEMO_MODEL, LatentCache as CacheMode, MixedPrecision, TrainConfig
 from core.paths import user_cache_dir
+from core.training import placement
 from core.training.optim import ParamGroup, build_optimizer, build_scheduler, group_lrs
+
+log = logging.getLogger("lorakiln.run")
 
 WEIGHT_DTYPES = {MixedPrecision.NO: torch.float32, MixedPrecision.FP16: torch.float16,
                  MixedPrecision.BF16: torch.bfloat16}
@@ -88,7 +92,7 @@ def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.
                 text_encoder.gradient_checkpointing_enable
             enable()
     # Frozen weights in the training precision, LoRA weights in fp32 (autocast mixes them);
-    # the VAE always in fp32: an fp16 VAE is the classic source of NaN latents.
+    # the VAE in placement.vae_dtype (half on a GPU, as sd-scripts; fp32 by no_half_vae).
     for module in (components.unet, components.text_encoder):
         for param in module.parameters():
             param.data = param.data.to(device, torch.float32 if param.requires_grad else weight_dtype)
@@ -97,7 +101,7 @@ def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.
                 buffer.data = buffer.data.to(device, weight_dtype)
             else:
                 buffer.data = buffer.data.to(device)
-    components.vae.to(device, torch.float32)
+    components.vae.to(device, placement.vae_dtype(config, weight_dtype, device))
     components.vae.requires_grad_(False)
     components.vae.eval()
     trained = {}
@@ -150,11 +154,29 @@ def make_latent_cache(config: TrainConfig):  # noqa: ANN201 - LatentCache | None
 def vae_encoder(components, device: torch.device, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:  # noqa: ANN001
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
+    vae = components.vae
+
+    def sample(pixels: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        distribution = vae.encode(pixels.to(device, placement.module_dtype(vae))).latent_dist
+        mean, std = distribution.mean.float(), distribution.std.float()
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator).to(device)
+        return mean + std * noise, noise  # a sample, as sd-scripts caches
+
     @torch.no_grad()
     def encode(pixels: torch.Tensor) -> torch.Tensor:
-        distribution = components.vae.encode(pixels.to(device, torch.float32)).latent_dist
-        noise = torch.randn(distribution.mean.shape, generator=generator).to(device)
-        latents = distribution.mean + distribution.std * noise  # a sample, as sd-scripts caches
+        latents, noise = sample(pixels, None)
+        half = placement.module_dtype(vae)
+        if half != torch.float32 and not bool(torch.isfinite(latents).all()):
+            # This VAE overflows in half precision on these images: encode them again in fp32
+            # (with the same noise) rather than cache NaN; model.no_half_vae avoids the retry.
+            log.warning("the VAE made NaN or inf latents in %s; encoding that batch again in fp32 "
+                        "(set model.no_half_vae to keep the VAE in fp32 throughout)", half)
+            vae.to(torch.float32)
+            try:
+                latents, _ = sample(pixels, noise)
+            finally:
+                vae.to(half)
         return (latents * components.vae_scale_factor).float().cpu()
 
     return encode

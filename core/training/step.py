@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -24,22 +25,32 @@ class StepComputer:
         self.v_prediction = scheduler.config.prediction_type == "v_prediction"
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device)
         self.train_text_encoder = config.network.train_text_encoder
+        self.text_cache = None  # a text_cache.TextStateCache when the captions' states are cached
 
     @torch.no_grad()
     def latents(self, batch: Batch) -> torch.Tensor:
+        # non_blocking: the loader pins its batches on CUDA, so the copy overlaps the launch.
         if batch.latents is not None:
-            return batch.latents.to(self.device, torch.float32)
-        distribution = self.c.vae.encode(batch.pixels.to(self.device, torch.float32)).latent_dist
+            return batch.latents.to(self.device, torch.float32, non_blocking=True)
+        vae_dtype = next(self.c.vae.parameters()).dtype  # half on a GPU unless no_half_vae
+        distribution = self.c.vae.encode(batch.pixels.to(self.device, vae_dtype, non_blocking=True)).latent_dist
         noise = torch.randn(distribution.mean.shape, generator=self.generator).to(self.device)
-        return (distribution.mean + distribution.std * noise) * self.c.vae_scale_factor
+        return (distribution.mean.float() + distribution.std.float() * noise) * self.c.vae_scale_factor
+
+    def text_states(self, captions: list[str]) -> torch.Tensor:
+        """The captions' text-encoder states (call inside autocast, as the step does)."""
+        ids = tokenize(self.c.tokenizer, captions, self.config.training.max_token_length).to(self.device)
+        with torch.set_grad_enabled(self.train_text_encoder):
+            return encode(self.c.text_encoder, ids, self.config.model.clip_skip)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         latents = self.latents(batch)
-        ids = tokenize(self.c.tokenizer, batch.captions, self.config.training.max_token_length).to(self.device)
         training = self.config.training
         with self.autocast():
-            with torch.set_grad_enabled(self.train_text_encoder):
-                states = encode(self.c.text_encoder, ids, self.config.model.clip_skip)
+            if self.text_cache is not None:
+                states = self.text_cache.states(batch.captions, self.device)
+            else:
+                states = self.text_states(batch.captions)
             noise = sample_noise(latents, training.noise_offset, self.generator)
             timesteps = sample_timesteps(latents.shape[0], self.c.noise_scheduler.config.num_train_timesteps,
                                          self.generator, self.device)
@@ -78,14 +89,16 @@ def train_micro_batch(accelerator, computer: StepComputer, optimizer, models: li
             for model in models:  # gradients are averaged across processes once, at the window's end
                 no_sync.enter_context(accelerator.no_sync(model))
         loss = computer.loss(batch)
-        value = float(loss.detach().item())
-        if guard.accept(step, value, batch.keys):
-            accelerator.backward(loss / grad_accum)
-        else:
-            # Every process must run the same collective operations as the others: back-
-            # propagate a zero that reaches each trained weight instead of the bad loss.
-            del loss
-            accelerator.backward(torch.stack([(p * 0).sum() for p in params]).sum())
+        # Backward is queued before the loss is read: reading it (.item()) waits for the GPU,
+        # which would then idle while the CPU launches the backward pass. A bad loss's
+        # gradients never reach the weights: its step is skipped and they are dropped below,
+        # or the run stops. Every process runs the same collective operations either way.
+        accelerator.backward(loss / grad_accum)
+    loss = loss.detach()
+    value = math.nan
+    if guard.must_check_before_step:
+        value = float(loss.item())
+        guard.accept(step, value, batch.keys)
     if sync:
         bad = guard.step_is_bad
         if accelerator.num_processes > 1:  # one process's bad loss skips the step on all
@@ -97,4 +110,7 @@ def train_micro_batch(accelerator, computer: StepComputer, optimizer, models: li
                 accelerator.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if not guard.must_check_before_step:  # read once the optimizer step is queued too
+        value = float(loss.item())
+        guard.accept(step, value, batch.keys)
     return value

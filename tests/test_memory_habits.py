@@ -1,0 +1,289 @@
+"""sd-scripts' memory habits: a half-precision VAE at a batch size of its own that leaves the
+GPU once latents are cached, text-encoder outputs cached when captions never change, frozen
+weights in the training dtype, and a step that does not wait on the GPU before backward."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.config import DEMO_MODEL, ModelFamily, NonFinitePolicy, SubsetParams, TrainConfig, TrainingParams
+from core.kohya_import import import_kohya
+from core.training import placement, setup
+from core.training.engine import Trainer
+from core.training.events import Finished, ListSink, StepMetrics
+from core.training.faults import NonFiniteGuard
+from core.training.step import StepComputer, train_micro_batch
+from core.training.text_cache import TextStateCache
+from tests.engine_fixtures import tiny_config
+
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+
+
+def _run(config: TrainConfig) -> tuple[Finished, ListSink]:
+    sink = ListSink()
+    result = Trainer(config, sink).run()
+    assert isinstance(result, Finished) and result.reason == "completed", getattr(result, "traceback", result)
+    return result, sink
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_no_half_vae_vae_batch_size_and_workers_are_read_from_an_sd_scripts_config(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("no_half_vae = true\nvae_batch_size = 4\nmax_data_loader_n_workers = 3\n", encoding="utf-8")
+    result = import_kohya([path])
+    assert (result.config.model.no_half_vae, result.config.dataset.vae_batch_size,
+            result.config.dataset.max_data_loader_n_workers) == (True, 4, 3)
+    assert {m.key for m in result.mapped} >= {"no_half_vae", "vae_batch_size", "max_data_loader_n_workers"}
+
+
+def test_kohya_ss_vae_batch_size_zero_means_not_set(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"vae_batch_size": 0, "pretrained_model_name_or_path": "x"}', encoding="utf-8")
+    result = import_kohya([path])
+    assert result.config.dataset.vae_batch_size == TrainConfig().dataset.vae_batch_size
+    assert [u.key for u in result.ignored if u.key == "vae_batch_size"] == ["vae_batch_size"]
+
+
+# ---------------------------------------------------------------- the VAE's dtype and place
+
+
+def test_the_vae_is_half_on_a_gpu_and_fp32_on_a_cpu_or_when_asked() -> None:
+    config = TrainConfig()
+    assert placement.vae_dtype(config, torch.float16, CUDA) is torch.float16
+    assert placement.vae_dtype(config, torch.bfloat16, CUDA) is torch.bfloat16
+    assert placement.vae_dtype(config, torch.float16, CPU) is torch.float32
+    config.model.no_half_vae = True
+    assert placement.vae_dtype(config, torch.bfloat16, CUDA) is torch.float32
+
+
+def test_an_sdxl_vae_never_runs_in_fp16_but_may_in_bf16() -> None:
+    config = TrainConfig()
+    config.model.family = ModelFamily.SDXL
+    assert placement.vae_dtype(config, torch.float16, CUDA) is torch.float32
+    assert placement.vae_dtype(config, torch.bfloat16, CUDA) is torch.bfloat16
+
+
+def _network(weight_dtype: torch.dtype, train_text_encoder: bool = False) -> setup.Network:
+    config = TrainConfig()
+    config.model.base_model = DEMO_MODEL
+    config.network.dim, config.network.train_text_encoder = 4, train_text_encoder
+    return setup.load_network(config, CPU, weight_dtype, lambda: False, lambda text: None)
+
+
+def test_frozen_weights_take_the_training_dtype_and_lora_weights_stay_fp32() -> None:
+    network = _network(torch.float16, train_text_encoder=True)
+    for module in (network.components.unet, network.components.text_encoder):
+        frozen = {p.dtype for p in module.parameters() if not p.requires_grad}
+        trained = {p.dtype for p in module.parameters() if p.requires_grad}
+        assert frozen == {torch.float16} and trained == {torch.float32}
+
+
+def test_the_vae_is_loaded_in_the_dtype_placement_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "vae_dtype", lambda config, dtype, device: torch.bfloat16)
+    vae = _network(torch.float32).components.vae
+    assert {p.dtype for p in vae.parameters()} == {torch.bfloat16}
+
+
+def test_a_half_vae_that_makes_nan_encodes_that_batch_again_in_fp32() -> None:
+    class Overflowing(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1, dtype=torch.bfloat16), requires_grad=False)
+
+        def encode(self, pixels: torch.Tensor):  # noqa: ANN202
+            bad = self.weight.dtype != torch.float32
+            mean = pixels[:, :1, ::8, ::8] * (float("inf") if bad else 1.0)
+
+            class Dist:
+                latent_dist = type("D", (), {"mean": mean, "std": torch.zeros_like(mean)})
+
+            return Dist
+
+    components = type("C", (), {"vae": Overflowing(), "vae_scale_factor": 1.0})()
+    latents = setup.vae_encoder(components, CPU, seed=0)(torch.ones(2, 3, 16, 16))
+    assert torch.isfinite(latents).all()
+    assert components.vae.weight.dtype is torch.bfloat16  # back in its own dtype afterwards
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.moves: list[str] = []
+
+    def to(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        device = torch.device(args[0]) if args else kwargs["device"]
+        self.moves.append(device.type)
+        return self
+
+
+def test_sampling_borrows_an_offloaded_module_and_gives_it_back() -> None:
+    module = _Recorder()
+    with placement.on_device(module, torch.device("meta")):
+        assert module.moves == ["meta"]
+    assert module.moves == ["meta", "cpu"]
+
+
+def test_a_module_already_where_it_is_needed_is_not_moved() -> None:
+    module = _Recorder()
+    with placement.on_device(module, CPU):
+        pass
+    assert module.moves == []
+
+
+def _fixed_captions(tmp_path: Path, steps: int = 4) -> TrainConfig:
+    config = tiny_config(tmp_path, steps=steps)
+    config.dataset.subsets[0].shuffle_caption = False
+    config.network.train_text_encoder = False
+    return config
+
+
+def test_after_caching_the_vae_and_a_frozen_text_encoder_leave_the_gpu(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    offloaded: list[str] = []
+    real = placement.offload
+    monkeypatch.setattr(placement, "offload", lambda module: offloaded.append(type(module).__name__) or real(module))
+    _run(_fixed_captions(tmp_path))
+    assert offloaded == ["AutoencoderKL", "CLIPTextModel"]
+
+
+def test_without_a_latent_cache_the_vae_stays_for_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    offloaded: list[str] = []
+    monkeypatch.setattr(placement, "offload", lambda module: offloaded.append(type(module).__name__))
+    config = tiny_config(tmp_path, steps=2)  # shuffled captions: the text encoder stays too
+    config.dataset.latent_cache = config.dataset.latent_cache.OFF
+    _run(config)
+    assert offloaded == []
+
+
+def test_latents_are_encoded_at_the_vae_batch_size_not_the_training_batch(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    real = setup.vae_encoder
+
+    def counting(components, device, seed):  # noqa: ANN001, ANN202
+        encode = real(components, device, seed)
+        return lambda pixels: sizes.append(len(pixels)) or encode(pixels)
+
+    monkeypatch.setattr(setup, "vae_encoder", counting)
+    config = tiny_config(tmp_path, steps=1)  # training batch 2
+    config.dataset.vae_batch_size = 3
+    _run(config)
+    assert max(sizes) == 3 and sum(sizes) == 10  # 5 images, each also flipped
+
+
+# ---------------------------------------------------------------- text-encoder outputs
+
+
+def _rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    rows: list[int] = []
+    real = StepComputer.text_states
+
+    def counting(self, captions):  # noqa: ANN001, ANN202
+        rows.append(len(captions))
+        return real(self, captions)
+
+    monkeypatch.setattr(StepComputer, "text_states", counting)
+    return rows
+
+
+def test_fixed_captions_are_encoded_once_each_and_train_the_same(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = _rows(monkeypatch)
+    _, cached = _run(_fixed_captions(tmp_path / "cached", steps=6))
+    assert sum(rows) == 5  # five images, five distinct captions, over three epochs
+    monkeypatch.setattr(placement, "can_cache_text_states", lambda config, subsets: False)
+    _, direct = _run(_fixed_captions(tmp_path / "direct", steps=6))
+    assert sum(rows) > 5 + 6
+    losses = [e.loss for e in cached.of(StepMetrics)]
+    assert losses == pytest.approx([e.loss for e in direct.of(StepMetrics)], rel=1e-5, abs=1e-7)
+
+
+def test_shuffled_captions_are_encoded_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = _rows(monkeypatch)
+    _run(tiny_config(tmp_path, steps=3))  # shuffle_caption on
+    assert len(rows) == 3
+
+
+@pytest.mark.parametrize("option", ["shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate"])
+def test_any_caption_augmentation_or_a_trained_text_encoder_rules_caching_out(option: str) -> None:
+    config = TrainConfig()
+    config.network.train_text_encoder = False
+    fixed = SubsetParams()
+    assert placement.can_cache_text_states(config, [fixed])
+    changing = SubsetParams(**{option: True if option == "shuffle_caption" else 0.1})
+    assert not placement.can_cache_text_states(config, [fixed, changing])
+    config.network.train_text_encoder = True
+    assert not placement.can_cache_text_states(config, [fixed])
+
+
+def test_the_text_cache_names_a_caption_it_never_saw() -> None:
+    cache = TextStateCache()
+    cache.fill(["a"], lambda captions: torch.zeros(len(captions), 2, 3))
+    assert cache.states(["a", "a"], CPU).shape == (2, 2, 3)
+    with pytest.raises(LookupError, match="'b'"):
+        cache.states(["b"], CPU)
+
+
+# ---------------------------------------------------------------- no wait before backward
+
+
+class _Loss:
+    def __init__(self, order: list[str], value: float) -> None:
+        self.order, self.value = order, value
+
+    def __truediv__(self, other: float) -> "_Loss":
+        return self
+
+    def detach(self) -> "_Loss":
+        return self
+
+    def item(self) -> float:
+        self.order.append("read loss")
+        return self.value
+
+
+class _Accelerator:
+    num_processes = 1
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def backward(self, loss: _Loss) -> None:
+        self.order.append("backward")
+
+    def clip_grad_norm_(self, params, norm) -> None:  # noqa: ANN001
+        pass
+
+
+class _Optimizer:
+    def __init__(self, order: list[str]) -> None:
+        self.order, self.param_groups = order, [{"params": []}]
+
+    def step(self) -> None:
+        self.order.append("optimizer step")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
+def _order(policy: NonFinitePolicy, value: float = 0.5) -> list[str]:
+    order: list[str] = []
+    computer = type("Computer", (), {"loss": lambda self, batch: _Loss(order, value)})()
+    batch = type("Batch", (), {"keys": ["a.png"]})()
+    guard = NonFiniteGuard(TrainingParams(nonfinite_loss=policy))
+    train_micro_batch(_Accelerator(order), computer, _Optimizer(order), [], guard, batch, 1, 1.0, 1, True)
+    return order
+
+
+def test_with_the_stop_policy_the_loss_is_read_after_the_optimizer_step_is_queued() -> None:
+    assert _order(NonFinitePolicy.STOP) == ["backward", "optimizer step", "read loss"]
+
+
+def test_with_the_skip_policy_backward_is_queued_before_the_loss_is_read() -> None:
+    assert _order(NonFinitePolicy.SKIP) == ["backward", "read loss", "optimizer step"]
+    assert _order(NonFinitePolicy.SKIP, float("nan")) == ["backward", "read loss"]  # no step for a NaN
