@@ -242,7 +242,8 @@ class EpochLoader:
         self._loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, shuffle=False, sampler=self._order, num_workers=workers,
             collate_fn=_pass_through, pin_memory=pin_memory, persistent_workers=workers > 0,
-            prefetch_factor=2 if workers > 0 else None)
+            prefetch_factor=2 if workers > 0 else None,
+            multiprocessing_context=worker_start_method() if workers > 0 else None)
         self._iterator = None
 
     def epoch(self, epoch: int, indices: Sequence[int]):  # noqa: ANN201 - Iterator[Batch]
@@ -256,6 +257,19 @@ class EpochLoader:
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
+
+
+def worker_start_method() -> str | None:
+    """How loader workers start: the platform's way, except that a fork from a thread other
+    than the main one (the desktop app trains in one) copies a process whose other threads
+    may hold locks (Qt's, the allocator's) that the child then waits on for ever; such a
+    process spawns its workers, as Windows and macOS always do."""
+    import multiprocessing
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() and multiprocessing.get_start_method() == "fork":
+        return "spawn"
+    return None
 
 
 def loader_workers(configured: int, latents_in_memory: bool, cpus: int | None) -> int:

@@ -237,3 +237,33 @@ def test_the_dataset_survives_pickling_as_spawned_workers_receive_it(plan: Datas
     dataset = BucketBatchDataset(plan, batch_size=2, seed=5)
     copy = pickle.loads(pickle.dumps(dataset))
     _same_batches([copy[(2, i)] for i in range(len(copy))], [dataset[(2, i)] for i in range(len(dataset))])
+
+
+def test_workers_started_from_a_training_thread_are_spawned_and_yield_the_same_batches(plan: DatasetPlan) -> None:
+    # The desktop app trains in a thread: forking there would copy locks other threads hold.
+    import threading
+
+    from core.pipeline import worker_start_method
+
+    assert worker_start_method() is None  # the main thread keeps the platform's way
+    found: dict = {}
+
+    def train() -> None:
+        found["method"] = worker_start_method()
+        loader = EpochLoader(BucketBatchDataset(plan, batch_size=2, seed=5), num_workers=1)
+        try:
+            found["context"] = loader._loader.multiprocessing_context
+            found["batches"] = list(loader.epoch(1, [0, 2, 1]))
+        finally:
+            loader.close()
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join(timeout=600)
+    import multiprocessing
+
+    if multiprocessing.get_start_method() == "fork":
+        assert found["method"] == "spawn" and found["context"].get_start_method() == "spawn"
+    reference = BucketBatchDataset(plan, batch_size=2, seed=5)
+    reference.set_epoch(1)
+    _same_batches(found["batches"], [reference[i] for i in [0, 2, 1]])
