@@ -119,7 +119,7 @@ class Trainer:
         if problems:
             raise ConfigProblems(problems)
         precision, note = setup.choose_precision(config, torch.cuda.is_available())
-        self.accelerator = setup.make_accelerator(precision)
+        self.accelerator = setup.make_accelerator(precision, setup.leaves_lora_unused(config))
         self.device = self.accelerator.device
         self.weight_dtype = setup.weight_dtype(precision, self.device)
         from accelerate.utils import set_seed
@@ -164,7 +164,7 @@ class Trainer:
         from core.training.step import StepComputer
 
         self.computer = StepComputer(config, self.network.components, self.device, self.generator,
-                                     self.accelerator.autocast)
+                                     self.accelerator.autocast, dict(zip(self.network.trained, self.trained_models)))
 
     def _claim_run_dir(self) -> None:
         """The run folder, created for a new run, and locked against any other process."""

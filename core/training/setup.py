@@ -36,12 +36,21 @@ def choose_precision(config: TrainConfig, has_cuda: bool) -> tuple[MixedPrecisio
     return wanted, None
 
 
-def make_accelerator(precision: MixedPrecision):  # noqa: ANN201 - Accelerator
+def leaves_lora_unused(config: TrainConfig) -> bool:
+    """True when some trained LoRA weights get no gradient in a step: with CLIP skip N the
+    text encoder's last N-1 layers still run, but their output never reaches the loss.
+    DDP must then look for unused parameters, or it waits forever for their gradients."""
+    return config.network.train_text_encoder and config.model.clip_skip > 1
+
+
+def make_accelerator(precision: MixedPrecision, find_unused_parameters: bool = False):  # noqa: ANN201 - Accelerator
     """Gradient accumulation is not handed to accelerate: the engine closes the windows itself
     (see step.train_micro_batch), so accelerate sees one micro-batch per optimizer step."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(mixed_precision=precision.value, cpu=not torch.cuda.is_available())
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+    return Accelerator(mixed_precision=precision.value, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
 
 
 def reset_accelerate_state(distributed: bool) -> None:

@@ -18,6 +18,7 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:  # noqa: ANN001 - 
 
 
 def final_layer_norm(text_encoder) -> torch.nn.Module:  # noqa: ANN001 - CLIPTextModel
+    text_encoder = getattr(text_encoder, "module", text_encoder)  # inside a DDP wrapper
     inner = getattr(text_encoder, "text_model", text_encoder)
     return inner.final_layer_norm
 
