@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from core.presets import save_preset
@@ -13,10 +14,12 @@ from tests.engine_fixtures import tiny_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _train(tmp_path: Path, name: str, processes: int, accumulation: int) -> dict[int, dict]:
-    config = tiny_config(tmp_path / name, steps=6)  # 10 batches of 1 an epoch: 5 steps, then 1 more
+def _train(tmp_path: Path, name: str, processes: int, accumulation: int, steps: int = 6,
+           clip_skip: int = 1) -> dict[int, dict]:
+    config = tiny_config(tmp_path / name, steps=steps)  # 10 batches of 1 an epoch: 5 steps, then 1 more
     config.training.batch_size = 1
     config.training.gradient_accumulation_steps = accumulation
+    config.model.clip_skip = clip_skip
     assert config.network.train_unet and config.network.train_text_encoder
     preset, out = tmp_path / f"{name}.toml", tmp_path / f"{name}-weights"
     save_preset(config, preset)
@@ -50,3 +53,14 @@ def test_two_processes_train_the_same_lora_as_one_process_with_the_same_global_b
             assert torch.allclose(pair[0][model][key], weight, rtol=1e-4, atol=1e-6), f"{model} {key}"
     moved = [key for key, weight in alone["unet"].items() if "lora_B" in key or "lora_up" in key]
     assert moved and any(alone["unet"][key].abs().max() > 0 for key in moved)  # training changed them
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_text_encoder_with_clip_skip(tmp_path):
+    """With CLIP skip 2 the text encoder's last layer runs but its LoRA weights get no
+    gradient; DDP must be told to look for such weights, or the second step stops with
+    "Expected to have finished reduction in the prior iteration"."""
+    pair = _train(tmp_path, "two", processes=2, accumulation=1, steps=3, clip_skip=2)
+    for model, weights in pair[0].items():
+        for key, weight in weights.items():
+            assert torch.equal(weight, pair[1][model][key]), f"{model} {key} differs between ranks"
