@@ -78,6 +78,9 @@ class TrainingState:
     epoch_losses: list[float] = field(default_factory=list)
     peak_memory_mb: float = 0.0
     skipped_steps: int = 0  # steps left out for a NaN/inf loss (training.nonfinite_loss = "skip")
+    # fp16's loss scaler (torch.amp.GradScaler.state_dict()); None in fp32 / bf16 and in
+    # states saved before it was kept.
+    grad_scaler: dict[str, Any] | None = None
 
 
 class StateError(ValueError):
@@ -180,6 +183,8 @@ def _as_state(path: Path, data: Any) -> TrainingState:
         value = getattr(state, name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise StateError(f"{path}: a damaged training state file ({name} is a {type(value).__name__})")
+    if state.grad_scaler is not None and not isinstance(state.grad_scaler, dict):
+        raise StateError(f"{path}: a damaged training state file (grad_scaler is a {type(state.grad_scaler).__name__})")
     if state.step < 0 or state.epoch < 1 or state.batch_in_epoch < 0:
         raise StateError(f"{path}: a damaged training state file (step {state.step}, epoch {state.epoch})")
     return state

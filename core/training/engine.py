@@ -120,7 +120,7 @@ class Trainer:
         if problems:
             raise ConfigProblems(problems)
         precision, note = setup.choose_precision(config, torch.cuda.is_available())
-        self.accelerator = setup.make_accelerator(precision)
+        self.accelerator = setup.make_accelerator(precision, setup.leaves_lora_unused(config))
         self.device = self.accelerator.device
         self.weight_dtype = setup.weight_dtype(precision, self.device)
         from accelerate.utils import set_seed
@@ -157,7 +157,7 @@ class Trainer:
         if resumed is not None:
             changed = resume.changed_settings(self.resume_from, config) if self.is_main else []
             resume.apply_state(resumed, self.network.trained, self.optimizer, self.lr_scheduler, self.generator,
-                               changed, self.resume_from)
+                               changed, self.resume_from, self.accelerator.scaler)
             self._open_run_dir(note)
         self._prepare_data()
         if resumed is not None:
@@ -165,7 +165,7 @@ class Trainer:
         from core.training.step import StepComputer
 
         self.computer = StepComputer(config, self.network.components, self.device, self.generator,
-                                     self.accelerator.autocast)
+                                     self.accelerator.autocast, dict(zip(self.network.trained, self.trained_models)))
         self._cache_text_states()
 
     def _cache_text_states(self) -> None:
@@ -459,7 +459,8 @@ class Trainer:
             scheduler=self.lr_scheduler.state_dict(), generator=self.generator.get_state(), torch_rng=torch_rng,
             python_rng=python_rng, cuda_rng=cuda_rng, loss_window=list(getattr(self, "_window", EpochWindowAverage(1))._values),
             epoch_losses=list(getattr(self, "_epoch_losses", [])), peak_memory_mb=self._peak_memory,
-            skipped_steps=self._skipped_steps)
+            skipped_steps=self._skipped_steps,
+            grad_scaler=self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None)
 
     def _save_checkpoint(self, kind: str, with_state: bool) -> None:
         self.accelerator.wait_for_everyone()

@@ -80,9 +80,10 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def apply_state(state: TrainingState, trained: dict[str, torch.nn.Module], optimizer: Any, scheduler: Any,
-                generator: torch.Generator, changed: list[str], run_dir: Path) -> None:
+                generator: torch.Generator, changed: list[str], run_dir: Path, scaler: Any = None) -> None:
     """Load the saved LoRA weights, optimizer, schedule and data order into the freshly built
-    run; ResumeRefused, naming the changed settings, when they do not fit it."""
+    run, and fp16's loss scale into ``scaler`` (a GradScaler, or None when the run has none);
+    ResumeRefused, naming the changed settings, when they do not fit it."""
     because = (f" The settings changed from the run's own ({', '.join(changed)}) do not fit the saved state; "
                "resume without those changes, or start a new run with them.") if changed else ""
     try:
@@ -91,6 +92,10 @@ def apply_state(state: TrainingState, trained: dict[str, torch.nn.Module], optim
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         generator.set_state(state.generator)
+        # A state from an fp32 / bf16 run leaves a new fp16 run's scaler at its start, and a
+        # run resumed in another precision has no scaler for a saved scale.
+        if scaler is not None and state.grad_scaler is not None:
+            scaler.load_state_dict(state.grad_scaler)
     except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as error:
         detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise ResumeRefused(f"{run_dir}: the saved training state cannot be loaded into this run ({detail}). "

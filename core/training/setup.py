@@ -35,17 +35,35 @@ def choose_precision(config: TrainConfig, has_cuda: bool) -> tuple[MixedPrecisio
     wanted = config.training.mixed_precision
     if wanted is MixedPrecision.FP16 and not has_cuda:
         return MixedPrecision.NO, "fp16 mixed precision needs a CUDA GPU; training in fp32 on the CPU"
-    if wanted is MixedPrecision.BF16 and has_cuda and not torch.cuda.is_bf16_supported():
-        return MixedPrecision.FP16, "this GPU has no bf16 support; training in fp16 instead"
+    if wanted is MixedPrecision.BF16 and has_cuda and not has_native_bf16():
+        major, minor = torch.cuda.get_device_capability()
+        return MixedPrecision.FP16, (f"this GPU (compute capability {major}.{minor}) has no native bf16, which "
+                                     "needs 8.0 or newer (RTX 30xx, A100 and later); training in fp16 with a "
+                                     "loss scaler instead")
     return wanted, None
 
 
-def make_accelerator(precision: MixedPrecision):  # noqa: ANN201 - Accelerator
+def has_native_bf16() -> bool:
+    """Whether the current GPU computes bf16 in hardware. torch.cuda.is_bf16_supported()
+    also says yes for older cards that emulate it, many times slower than fp16."""
+    return tuple(torch.cuda.get_device_capability()) >= (8, 0)
+
+
+def leaves_lora_unused(config: TrainConfig) -> bool:
+    """True when some trained LoRA weights get no gradient in a step: with CLIP skip N the
+    text encoder's last N-1 layers still run, but their output never reaches the loss.
+    DDP must then look for unused parameters, or it waits forever for their gradients."""
+    return config.network.train_text_encoder and config.model.clip_skip > 1
+
+
+def make_accelerator(precision: MixedPrecision, find_unused_parameters: bool = False):  # noqa: ANN201 - Accelerator
     """Gradient accumulation is not handed to accelerate: the engine closes the windows itself
     (see step.train_micro_batch), so accelerate sees one micro-batch per optimizer step."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(mixed_precision=precision.value, cpu=not torch.cuda.is_available())
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+    return Accelerator(mixed_precision=precision.value, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
 
 
 def reset_accelerate_state(distributed: bool) -> None:

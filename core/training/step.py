@@ -15,9 +15,16 @@ from core.training.text import encode, tokenize
 
 class StepComputer:
     def __init__(self, config: TrainConfig, components, device: torch.device,  # noqa: ANN001
-                 generator: torch.Generator, autocast: Callable) -> None:
+                 generator: torch.Generator, autocast: Callable,
+                 prepared: dict[str, torch.nn.Module] | None = None) -> None:
+        """``prepared`` holds what accelerate made of each trained model ("unet",
+        "textencoder"); under DDP it is the wrapper whose forward pass makes backward average
+        the gradients across processes, so a trained model is always called through it."""
         self.config = config
         self.c = components
+        prepared = prepared or {}
+        self.unet = prepared.get("unet", components.unet)
+        self.text_encoder = prepared.get("textencoder", components.text_encoder)
         self.device = device
         self.generator = generator
         self.autocast = autocast
@@ -41,7 +48,7 @@ class StepComputer:
         """The captions' text-encoder states (call inside autocast, as the step does)."""
         ids = tokenize(self.c.tokenizer, captions, self.config.training.max_token_length).to(self.device)
         with torch.set_grad_enabled(self.train_text_encoder):
-            return encode(self.c.text_encoder, ids, self.config.model.clip_skip)
+            return encode(self.text_encoder, ids, self.config.model.clip_skip)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         latents = self.latents(batch)
@@ -55,7 +62,7 @@ class StepComputer:
             timesteps = sample_timesteps(latents.shape[0], self.c.noise_scheduler.config.num_train_timesteps,
                                          self.generator, self.device)
             noisy = self.c.noise_scheduler.add_noise(latents, noise, timesteps)
-            prediction = self.c.unet(noisy, timesteps, states).sample
+            prediction = self.unet(noisy, timesteps, states).sample
         if self.v_prediction:
             target = self.c.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:

@@ -69,6 +69,7 @@ def _chunks(tokenizer, ids: torch.Tensor, max_token_length: int) -> torch.Tensor
 
 
 def final_layer_norm(text_encoder) -> torch.nn.Module:  # noqa: ANN001 - CLIPTextModel
+    text_encoder = getattr(text_encoder, "module", text_encoder)  # inside a DDP wrapper
     inner = getattr(text_encoder, "text_model", text_encoder)
     return inner.final_layer_norm
 
