@@ -78,6 +78,10 @@ class TrainingState:
     epoch_losses: list[float] = field(default_factory=list)
     peak_memory_mb: float = 0.0
     skipped_steps: int = 0  # steps left out for a NaN/inf loss (training.nonfinite_loss = "skip")
+    # The run's peaks by phase and their kind (core.training.memory), so a resumed run keeps
+    # them; absent from states saved before they were recorded.
+    peak_by_phase: dict[str, dict[str, float]] | None = None
+    memory_kind: str | None = None
 
 
 class StateError(ValueError):
