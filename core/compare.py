@@ -146,24 +146,47 @@ _LOSSES = {"final loss", "last-epoch loss"}
 _CSV_HEADERS = {WALL_TIME: "wall time (s)"}
 
 
-def memory_column(records: Sequence[RunRecord]) -> str:
+def _memory_name(records: Sequence[RunRecord]) -> str:
     kinds = {r.memory_kind for r in records}
-    return "peak VRAM (MB)" if kinds == {"cuda"} else "peak RAM (MB)" if kinds == {"rss"} else "peak memory (MB)"
+    return "VRAM" if kinds == {"cuda"} else "RAM" if kinds == {"rss"} else "memory"
+
+
+def memory_column(records: Sequence[RunRecord]) -> str:
+    """The run's peak over every phase (loading, caching, training, sampling, saving)."""
+    return f"peak {_memory_name(records)} (MB)"
+
+
+def training_memory_columns(records: Sequence[RunRecord]) -> list[str]:
+    """The training phase's peak, and on CUDA the allocator's reserved peak beside it: what a
+    resolution costs to train (the run's peak can come from caching latents instead)."""
+    name = _memory_name(records)
+    if name == "RAM":
+        return ["training peak RAM (MB)"]
+    used = "training peak VRAM allocated (MB)" if name == "VRAM" else "training peak memory (MB)"
+    return [used, "training peak VRAM reserved (MB)"]
 
 
 def comparison_table(records: Sequence[RunRecord]) -> ComparisonTable:
     varied = varied_params(records)
+    training_memory = training_memory_columns(records)
     columns = ["run", *varied, "status", "steps", "epochs", WALL_TIME, "time per step (s)",
-               memory_column(records), "resolution", "buckets", "batches/epoch", "final loss", "last-epoch loss"]
+               *training_memory, memory_column(records), "resolution", "buckets", "batches/epoch", "final loss",
+               "last-epoch loss"]
     rows: list[list[object]] = []
     for record, label in zip(records, legend_labels(records, varied)):
         values = [format_param(key, param_value(record, key)) if record.config else None for key in varied]
         rows.append([label, *values, record.status, record.steps, record.epochs,
                      record.wall_seconds if record.wall_seconds > 0 else None,
                      record.wall_seconds / record.steps if record.steps and record.wall_seconds > 0 else None,
+                     *_training_memory(record)[:len(training_memory)],
                      record.peak_memory_mb if record.peak_memory_mb > 0 else None, record.resolution,
                      record.bucket_count, record.batches_per_epoch, record.final_loss, record.last_epoch_loss])
     return ComparisonTable(columns, rows, varied)
+
+
+def _training_memory(record: RunRecord) -> list[float | None]:
+    reserved = record.training_peak_reserved_mb if record.memory_kind == "cuda" else None
+    return [record.training_peak_mb, reserved]
 
 
 def _duration(seconds: float) -> str:

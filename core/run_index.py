@@ -59,8 +59,13 @@ class RunRecord:
     epochs: int = 0
     total_epochs: int = 0
     wall_seconds: float = 0.0
-    peak_memory_mb: float = 0.0
+    peak_memory_mb: float = 0.0  # the run's peak over every phase (allocated on CUDA)
     memory_kind: str = "rss"  # "cuda" (VRAM) or "rss" (process memory of a CPU run)
+    # The training phase's peaks (allocated on CUDA, RSS on a CPU; reserved on CUDA only) and
+    # the run's reserved peak; None where the run did not record them (older runs).
+    training_peak_mb: float | None = None
+    training_peak_reserved_mb: float | None = None
+    peak_reserved_mb: float | None = None
     final_loss: float | None = None
     last_epoch_loss: float | None = None
     resolution: str | None = None  # "512x512"
@@ -226,8 +231,15 @@ def _fill_from_metrics(record: RunRecord) -> str | None:
         record.steps = max(record.steps, _count(last_step, "step") or 0)
         record.epochs = max(record.epochs, _count(last_step, "epoch") or 0)
         record.wall_seconds = max(record.wall_seconds, _number(last_step, "elapsed_s") or 0.0)
-        record.peak_memory_mb = max(record.peak_memory_mb, _number(last_step, "memory_peak_mb") or 0.0)
+        # memory_run_peak_mb is the run's peak; older records have only memory_peak_mb
+        run_peak = _number(last_step, "memory_run_peak_mb")
+        record.peak_memory_mb = max(record.peak_memory_mb, run_peak or _number(last_step, "memory_peak_mb") or 0.0)
         record.memory_kind = _memory_kind(last_step.get("memory_kind"), record.memory_kind)
+        if run_peak is not None:  # then memory_peak_mb is the training phase's peak
+            record.training_peak_mb = _larger(record.training_peak_mb, _number(last_step, "memory_peak_mb"))
+            if record.memory_kind == "cuda":
+                record.training_peak_reserved_mb = _larger(record.training_peak_reserved_mb,
+                                                           _number(last_step, "memory_peak_reserved_mb"))
         record.final_loss = _number(last_step, "loss")
     if last_epoch is not None and record.last_epoch_loss is None:
         record.last_epoch_loss = _number(last_epoch, "mean_loss")
@@ -247,6 +259,7 @@ def _apply_summary(record: RunRecord, summary: dict[str, Any]) -> None:
     record.wall_seconds = _number(summary, "wall_seconds") or 0.0
     record.peak_memory_mb = _number(summary, "peak_vram_mb") or 0.0
     record.memory_kind = _memory_kind(summary.get("memory_kind"), "cuda")
+    _apply_phase_peaks(record, summary)
     record.final_loss = _number(summary, "final_loss")
     record.last_epoch_loss = _number(summary, "mean_last_epoch_loss")
     record.started_at = _timestamp(summary, "started_at")
@@ -259,6 +272,23 @@ def _apply_summary(record: RunRecord, summary: dict[str, Any]) -> None:
             if _is_file(candidate):
                 record.lora_path = candidate
                 break
+
+
+def _larger(first: float | None, second: float | None) -> float | None:
+    return second if first is None else first if second is None else max(first, second)
+
+
+def _apply_phase_peaks(record: RunRecord, summary: dict[str, Any]) -> None:
+    """The training phase's peaks from summary.peak_by_phase (absent in older runs; a value of
+    the wrong type is read as absent)."""
+    cuda = record.memory_kind == "cuda"
+    record.peak_reserved_mb = _number(summary, "peak_reserved_mb") if cuda else None
+    phases = summary.get("peak_by_phase")
+    training = phases.get("training") if isinstance(phases, dict) else None
+    if not isinstance(training, dict):
+        return
+    record.training_peak_mb = _number(training, "allocated_mb" if cuda else "rss_mb")
+    record.training_peak_reserved_mb = _number(training, "reserved_mb") if cuda else None
 
 
 def _apply_plan(record: RunRecord, plan: dict[str, Any]) -> None:

@@ -242,6 +242,14 @@ class RunSummary:
     last_checkpoint: str | None = None
     state_path: str | None = None
     skipped_steps: int = 0  # steps left out for a NaN/inf loss
+    # Memory of this run only (core.training.memory): peak_vram_mb is the peak over every phase
+    # (allocated on CUDA, RSS on a CPU); peak_reserved_mb the CUDA allocator's reserved peak
+    # (None on a CPU); peak_by_phase the peaks of each phase, {"training": {"allocated_mb",
+    # "reserved_mb"}} on CUDA, {"training": {"rss_mb"}} on a CPU; memory_method how they were
+    # measured ("cuda allocator", "rss high-water mark", "rss sampled"). Absent in older runs.
+    peak_reserved_mb: float | None = None
+    peak_by_phase: dict[str, dict[str, float]] | None = None
+    memory_method: str | None = None
 
     # The process training the run (core.processes.this_process), so that a run whose process
     # was killed is not shown as running for ever.

@@ -22,8 +22,8 @@ from gui import theme
 
 log = logging.getLogger("lorakiln.gui")
 
-COLUMNS = ["name", "date", "status", "steps", "epochs", "wall time", "peak memory", "final loss",
-           "last-epoch loss", "problem"]
+COLUMNS = ["name", "date", "status", "steps", "epochs", "wall time", "training peak", "peak memory",
+           "final loss", "last-epoch loss", "problem"]
 PATH_ROLE = Qt.ItemDataRole.UserRole
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 STATUS_COLOURS = {"failed": theme.ERROR, "cancelled": theme.WARNING, "incomplete": theme.WARNING,
@@ -119,10 +119,16 @@ def row_cells(record: Any) -> list[tuple[str, object]]:
     memory_name = "VRAM" if record.memory_kind == "cuda" else "RAM"
     memory = (f"{record.peak_memory_mb:.0f} MB {memory_name}", record.peak_memory_mb) if record.peak_memory_mb \
         else ("–", None)
+    # The training phase's peak (VRAM allocated / reserved on a GPU); "peak memory" is the
+    # run's peak over every phase, caching and sampling included.
+    training = getattr(record, "training_peak_mb", None)
+    reserved = getattr(record, "training_peak_reserved_mb", None) if record.memory_kind == "cuda" else None
+    training_cell = ((f"{training:.0f} MB {memory_name}" + (f" (reserved {reserved:.0f})" if reserved else ""),
+                      training) if training else ("–", None))
     problem = record.problem or (f"failed: {record.error}" if record.error else "")
     wall = (format_duration(record.wall_seconds), record.wall_seconds) if record.wall_seconds else ("–", None)
     return [(record.name, record.name.lower()), (date, when), (record.status, record.status),
-            (steps, record.steps), (epochs, record.epochs), wall, memory,
+            (steps, record.steps), (epochs, record.epochs), wall, training_cell, memory,
             _number(record.final_loss), _number(record.last_epoch_loss), (problem, problem)]
 
 

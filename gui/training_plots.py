@@ -128,33 +128,45 @@ class DlrPlot(GroupPlot):
 
 
 class MemoryPlot(LivePlot):
-    """Allocated and peak memory. A CPU run measures the process's resident memory, and
-    the plot says so: every number shown must be what was measured."""
+    """Memory in use, the training phase's peak and the run's peak (which loading or caching
+    can set). On a GPU the training peak is shown allocated (tensors) and reserved (what the
+    allocator holds, what must fit on the card). A CPU run measures the process's resident
+    memory, and the plot says so: every number shown must be what was measured."""
 
     LABELS = {
-        "cuda": ("VRAM", "VRAM (MB)", "allocated", "peak allocated"),
-        "rss": ("Process memory", "process memory (RSS, MB)", "RSS", "peak RSS"),
+        "cuda": ("VRAM", "VRAM (MB)", ("allocated", "training peak allocated", "training peak reserved",
+                                       "run peak allocated")),
+        "rss": ("Process memory", "process memory (RSS, MB)", ("RSS", "training peak RSS", None, "run peak RSS")),
     }
 
     def __init__(self) -> None:
         super().__init__("Memory", "step", "memory (MB)")
         self.kind: str | None = None
+        self._names: tuple[str | None, ...] = ()
 
-    def add_point(self, step: float, allocated_mb: float, peak_mb: float, kind: str) -> None:
+    def add_point(self, step: float, allocated_mb: float, peak_mb: float, kind: str,
+                  peak_reserved_mb: float = 0.0, run_peak_mb: float = 0.0) -> None:
         if kind != self.kind:
             self._use_kind(kind)
-        now, peak = self.series_names()
+        now, peak, reserved, run_peak = self._names
         self.append(now, step, allocated_mb)
         self.append(peak, step, peak_mb)
+        if reserved and peak_reserved_mb > 0:  # 0: metrics from before reserved peaks were reported
+            self.append(reserved, step, peak_reserved_mb)
+        self.append(run_peak, step, max(run_peak_mb, peak_mb))
 
     def _use_kind(self, kind: str) -> None:
         for name in self.series_names():
             self.remove_series(name)
-        title, axis, now, peak = self.LABELS.get(kind, (kind, f"{kind} (MB)", "current", "peak"))
-        self.kind = kind
+        title, axis, names = self.LABELS.get(kind, (kind, f"{kind} (MB)", ("current", "peak", None, "run peak")))
+        self.kind, self._names = kind, names
         self.set_axis_labels("step", axis)
+        now, peak, reserved, run_peak = names
         self.add_series(now, theme.SERIES[0])
         self.add_series(peak, theme.SERIES[3], width=1, dashed=True)  # often equal: both stay visible
+        if reserved:
+            self.add_series(reserved, theme.SERIES[1], width=1, dashed=True)
+        self.add_series(run_peak, theme.SERIES[4], width=1, dashed=True)
         self.set_title(title)
 
     def clear(self) -> None:
@@ -196,7 +208,8 @@ class TrainingPlots(QObject):
         self.lr.add_point(step, metrics.lr)
         if metrics.dlr:
             self.dlr.add_point(step, metrics.dlr)
-        self.memory.add_point(step, metrics.memory_allocated_mb, metrics.memory_peak_mb, metrics.memory_kind)
+        self.memory.add_point(step, metrics.memory_allocated_mb, metrics.memory_peak_mb, metrics.memory_kind,
+                              getattr(metrics, "memory_peak_reserved_mb", 0.0), getattr(metrics, "memory_run_peak_mb", 0.0))
         self.throttle.mark()
 
     def add_epoch(self, metrics: object) -> None:

@@ -95,25 +95,40 @@ def test_values_are_formatted_for_reading():
 
 def test_the_table_summarises_time_memory_buckets_and_loss(tmp_path):
     records = [load_run(write_run(tmp_path, "r512", make_config("a", 512), wall=10.0, steps=4, buckets=2,
-                                  batches=4, peak=3000.0)),
+                                  batches=4, peak=3000.0, reserved=3300.0,
+                                  phases={"caching": {"allocated_mb": 3000.0, "reserved_mb": 3300.0},
+                                          "training": {"allocated_mb": 2500.0, "reserved_mb": 2900.0}})),
                load_run(write_run(tmp_path, "r768", make_config("b", 768), wall=30.0, steps=4, buckets=5,
-                                  batches=6, peak=5000.0))]
+                                  batches=6, peak=5000.0))]  # an older run: no peaks by phase
     table = comparison_table(records)
     assert table.columns == ["run", "dataset.resolution", "status", "steps", "epochs", "wall time",
-                             "time per step (s)", "peak VRAM (MB)", "resolution", "buckets", "batches/epoch",
-                             "final loss", "last-epoch loss"]
+                             "time per step (s)", "training peak VRAM allocated (MB)",
+                             "training peak VRAM reserved (MB)", "peak VRAM (MB)", "resolution", "buckets",
+                             "batches/epoch", "final loss", "last-epoch loss"]
     assert table.varied == ["dataset.resolution"]
-    assert table.rows[0] == ["resolution=512", "512x512", "completed", 4, 1, 10.0, 2.5, 3000.0, "512x512", 2, 4,
-                             0.25, 0.52]
-    assert table.rows[1][6] == 7.5 and table.rows[1][7] == 5000.0 and table.rows[1][9] == 5
+    assert table.rows[0] == ["resolution=512", "512x512", "completed", 4, 1, 10.0, 2.5, 2500.0, 2900.0, 3000.0,
+                             "512x512", 2, 4, 0.25, 0.52]
+    assert table.rows[1][6] == 7.5 and table.rows[1][7:10] == [None, None, 5000.0] and table.rows[1][11] == 5
 
 
 def test_the_memory_column_says_what_was_measured(tmp_path):
     cpu = _runs(tmp_path / "cpu", make_config(), kind="rss")
     gpu = _runs(tmp_path / "gpu", make_config(), kind="cuda")
-    assert "peak RAM (MB)" in comparison_table(cpu).columns
-    assert "peak VRAM (MB)" in comparison_table(gpu).columns
-    assert "peak memory (MB)" in comparison_table(cpu + gpu).columns
+    assert {"peak RAM (MB)", "training peak RAM (MB)"} <= set(comparison_table(cpu).columns)
+    assert "training peak VRAM reserved (MB)" not in comparison_table(cpu).columns  # a CPU reserves nothing
+    assert {"peak VRAM (MB)", "training peak VRAM allocated (MB)", "training peak VRAM reserved (MB)"} <= \
+        set(comparison_table(gpu).columns)
+    assert {"peak memory (MB)", "training peak memory (MB)"} <= set(comparison_table(cpu + gpu).columns)
+
+
+def test_a_cpu_runs_training_peak_is_its_rss_and_it_has_no_reserved_figure(tmp_path):
+    cpu = load_run(write_run(tmp_path, "cpu", make_config("a"), kind="rss", peak=900.0,
+                             phases={"training": {"rss_mb": 800.0}}))
+    gpu = load_run(write_run(tmp_path, "gpu", make_config("b"), kind="cuda", peak=3000.0, reserved=3400.0,
+                             phases={"training": {"allocated_mb": 2000.0, "reserved_mb": 2400.0}}))
+    table = comparison_table([cpu, gpu])
+    used, reserved = (table.columns.index(c) for c in ("training peak memory (MB)", "training peak VRAM reserved (MB)"))
+    assert [(row[used], row[reserved]) for row in table.rows] == [(800.0, None), (2000.0, 2400.0)]
 
 
 def test_unknown_numbers_are_blank_not_zero(tmp_path):

@@ -36,7 +36,8 @@ def step_record(step: int, loss: float | None = 0.5, *, lr: float = 1e-4, memory
 
 def write_run(root: Path, folder: str, config: TrainConfig | None = None, *, status: str | None = "completed",
               steps: int = 4, metrics: list[dict] | None = None, wall: float = 2.0, peak: float = 1234.0,
-              kind: str = "cuda", started: float = 1_700_000_000.0, buckets: int = 2, batches: int = 4) -> Path:
+              kind: str = "cuda", started: float = 1_700_000_000.0, buckets: int = 2, batches: int = 4,
+              phases: dict | None = None, reserved: float | None = None) -> Path:
     """A run folder as the engine writes it, by hand (no training needed)."""
     run = root / folder
     run.mkdir(parents=True)
@@ -56,7 +57,7 @@ def write_run(root: Path, folder: str, config: TrainConfig | None = None, *, sta
         RunSummary(status=status, name=name, steps=steps, total_steps=steps, epochs=1, total_epochs=1,
                    wall_seconds=wall, peak_vram_mb=peak, memory_kind=kind, final_loss=0.25,
                    mean_last_epoch_loss=0.52, lora_path=str(run / f"{name}.safetensors"),
-                   started_at=started).write(run)
+                   started_at=started, peak_by_phase=phases, peak_reserved_mb=reserved).write(run)
     return run
 
 
@@ -440,3 +441,42 @@ def test_runs_trained_by_the_engine_are_read_back(tmp_path):
 
     varied = varied_params(records)
     assert "network.dim" in varied and "output.output_name" not in varied
+
+
+def test_the_training_peaks_are_read_from_the_summary_and_older_runs_have_none(tmp_path):
+    record = load_run(write_run(tmp_path, "new", peak=3000.0, reserved=3300.0,
+                                phases={"training": {"allocated_mb": 2500.0, "reserved_mb": 2900.0}}))
+    assert (record.training_peak_mb, record.training_peak_reserved_mb, record.peak_reserved_mb) == \
+        (2500.0, 2900.0, 3300.0)
+    assert record.peak_memory_mb == 3000.0
+    old = load_run(write_run(tmp_path, "old"))
+    assert (old.training_peak_mb, old.training_peak_reserved_mb, old.peak_reserved_mb, old.problem) == \
+        (None, None, None, None)
+    cpu = load_run(write_run(tmp_path, "cpu", kind="rss", reserved=5.0, phases={"training": {"rss_mb": 700.0}}))
+    assert (cpu.training_peak_mb, cpu.training_peak_reserved_mb, cpu.peak_reserved_mb) == (700.0, None, None)
+
+
+@pytest.mark.parametrize("phases", ["big", [1, 2], {"training": "big"}, {"training": [1]},
+                                    {"training": {"allocated_mb": "big", "reserved_mb": None}},
+                                    {"training": {"allocated_mb": float("inf")}}, {"training": {"allocated_mb": True}},
+                                    {"training": {"allocated_mb": 10**400}}])
+def test_peaks_by_phase_of_the_wrong_type_read_as_absent(tmp_path, phases):
+    run = write_run(tmp_path, "r")
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(peak_by_phase=phases, peak_reserved_mb="lots")
+    (run / "summary.json").write_text(json.dumps(summary))
+    record = load_run(run)
+    assert (record.training_peak_mb, record.training_peak_reserved_mb, record.peak_reserved_mb) == \
+        (None, None, None)
+    assert record.problem is None and record.peak_memory_mb == 1234.0
+
+
+def test_a_running_run_shows_the_training_peak_of_its_last_step(tmp_path):
+    last = step_record(4, memory=300.0) | {"memory_peak_mb": 280.0, "memory_peak_reserved_mb": 320.0,
+                                            "memory_run_peak_mb": 900.0}
+    run = write_run(tmp_path, "r", status=None, metrics=[step_record(s) for s in (1, 2, 3)] + [last])
+    record = load_run(run)
+    assert (record.training_peak_mb, record.training_peak_reserved_mb, record.peak_memory_mb) == \
+        (280.0, 320.0, 900.0)
+    older = load_run(write_run(tmp_path, "o", status=None, metrics=[step_record(1, memory=300.0)]))
+    assert (older.training_peak_mb, older.peak_memory_mb) == (None, 305.0)  # its peak was process-wide

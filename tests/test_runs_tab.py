@@ -99,14 +99,15 @@ def test_every_run_is_listed_newest_first_with_its_numbers(tab, runs_root):
     assert names[:3] == ["kiln_512", "kiln_384", "kiln_256"]  # started later = listed higher
     row = names.index("kiln_384")
     assert cell(tab, row, 2) == "completed" and cell(tab, row, 3) == "10/10" and cell(tab, row, 4) == "2/2"
-    assert cell(tab, row, 5) == "00:05" and cell(tab, row, 6) == "138 MB RAM"
-    assert cell(tab, row, 7) == "0.1000" and cell(tab, row, 8) == "0.2000"
+    assert cell(tab, row, 5) == "00:05" and cell(tab, row, 7) == "138 MB RAM"
+    assert cell(tab, row, 6) == "–"  # written without peaks by phase, as older runs were
+    assert cell(tab, row, 8) == "0.1000" and cell(tab, row, 9) == "0.2000"
     assert tab.count_label.text() == "4 runs, 1 with problems"
 
 
 def test_a_broken_run_is_listed_with_its_problem(tab):
     row = [cell(tab, r, 0) for r in range(4)].index("20250101-000009-broken")
-    assert "config.toml" in cell(tab, row, 9)
+    assert "config.toml" in cell(tab, row, 10)
     assert "config.toml" in tab.run_list.table.item(row, 0).toolTip()
 
 
@@ -248,3 +249,16 @@ def test_a_selection_asked_for_before_a_refresh_is_shown_waits_for_it(qtbot, tab
     assert tab.run_list.wait(10)  # the reading thread has ended; its answer is still queued
     tab.run_list.select_paths([str(new)])
     qtbot.waitUntil(lambda: tab.run_list.selected_paths() == [str(new)], timeout=TIMEOUT_MS)
+
+
+def test_the_run_list_shows_the_training_peak_beside_the_runs_peak(tmp_path):
+    from gui.run_list import COLUMNS, row_cells
+    from tests.test_run_index import write_run
+
+    new = load_run(write_run(tmp_path, "new", peak=3000.0, reserved=3300.0,
+                             phases={"training": {"allocated_mb": 2500.0, "reserved_mb": 2900.0}}))
+    cells = dict(zip(COLUMNS, row_cells(new)))
+    assert cells["training peak"] == ("2500 MB VRAM (reserved 2900)", 2500.0)
+    assert cells["peak memory"] == ("3000 MB VRAM", 3000.0)
+    old = dict(zip(COLUMNS, row_cells(load_run(write_run(tmp_path, "old", peak=1234.0)))))
+    assert old["training peak"] == ("–", None) and old["peak memory"] == ("1234 MB VRAM", 1234.0)

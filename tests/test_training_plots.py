@@ -3,6 +3,7 @@
 
 
 import csv  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -87,11 +88,14 @@ def test_dlr_shows_a_note_until_the_optimizer_reports_it(plots):
 
 def test_memory_axis_says_what_was_measured(plots):
     plots.add_step(step(1, kind="cuda", allocated=2100.0, peak=2500.0))
-    assert plots.memory.y_label == "VRAM (MB)" and plots.memory.series_names() == ["allocated", "peak allocated"]
+    assert plots.memory.y_label == "VRAM (MB)"
+    assert plots.memory.series_names() == ["allocated", "training peak allocated", "training peak reserved",
+                                           "run peak allocated"]
     assert plots.memory.plot_item.getAxis("left").labelText == "VRAM (MB)"
     plots.clear()
     plots.add_step(step(1, kind="rss"))
-    assert plots.memory.y_label == "process memory (RSS, MB)" and plots.memory.series_names() == ["RSS", "peak RSS"]
+    assert plots.memory.y_label == "process memory (RSS, MB)"
+    assert plots.memory.series_names() == ["RSS", "training peak RSS", "run peak RSS"]  # nothing "reserved"
     assert len(plots.memory.series("RSS")) == 1
 
 
@@ -163,3 +167,13 @@ def test_open_log_folder_opens_the_run_folder(qtbot, monkeypatch):
     no_log = ErrorDialog(Failed("error", "Could not start.", (), "trace", None, None))
     qtbot.addWidget(no_log)
     assert not no_log.open_folder_button.isEnabled() and "No log file" in no_log.log_label.text()
+
+
+def test_the_memory_plot_shows_the_training_peak_allocated_and_reserved_and_the_run_peak(plots):
+    metrics = replace(step(1, kind="cuda", allocated=2100.0, peak=2500.0),
+                      memory_peak_reserved_mb=2800.0, memory_run_peak_mb=6000.0)  # caching set the run's peak
+    plots.add_step(metrics)
+    memory = plots.memory
+    assert memory.series_names() == ["allocated", "training peak allocated", "training peak reserved",
+                                     "run peak allocated"]
+    assert [memory.series(name).last()[1] for name in memory.series_names()] == [2100.0, 2500.0, 2800.0, 6000.0]

@@ -81,6 +81,10 @@ class TrainingState:
     # fp16's loss scaler (torch.amp.GradScaler.state_dict()); None in fp32 / bf16 and in
     # states saved before it was kept.
     grad_scaler: dict[str, Any] | None = None
+    # The run's peaks by phase and their kind (core.training.memory), so a resumed run keeps
+    # them; absent from states saved before they were recorded.
+    peak_by_phase: dict[str, dict[str, float]] | None = None
+    memory_kind: str | None = None
 
 
 class StateError(ValueError):

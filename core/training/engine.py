@@ -30,7 +30,8 @@ from core.training.errors import ConfigProblems, diagnose, format_traceback
 from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, PhaseProgress, RunStarted,
                                   SampleImage, Sink, Status, StepMetrics, StepSkipped)
 from core.training.faults import NonFiniteGuard, release_memory
-from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds, memory_figures
+from core.training.memory import PhasePeaks
+from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds
 from core.training.optim import current_lrs
 from core.training.run_lock import RunFolderLock
 from core.validation import errors, validate
@@ -78,7 +79,7 @@ class Trainer:
         self._metrics: MetricsWriter | None = None
         self._tensorboard = None
         self._log_handler: logging.Handler | None = None
-        self._peak_memory = 0.0
+        self._memory: PhasePeaks | None = None  # created per run: resets the device's peak
         self._wall_before = 0.0  # training time of earlier sessions of a resumed run
         self._session_id = uuid.uuid4().hex
 
@@ -110,6 +111,8 @@ class Trainer:
 
     def _status(self, text: str, phase: str = "training") -> None:
         log.info(text)
+        if self._memory is not None:
+            self._memory.enter(phase)
         self._emit(Status(text, phase))
 
     # ------------------------------------------------------------------ preparing
@@ -122,6 +125,7 @@ class Trainer:
         precision, note = setup.choose_precision(config, torch.cuda.is_available())
         self.accelerator = setup.make_accelerator(precision, setup.leaves_lora_unused(config))
         self.device = self.accelerator.device
+        self._memory = PhasePeaks(self.device)
         self.weight_dtype = setup.weight_dtype(precision, self.device)
         from accelerate.utils import set_seed
 
@@ -219,7 +223,7 @@ class Trainer:
             self.summary = RunSummary(status="running", name=config.output.output_name,
                                       total_steps=steps.max_train_steps, total_epochs=steps.epochs,
                                       started_at=self._started,
-                                      memory_kind="cuda" if torch.cuda.is_available() else "rss",
+                                      memory_kind=self._memory.kind, memory_method=self._memory.method,
                                       runner=this_process())
             self.summary.write(self.run_dir)
             log.info("run folder %s; %d steps, %d epochs, %d batches per epoch", self.run_dir,
@@ -282,7 +286,7 @@ class Trainer:
         restore_rng(state)
         self.step, self._start_epoch, self._skip_batches = state.step, state.epoch, state.batch_in_epoch
         self._wall_before = state.wall_seconds
-        self._peak_memory = state.peak_memory_mb
+        self._memory.take_earlier(state.peak_by_phase, state.memory_kind, state.peak_memory_mb)
         self._skipped_before = state.skipped_steps
         self._resumed = state
         self._status(f"resumed at step {state.step} (epoch {state.epoch})", "loading")
@@ -378,13 +382,14 @@ class Trainer:
 
     def _report_step(self, loss: float, average: float, throughput: Throughput, images: int) -> None:
         lrs, dlrs = current_lrs(self.optimizer)
-        allocated, reserved, peak, kind = memory_figures(self.device, self._peak_memory)
-        self._peak_memory = max(self._peak_memory, peak)
+        memory = self._memory.figures()
         rate = throughput.steps_per_second
         total = self.plan.steps.max_train_steps
         metrics = StepMetrics(step=self.step, epoch=self.epoch, total_steps=total, loss=loss, avg_loss=average,
-                              lr=lrs, dlr=dlrs, memory_allocated_mb=allocated, memory_reserved_mb=reserved,
-                              memory_peak_mb=peak, memory_kind=kind, it_per_s=rate,
+                              lr=lrs, dlr=dlrs, memory_allocated_mb=memory["allocated"],
+                              memory_reserved_mb=memory["reserved"], memory_peak_mb=memory["peak"],
+                              memory_kind=memory["kind"], memory_peak_reserved_mb=memory["peak_reserved"],
+                              memory_run_peak_mb=memory["run_peak"], it_per_s=rate,
                               images_per_s=rate * images * self.config.training.gradient_accumulation_steps,
                               eta_s=eta_seconds(self.step, total, rate),
                               elapsed_s=self._wall_before + time.perf_counter() - self._train_started)
@@ -458,8 +463,8 @@ class Trainer:
             lora=trainable_state(self.network.trained), optimizer=self.optimizer.state_dict(),
             scheduler=self.lr_scheduler.state_dict(), generator=self.generator.get_state(), torch_rng=torch_rng,
             python_rng=python_rng, cuda_rng=cuda_rng, loss_window=list(getattr(self, "_window", EpochWindowAverage(1))._values),
-            epoch_losses=list(getattr(self, "_epoch_losses", [])), peak_memory_mb=self._peak_memory,
-            skipped_steps=self._skipped_steps,
+            epoch_losses=list(getattr(self, "_epoch_losses", [])), peak_memory_mb=self._memory.overall()[0],
+            skipped_steps=self._skipped_steps, peak_by_phase=self._memory.by_phase(), memory_kind=self._memory.kind,
             grad_scaler=self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None)
 
     def _save_checkpoint(self, kind: str, with_state: bool) -> None:
@@ -588,7 +593,10 @@ class Trainer:
     def _complete_summary(self, status: str, lora_path: str | None, wall: float, error: str | None = None) -> None:
         summary = self.summary
         summary.status, summary.steps, summary.epochs = status, self.step, self.epoch
-        summary.wall_seconds, summary.peak_vram_mb = wall, self._peak_memory
+        summary.wall_seconds = wall
+        if self._memory is not None:
+            summary.peak_vram_mb, summary.peak_reserved_mb = self._memory.overall()
+            summary.peak_by_phase = self._memory.by_phase()
         losses = getattr(self, "_epoch_losses", None)
         window = getattr(self, "_window", None)
         summary.final_loss = window._values[-1] if window is not None and window._values else None

@@ -50,6 +50,12 @@ class StepMetrics:
     images_per_s: float = 0.0
     eta_s: float | None = None
     elapsed_s: float = 0.0
+    # memory_peak_mb is the peak of the training phase (since training began; a resumed run
+    # includes its earlier sessions), memory_peak_reserved_mb the same for the memory the
+    # CUDA allocator reserved (the RSS again on a CPU), memory_run_peak_mb the run's peak so
+    # far over every phase (loading and caching can exceed training). See core.training.memory.
+    memory_peak_reserved_mb: float = 0.0
+    memory_run_peak_mb: float = 0.0
 
 
 @dataclass(frozen=True)
