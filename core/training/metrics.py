@@ -84,18 +84,3 @@ def smooth(values: list[float], weight: float) -> list[float]:
         debias = debias * weight + (1 - weight)
         out.append(last / debias if debias else value)
     return out
-
-
-def memory_figures(device, peak_mb: float) -> tuple[float, float, float, str]:  # noqa: ANN001 - torch.device
-    """(allocated, reserved, peak, kind) in MB: VRAM on a GPU; on a CPU the process's resident
-    memory, with ``peak_mb`` (the peak seen so far) raised to it. The one measurement here."""
-    import torch
-
-    if device.type == "cuda":
-        mb = 1024 * 1024
-        return (torch.cuda.memory_allocated(device) / mb, torch.cuda.memory_reserved(device) / mb,
-                torch.cuda.max_memory_allocated(device) / mb, "cuda")
-    import psutil
-
-    rss = psutil.Process().memory_info().rss / (1024 * 1024)
-    return rss, rss, max(peak_mb, rss), "rss"
