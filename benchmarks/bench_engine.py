@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from core.config import DEMO_MODEL, Duration, LatentCache, OptimizerType, Scheduler, SubsetParams, TrainConfig  # noqa: E402
+from core.config.schema import DEMO_MODEL, Duration, LatentCache, OptimizerType, Scheduler, SubsetParams, TrainConfig  # noqa: E402
 from core.training.engine import Trainer  # noqa: E402
 from core.training.events import CallbackSink, StepMetrics  # noqa: E402
 
@@ -65,7 +65,7 @@ def time_engine(steps: int, resolution: int) -> float:
 def time_reference(steps: int, resolution: int) -> float:
     from peft import LoraConfig, inject_adapter_in_model
 
-    from core.models import build_demo_model
+    from core.models.base_model import build_demo_model
 
     torch.manual_seed(0)
     c = build_demo_model(0)

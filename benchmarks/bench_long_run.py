@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from core.runs import MetricsWriter, read_metrics  # noqa: E402
+from core.training.run_folder import MetricsWriter, read_metrics  # noqa: E402
 from core.training.events import EpochMetrics, StepMetrics  # noqa: E402
 
 MB = 1024 * 1024

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image  # noqa: E402
 
-from core.config import DatasetParams, Duration, SubsetParams, TrainingParams  # noqa: E402
-from core.imageinfo import is_image_file  # noqa: E402
-from core.plan import plan_dataset  # noqa: E402
+from core.config.schema import DatasetParams, Duration, SubsetParams, TrainingParams  # noqa: E402
+from core.data.imageinfo import is_image_file  # noqa: E402
+from core.data.plan import plan_dataset  # noqa: E402
 
 FORMATS = [(".png", "PNG"), (".jpg", "JPEG"), (".webp", "WEBP"), (".bmp", "BMP")]
 

@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from core.config import DEMO_MODEL, Duration, MixedPrecision, SubsetParams, TrainConfig  # noqa: E402
-from core.presets import find_preset, load_preset  # noqa: E402
-from core.sd15_files import sd15_config_dir  # noqa: E402
+from core.config.schema import DEMO_MODEL, Duration, MixedPrecision, SubsetParams, TrainConfig  # noqa: E402
+from core.config.presets import find_preset, load_preset  # noqa: E402
+from core.models.sd15_files import sd15_config_dir  # noqa: E402
 from core.training.engine import Trainer  # noqa: E402
 from core.training.events import CallbackSink, Finished, StepMetrics  # noqa: E402
 from core.training.setup import choose_precision  # noqa: E402

@@ -12,8 +12,8 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from core import __version__
-from core.paths import log_dir
-from core.resources import resource_path
+from core.system.paths import log_dir
+from core.system.resources import resource_path
 
 
 def make_app() -> QApplication:
@@ -74,7 +74,7 @@ def run(preset: str | None = None) -> int:
     # Load after the window is on screen, so the first paint is not held up.
     def open_first() -> None:
         if preset:
-            from core.presets import PresetError, find_preset
+            from core.config.presets import PresetError, find_preset
 
             try:
                 window.open_preset(str(find_preset(preset)))

@@ -15,9 +15,9 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
-from core.atomic import write_text_atomic
-from core.dataset import ResolvedSubset
-from core.plan import PlanImage
+from core.system.atomic import write_text_atomic
+from core.data.scan import ResolvedSubset
+from core.data.dataset_plan import PlanImage
 from gui import theme
 
 

@@ -15,7 +15,7 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from core.chart import run_colour
+from core.studies.chart import run_colour
 from gui.plots import LivePlot
 from gui.run_list import BackgroundCall, report
 from gui.series import debiased_ema
@@ -37,7 +37,7 @@ def _metrics_stamp(run_dir: Path) -> tuple[int, int] | None:
 
 def load_many_series(paths: list[Path]) -> dict[str, tuple[object, Any, str | None]]:
     """(stamp, RunSeries or None, problem) per run folder; runs in the background thread."""
-    from core.run_index import load_series
+    from core.studies.run_index import load_series
 
     out: dict[str, tuple[object, Any, str | None]] = {}
     for path in paths:
@@ -218,7 +218,7 @@ class CompareView(QWidget):
             self._draw()
 
     def _draw(self) -> None:
-        from core.compare import comparison_table, legend_labels, varied_params
+        from core.studies.compare import comparison_table, legend_labels, varied_params
 
         records = self.records
         self.varied = varied_params(records)
@@ -286,7 +286,7 @@ class CompareView(QWidget):
         self.note.setText("\n".join(self.problems))
 
     def _show_table(self) -> None:
-        from core.compare import format_cell
+        from core.studies.compare import format_cell
 
         table = self.table
         data = self.table_data
@@ -318,7 +318,7 @@ class CompareView(QWidget):
     def export_to(self, folder: str | Path) -> list[Path] | None:
         """Write the comparison (CSV, Markdown, PNG charts) into ``folder``; None (and a
         message) when that fails."""
-        from core.compare import export_comparison
+        from core.studies.compare import export_comparison
 
         if not self.records:
             self.show_message("Nothing to export", "Select the runs to compare first.")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
-from core.caption_tokens import count_ahead
-from core.config import DatasetParams
-from core.dataset import DatasetError, ScanCancelled, scan_dataset
+from core.data.caption_tokens import count_ahead
+from core.config.schema import DatasetParams
+from core.data.scan import DatasetError, ScanCancelled, scan_dataset
 
 DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
 
@@ -66,7 +66,7 @@ class _ScanJob(QRunnable):
 
 
 class DatasetScanner(QObject):
-    """Runs :func:`core.dataset.scan_dataset` in a worker thread; only the newest scan reports."""
+    """Runs :func:`core.data.scan.scan_dataset` in a worker thread; only the newest scan reports."""
 
     started = Signal()
     progress = Signal(int, int)  # files done, files in all

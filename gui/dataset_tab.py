@@ -4,7 +4,7 @@ Two speeds of update, because they cost very differently: a change to the folder
 the disk (headers and captions, in a worker thread, debounced while the person edits),
 while a change to resolution, buckets, batch size or duration re-plans the cached scan
 on the GUI thread, which is pure arithmetic and instant even for thousands of images.
-The plan shown is the one the trainer trains by (``core.plan.plan_from_scan``).
+The plan shown is the one the trainer trains by (``core.data.plan.plan_from_scan``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QListView, QProgressBar,
                                QPushButton, QSplitter, QVBoxLayout, QWidget)
 
-from core.buckets import BucketError
-from core.dataset import ScanResult
-from core.plan import DatasetPlan, PlanImage, plan_from_scan
+from core.data.buckets import BucketError
+from core.data.scan import ScanResult
+from core.data.dataset_plan import DatasetPlan, PlanImage
+from core.data.plan import plan_from_scan
 from gui.caption_editor import CaptionEditor
 from gui.dataset_scan import DatasetScanner
 from gui.plan_view import PlanView, bucket_label

@@ -18,9 +18,9 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QLabel, QLineEdit, QWidget
 
-from core.config import GROUP_TITLES, GROUPS, Duration, Scheduler, SubsetParams
-from core.params import FieldError, ParamSpec, param_specs, spec_for
-from core.validation import ERROR, WARNING, Problem
+from core.config.schema import GROUP_TITLES, GROUPS, Duration, Scheduler, SubsetParams
+from core.config.params import FieldError, ParamSpec, param_specs, spec_for
+from core.training.validation import ERROR, WARNING, Problem
 from gui import theme
 from gui.form_editors import FieldEditor, make_editor
 from gui.form_values import format_float

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QAbstractScrollArea, QAbstractSpinBox, QApplicati
                                QLineEdit, QMenu, QPlainTextEdit, QSpinBox, QToolButton, QVBoxLayout,
                                QWidget)
 
-from core.params import FieldError, ParamSpec, PathKind, is_optional, optional_inner
+from core.config.params import FieldError, ParamSpec, PathKind, is_optional, optional_inner
 from gui.form_values import VIEW_HINTS, ViewHint, format_float, format_pairs, parse_float, parse_pairs
 
 _INT32 = 2**31 - 1

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from core.config import DEMO_MODEL
-from core.overrides import _parse_literal
-from core.params import FieldError
-from core.validation import MODEL_SUFFIXES
+from core.config.schema import DEMO_MODEL
+from core.config.overrides import _parse_literal
+from core.config.params import FieldError
+from core.training.validation import MODEL_SUFFIXES
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class _GridJob(QObject):
         self.thread.start()
 
     def _main(self, spec: Any) -> None:
-        from core.grid import GridCancelled, GridError, make_grid
+        from core.studies.grid import GridCancelled, GridError, make_grid
 
         try:
             image = make_grid(spec, lambda done, total: self.progress.emit(done, total), self.cancel_event.is_set)
@@ -196,9 +196,9 @@ class GridDialog(QDialog):
     # ---------------------------------------------------------------- the spec
     def build_spec(self) -> Any:
         """The GridSpec the fields describe; raises GridError or ValueError naming the field."""
-        from core.compare import legend_labels
-        from core.grid import GridError, rows_from_runs, spec_from_run
-        from core.prompts import PromptError, parse_prompts
+        from core.studies.compare import legend_labels
+        from core.studies.grid import GridError, rows_from_runs, spec_from_run
+        from core.config.prompts import PromptError, parse_prompts
 
         if self.checkpoints_radio.isChecked():
             run_dir = Path(self.run_combo.currentData())
@@ -225,7 +225,7 @@ class GridDialog(QDialog):
     # ---------------------------------------------------------------- running
     def generate(self) -> bool:
         """Start making the grid in the background; False (the problem shown) when it cannot."""
-        from core.grid import GridError, check_spec
+        from core.studies.grid import GridError, check_spec
 
         if self.is_running():
             return False
@@ -257,7 +257,7 @@ class GridDialog(QDialog):
 
     def save(self, path: str | Path) -> Path | None:
         """Save the grid as a PNG (with how it was made in a text chunk); None and a message on failure."""
-        from core.grid import GridError, save_grid
+        from core.studies.grid import GridError, save_grid
 
         if self.image is None:
             return None

@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QPlainTextEdit, QVBoxLa
 class InspectDialog(QDialog):
     def __init__(self, path: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from core.cmd_inspect import InspectError, format_inspection, inspect_lora
+        from core.kohya.lora_info import InspectError, format_inspection, inspect_lora
 
         self.setWindowTitle(f"Inspect LoRA — {path}")
         self.resize(760, 640)

@@ -6,24 +6,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QTimer, QUrl
+from PySide6.QtCore import QTimer, QUrl
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from core import __version__
-from core.paths import log_dir, user_data_dir, user_presets_dir
-from core.presets import PresetError, builtin_preset_names, find_preset, load_preset
-from core.resources import resource_path
+from core.system.paths import log_dir, user_data_dir, user_presets_dir
+from core.config.presets import PresetError, builtin_preset_names, find_preset, load_preset
+from core.system.resources import resource_path
 from gui.project import Project
+from gui.settings import settings
 
 log = logging.getLogger("lorakiln.gui")
 MAX_RECENT = 8
 SAVE, DISCARD, CANCEL = "save", "discard", "cancel"
 BUILTIN_MARK = "builtin-preset:"
-
-
-def settings() -> QSettings:
-    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, "LoRA Kiln", "LoRA Kiln")
 
 
 class MainWindow(QMainWindow):
@@ -172,7 +169,7 @@ class MainWindow(QMainWindow):
         return True
 
     def import_kohya(self, paths: list[str]) -> bool:
-        from core.kohya_import import KohyaImportError, import_kohya
+        from core.kohya.import_config import KohyaImportError, import_kohya
 
         if not self._confirm_discard():
             return False
@@ -181,7 +178,7 @@ class MainWindow(QMainWindow):
         except KohyaImportError as err:
             self.show_message("Cannot import", str(err))
             return False
-        from core.presets import LoadedPreset
+        from core.config.presets import LoadedPreset
 
         self.project.load(LoadedPreset(result.config, None, f"imported from {', '.join(Path(p).name for p in paths)}"))
         self.project.mark_dirty()  # an imported config is unsaved work
@@ -351,8 +348,8 @@ class MainWindow(QMainWindow):
         import html
         import sys
 
-        from core.paths import default_runs_dir, settings_dir
-        from core.self_test import how_installed, result_file
+        from core.system.paths import default_runs_dir, settings_dir
+        from core.training.self_test import how_installed, result_file
 
         running = how_installed()
         if getattr(sys, "frozen", False):

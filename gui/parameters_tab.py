@@ -14,8 +14,8 @@ from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, Q
                                QListWidget, QListWidgetItem, QScrollArea, QStyle, QVBoxLayout,
                                QWidget)
 
-from core.config import GROUP_TITLES, GROUPS
-from core.validation import ERROR, Problem, validate
+from core.config.schema import GROUP_TITLES, GROUPS
+from core.training.validation import ERROR, Problem, validate
 from gui import theme
 from gui.form import MARK_COLORS, FormBinding, describe_problem, form_specs
 from gui.form_editors import FieldEditor

@@ -11,8 +11,8 @@ from PySide6.QtGui import QColor, QFontMetrics, QMouseEvent, QPainter, QPaintEve
 from PySide6.QtWidgets import (QGridLayout, QLabel, QListWidget, QSizePolicy, QStackedWidget, QTabWidget,
                                QToolTip, QVBoxLayout, QWidget)
 
-from core.dataset import ScanResult
-from core.plan import DatasetPlan
+from core.data.scan import ScanResult
+from core.data.dataset_plan import DatasetPlan
 from gui import theme
 
 Bucket = tuple[int, int]

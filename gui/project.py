@@ -10,10 +10,10 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from core.config import TrainConfig
-from core.overrides import apply_override
-from core.params import FieldError, coerce_value, param_specs, range_problem
-from core.presets import LoadedPreset, save_preset
+from core.config.schema import TrainConfig
+from core.config.overrides import apply_override
+from core.config.params import FieldError, coerce_value, param_specs, range_problem
+from core.config.presets import LoadedPreset, save_preset
 
 
 class Project(QObject):

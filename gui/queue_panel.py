@@ -16,8 +16,8 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
-from core.presets import PresetError
-from core.run_queue import PENDING, RUNNING, QueueError, RunQueue
+from core.config.presets import PresetError
+from core.studies.run_queue import PENDING, RUNNING, QueueError, RunQueue
 from core.training.events import Failed, Finished
 from gui import theme
 
@@ -254,7 +254,7 @@ class QueuePanel(QWidget):
         self._update_buttons()
 
     def _config_of(self, item: Any) -> tuple[Any, str]:
-        from core.validation import errors, validate
+        from core.training.validation import errors, validate
 
         try:
             config = self.queue.config_of(item)

@@ -172,7 +172,7 @@ class RunList(QWidget):
 
     def refresh(self) -> None:
         """Find and read every run again, in the background; ``loaded`` follows."""
-        from core.run_index import discover_runs
+        from core.studies.run_index import discover_runs
 
         self._generation += 1
         self._awaited = self._generation

@@ -12,19 +12,14 @@ from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMenu, QPushButton, QSplitter,
                                QToolButton, QVBoxLayout, QWidget)
 
-from core.paths import default_runs_dir
+from core.system.paths import default_runs_dir
 from gui.compare_view import CompareView
 from gui.project import Project
 from gui.run_list import RunList, report
+from gui.settings import settings
 
 FOLDERS_KEY = "runs/folders"
 SELECTION_DELAY_MS = 150  # a drag over many rows redraws once, when it settles
-
-
-def _settings():  # noqa: ANN202 - the main window's QSettings; imported late to avoid a cycle
-    from gui.main_window import settings
-
-    return settings()
 
 
 class RunsTab(QWidget):
@@ -98,7 +93,7 @@ class RunsTab(QWidget):
         return Path(directory).expanduser() if directory else default_runs_dir()
 
     def added_folders(self) -> list[Path]:
-        stored = _settings().value(FOLDERS_KEY, []) or []
+        stored = settings().value(FOLDERS_KEY, []) or []
         if isinstance(stored, str):
             stored = [stored]
         return [Path(p) for p in stored]
@@ -115,13 +110,13 @@ class RunsTab(QWidget):
             return
         stored = [str(p) for p in self.added_folders()]
         if str(folder) not in stored and folder != self.output_folder():
-            _settings().setValue(FOLDERS_KEY, stored + [str(folder)])
+            settings().setValue(FOLDERS_KEY, stored + [str(folder)])
         self._update_folders()
         self.refresh()
 
     def remove_folder(self, folder: str | Path) -> None:
         stored = [str(p) for p in self.added_folders() if p != Path(folder)]
-        _settings().setValue(FOLDERS_KEY, stored)
+        settings().setValue(FOLDERS_KEY, stored)
         self._update_folders()
         self.refresh()
 

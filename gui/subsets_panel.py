@@ -12,8 +12,8 @@ from PySide6.QtCore import QItemSelection, QObject, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout, QHBoxLayout,
                                QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-from core.config import SubsetParams
-from core.params import FieldError, ParamSpec, optional_inner, param_specs
+from core.config.schema import SubsetParams
+from core.config.params import FieldError, ParamSpec, optional_inner, param_specs
 from gui import theme
 from gui.project import Project
 from gui.subsets_table import TABLE_FIELDS, SubsetsModel, SubsetsView, subset_for_folder

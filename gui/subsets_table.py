@@ -16,9 +16,9 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, Qt, Signal
 from PySide6.QtGui import QColor, QDragEnterEvent, QDragMoveEvent, QDropEvent
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView
 
-from core.config import SubsetParams
-from core.dataset import parse_kohya_folder_name
-from core.params import FieldError, spec_for
+from core.config.schema import SubsetParams
+from core.data.scan import parse_kohya_folder_name
+from core.config.params import FieldError, spec_for
 from gui.project import Project
 
 # (field, header) of the columns; every other subset option is in the detail panel.

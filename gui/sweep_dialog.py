@@ -11,9 +11,9 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QCompleter, QDialog, QDialogButtonBox, QFormLayout, QLabel,
                                QLineEdit, QVBoxLayout, QWidget)
 
-from core.config import GROUPS, SubsetParams
-from core.params import param_specs
-from core.sweep import SweepError, parse_vary, sweep_configs
+from core.config.schema import GROUPS, SubsetParams
+from core.config.params import param_specs
+from core.studies.sweep import SweepError, parse_vary, sweep_configs
 from gui import theme
 
 DEFAULT_FIELD = "dataset.resolution"

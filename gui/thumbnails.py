@@ -19,7 +19,7 @@ from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QPointF, QR
     QThread, QThreadPool, Signal
 from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPen, QPixmap, QPolygonF
 
-from core.plan import PlanImage
+from core.data.dataset_plan import PlanImage
 from gui import theme
 
 THUMB = 144  # px: the square each thumbnail is drawn in

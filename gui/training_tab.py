@@ -16,7 +16,7 @@ from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finishe
                                   SampleImage, Status, StepMetrics, StepSkipped)
 from core.training.metrics import format_duration
 from gui.error_dialog import ErrorDialog
-from core.run_queue import RunQueue
+from core.studies.run_queue import RunQueue
 from gui.project import Project
 from gui.queue_panel import QueuePanel
 from gui.run_list import report

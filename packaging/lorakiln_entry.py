@@ -1,4 +1,4 @@
-"""The frozen app's entry point: ``core.cli.main`` (no arguments: the desktop app on the demo project).
+"""The frozen app's entry point: ``core.cli.main.main`` (no arguments: the desktop app on the demo project).
 
 Both executables of the bundle start here: ``lorakiln`` (windowed: no console on Windows)
 and ``lorakiln-cli`` (a console program, for the headless commands and ``--self-test``).
@@ -21,6 +21,6 @@ def _give_windowless_streams_a_target() -> None:
 if __name__ == "__main__":
     multiprocessing.freeze_support()  # a frozen child process must not start a second app
     _give_windowless_streams_a_target()
-    from core.cli import main
+    from core.cli.main import main
 
     sys.exit(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 import core.training.step as step
-from core.presets import load_preset
+from core.config.presets import load_preset
 from core.training.checkpoint import trainable_state
 from core.training.engine import Trainer
 from core.training.events import Failed, ListSink

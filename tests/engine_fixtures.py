@@ -4,7 +4,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from core.config import DEMO_MODEL, Duration, LatentCache, OptimizerType, SubsetParams, TrainConfig
+from core.config.schema import DEMO_MODEL, Duration, LatentCache, OptimizerType, SubsetParams, TrainConfig
 
 
 def tiny_dataset(root: Path) -> Path:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from core import validation
-from core.config import (DEMO_MODEL, Duration, NetworkType, SavePrecision, SubsetParams, TrainConfig)
-from core.dataset import scan_dataset, unusable_dataset_message
-from core.presets import load_preset, save_preset
-from core.validation import ERROR, WARNING, estimate_output_bytes, validate
+from core.training import validation
+from core.config.schema import (DEMO_MODEL, Duration, NetworkType, SavePrecision, SubsetParams, TrainConfig)
+from core.data.scan import scan_dataset, unusable_dataset_message
+from core.config.presets import load_preset, save_preset
+from core.training.validation import ERROR, WARNING, estimate_output_bytes, validate
 
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 CLIP_POS = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
@@ -195,9 +195,9 @@ def test_the_per_dim_weight_counts_match_the_sd15_architecture():
     from torch import nn
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from core.config import NetworkParams
-    from core.lora import text_encoder_targets, unet_targets
-    from core.sd15_files import sd15_config_dir
+    from core.config.schema import NetworkParams
+    from core.models.lora import text_encoder_targets, unet_targets
+    from core.models.sd15_files import sd15_config_dir
 
     folder = sd15_config_dir()
     with init_empty_weights():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.batching import (
+from core.data.batching import (
     PlannedImage,
     StepPlan,
     batches_per_epoch,

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from core.buckets import (
+from core.data.buckets import (
     BucketAssigner,
     BucketError,
     BucketSettings,

@@ -6,8 +6,8 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-from core.config import DEMO_MODEL, Duration
-from core.presets import builtin_preset_names, find_preset, load_preset
+from core.config.schema import DEMO_MODEL, Duration
+from core.config.presets import builtin_preset_names, find_preset, load_preset
 from core.training.engine import Trainer
 from core.training.events import CallbackSink, Finished, StepMetrics
 from tests.engine_fixtures import tiny_config

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.captions import MAX_CAPTION_BYTES, read_caption_file, split_tags, tag_frequency
+from core.data.captions import MAX_CAPTION_BYTES, read_caption_file, split_tags, tag_frequency
 
 
 def _caption(tmp_path: Path, data: bytes) -> tuple[str, str | None]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from core.captions_aug import process_caption
-from core.config import SubsetParams
+from core.data.caption_augment import process_caption
+from core.config.schema import SubsetParams
 
 TAGS = "sks dog, outdoors, grass, sunny, tree, ball, running, blue sky"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import ImageColor
 
-from core.chart import (RUN_COLOURS, ChartSeries, _decimate, format_tick, line_chart, log_ticks, nice_ticks,
+from core.studies.chart import (RUN_COLOURS, ChartSeries, _decimate, format_tick, line_chart, log_ticks, nice_ticks,
                         run_colour)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from core import __version__
-from core.cli import SUBCOMMANDS, main
-from core.presets import load_preset
+from core.cli.main import SUBCOMMANDS, main
+from core.config.presets import load_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ def test_no_arguments_opens_the_gui(monkeypatch, argv):
 
 
 def test_train_progress_prints_to_the_current_stdout_and_names_skipped_steps(capsys):
-    from core.cmd_train import Progress
+    from core.cli.train import Progress
     from core.training.events import StepSkipped
 
     progress = Progress(quiet=False)  # made after capsys replaced sys.stdout: must write there

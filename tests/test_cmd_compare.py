@@ -2,7 +2,7 @@
 
 import json
 
-from core.cli import build_parser, main
+from core.cli.main import build_parser, main
 from tests.test_run_index import make_config, write_run
 
 

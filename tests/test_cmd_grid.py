@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.cli import main
-from core.config import DEMO_MODEL
-from core.grid import PNG_KEY
+from core.cli.main import main
+from core.config.schema import DEMO_MODEL
+from core.studies.grid import PNG_KEY
 from core.training.engine import Trainer
 from core.training.events import Finished, ListSink
 from tests.engine_fixtures import tiny_config

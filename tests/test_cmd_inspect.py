@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from core.cli import main
-from core.cmd_inspect import InspectError, inspect_lora
-from core.config import Duration, NetworkParams, NetworkType, OptimizerType, SubsetParams, TrainConfig
-from core.kohya_format import to_kohya_state_dict
-from core.lora import attach_lora
-from core.lora_metadata import build_metadata, save_lora_file
-from core.plan import plan_dataset
+from core.cli.main import main
+from core.kohya.lora_info import InspectError, inspect_lora
+from core.config.schema import Duration, NetworkParams, NetworkType, OptimizerType, SubsetParams, TrainConfig
+from core.kohya.lora_format import to_kohya_state_dict
+from core.models.lora import attach_lora
+from core.kohya.metadata import build_metadata, save_lora_file
+from core.data.plan import plan_dataset
 from tests.tiny_sd import tiny_text_encoder, tiny_unet
 
 STARTED, FINISHED = 1_700_000_000.0, 1_700_000_090.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.cli import main
+from core.cli.main import main
 from tests.damaged_images import garbage_png
 
 DEMO = str(Path(__file__).resolve().parent.parent / "resources" / "demo" / "dataset")

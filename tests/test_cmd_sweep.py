@@ -5,11 +5,11 @@ import signal
 
 import pytest
 
-from core import cmd_sweep
-from core.cli import main
-from core.compare import comparison_table
-from core.run_index import load_run
-from core.sweep import read_sweep_record
+from core.cli import sweep as cmd_sweep
+from core.cli.main import main
+from core.studies.compare import comparison_table
+from core.studies.run_index import load_run
+from core.studies.sweep import read_sweep_record
 from core.training import engine
 from core.training.events import Failed, Finished, RunStarted
 

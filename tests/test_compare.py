@@ -6,11 +6,11 @@ import io
 import numpy as np
 from PIL import Image, ImageColor
 
-from core.chart import RUN_COLOURS
-from core.compare import (comparison_table, export_comparison, format_param, legend_label, legend_labels,
+from core.studies.chart import RUN_COLOURS
+from core.studies.compare import (comparison_table, export_comparison, format_param, legend_label, legend_labels,
                           table_to_csv, table_to_markdown, table_to_text, varied_params)
-from core.config import Duration, NetworkType, SubsetParams
-from core.run_index import load_run
+from core.config.schema import Duration, NetworkType, SubsetParams
+from core.studies.run_index import load_run
 from tests.test_run_index import make_config, step_record, write_run
 
 
@@ -228,7 +228,7 @@ def test_export_reads_past_damaged_metrics_and_names_them(tmp_path):
 
 
 def test_the_curves_full_count_replaces_the_lists_partial_one(tmp_path):
-    from core.processes import this_process
+    from core.system.processes import this_process
 
     run = write_run(tmp_path / "runs", "a", make_config("a", 512), steps=4)
     _damage_metrics(run)

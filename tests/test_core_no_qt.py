@@ -12,7 +12,7 @@ QT_MODULES = ("PySide6", "shiboken6", "pyqtgraph", "PyQt5", "PyQt6")
 
 def test_importing_every_core_module_loads_no_qt():
     names = sorted(m.name for m in pkgutil.walk_packages(core.__path__, "core."))
-    assert "core.presets" in names
+    assert "core.config.presets" in names
     script = (
         "import importlib, sys\n"
         f"for name in {names!r}: importlib.import_module(name)\n"
@@ -27,7 +27,7 @@ def test_importing_every_core_module_loads_no_qt():
 
 def test_the_cli_help_loads_no_qt_and_no_torch():
     # `lorakiln --help` (and every headless command's start) stays light.
-    script = ("import sys\nfrom core.cli import build_parser\nbuild_parser().format_help()\n"
+    script = ("import sys\nfrom core.cli.main import build_parser\nbuild_parser().format_help()\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'torch')))\n")
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)

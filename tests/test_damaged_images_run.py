@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import LatentCache
+from core.config.schema import LatentCache
 from tests.damaged_images import garbage_png
 
 

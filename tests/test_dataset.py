@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import core.dataset as dataset
-import core.resources as resources
-from core.config import DatasetParams, SubsetParams
-from core.dataset import (DatasetError, ScanCancelled, kohya_subsets, parse_kohya_folder_name,
+import core.data.scan as dataset
+import core.system.resources as resources
+from core.config.schema import DatasetParams, SubsetParams
+from core.data.scan import (DatasetError, ScanCancelled, kohya_subsets, parse_kohya_folder_name,
                           resolve_subsets, scan_dataset)
 
 

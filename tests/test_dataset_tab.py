@@ -13,11 +13,11 @@ from PySide6.QtWidgets import QFileDialog
 
 
 
-from core.buckets import BucketAssignment  # noqa: E402
-from core.config import SubsetParams, TrainConfig  # noqa: E402
-from core.params import param_specs  # noqa: E402
-from core.plan import plan_dataset  # noqa: E402
-from core.presets import LoadedPreset, find_preset, load_preset  # noqa: E402
+from core.data.buckets import BucketAssignment  # noqa: E402
+from core.config.schema import SubsetParams, TrainConfig  # noqa: E402
+from core.config.params import param_specs  # noqa: E402
+from core.data.plan import plan_dataset  # noqa: E402
+from core.config.presets import LoadedPreset, find_preset, load_preset  # noqa: E402
 from gui import theme  # noqa: E402
 from gui.dataset_tab import DatasetTab  # noqa: E402
 from gui.plan_view import NUMBERS  # noqa: E402
@@ -251,9 +251,9 @@ def test_crop_box_maps_onto_the_thumbnail():
 
 
 def test_the_overlay_darkens_only_what_training_crops(qtbot):
-    from core.dataset import ImageRecord
-    from core.imageinfo import ImageInfo
-    from core.plan import PlanImage
+    from core.data.scan import ImageRecord
+    from core.data.imageinfo import ImageInfo
+    from core.data.dataset_plan import PlanImage
 
     info = ImageInfo((1000, 500), (1000, 500), "PNG", "RGB", 1, 0, 1)
     record = ImageRecord(Path("x.png"), "x.png", (1000, 500), info, "", "none", 0, False, 1)
@@ -291,15 +291,15 @@ def test_saving_a_caption_writes_the_file_and_rescans(tab, qtbot, tmp_path):
 def test_a_slow_scan_reports_progress_and_can_be_cancelled(tab, qtbot, tmp_path, monkeypatch):
     for i in range(150):
         _image(tmp_path / "many" / f"{i:03}.png", (64, 64))
-    import core.dataset
+    import core.data.scan
 
-    real = core.dataset.read_image_info
+    real = core.data.scan.read_image_info
 
     def slow(path):
         time.sleep(0.01)
         return real(path)
 
-    monkeypatch.setattr(core.dataset, "read_image_info", slow)
+    monkeypatch.setattr(core.data.scan, "read_image_info", slow)
     tab.project.load(LoadedPreset(_config_with(SubsetParams(image_dir=str(tmp_path / "many"))), None))
     qtbot.waitUntil(lambda: tab.scan_progress.maximum() == 150, timeout=WAIT_MS)
     assert tab.cancel_button.isVisible()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.presets import save_preset
+from core.config.presets import save_preset
 from tests.engine_fixtures import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from core.resources import resource_path
+from core.system.resources import resource_path
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from core.config import OptimizerType
-from core.runs import read_metrics
+from core.config.schema import OptimizerType
+from core.training.run_folder import read_metrics
 from core.training.control import Control
 from core.training.engine import Trainer
 from core.training.events import (CallbackSink, CheckpointSaved, Failed, Finished, ListSink, RunStarted,
@@ -195,7 +195,7 @@ def test_epoch_checkpoints_keep_only_the_last_n(tmp_path):
 
 
 def test_every_loop_option_at_once_trains_with_finite_losses(tmp_path):
-    from core.config import MixedPrecision, NetworkType
+    from core.config.schema import MixedPrecision, NetworkType
     config = tiny_config(tmp_path, steps=4)
     config.model.v_parameterization = True
     config.model.clip_skip = 2
@@ -233,8 +233,8 @@ def test_training_can_start_from_an_existing_lora(tmp_path):
 
 
 def test_the_epochs_short_accumulation_window_is_a_step_as_planned(tmp_path):
-    from core.config import Duration
-    from core.plan import plan_dataset
+    from core.config.schema import Duration
+    from core.data.plan import plan_dataset
 
     config = tiny_config(tmp_path, steps=1)
     config.training.duration, config.training.max_train_epochs = Duration.EPOCHS, 2

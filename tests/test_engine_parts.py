@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from core.config import TrainConfig
-from core.runs import MetricsWriter, RunSummary, create_run_dir, read_metrics, read_summary, write_config
+from core.config.schema import TrainConfig
+from core.training.run_folder import MetricsWriter, RunSummary, create_run_dir, read_metrics, read_summary, write_config
 from core.training.control import Cancelled, Control
 from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds, format_duration, smooth
 from core.training.tensorboard import EventWriter, crc32c

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-import core.models
-from core.models import build_demo_model
-from core.models_demo import write_demo_config_dir
-from core.presets import save_preset
+import core.models.base_model
+from core.models.base_model import build_demo_model
+from core.models.demo import write_demo_config_dir
+from core.config.presets import save_preset
 from core.training.engine import Trainer
 from core.training.events import Finished, ListSink
 from tests.engine_fixtures import tiny_config
@@ -31,7 +31,7 @@ def test_training_from_an_original_layout_single_file(tmp_path, monkeypatch):
     # The shipped configs are SD 1.5-sized; this file holds demo-sized weights, so the
     # loader gets a config folder of the demo's shapes (everything else is the real path).
     configs = write_demo_config_dir(tmp_path / "configs")
-    monkeypatch.setattr(core.models, "sd15_config_dir", lambda: configs)
+    monkeypatch.setattr(core.models.base_model, "sd15_config_dir", lambda: configs)
     config = tiny_config(tmp_path, steps=3)
     config.model.base_model = str(checkpoint)
     result = Trainer(config, ListSink()).run()

@@ -46,7 +46,7 @@ def test_a_failed_run_shows_its_error_and_the_next_run_works(qtbot, tab, tmp_pat
         if fault == "oom":
             patch.setattr(StepComputer, "loss", out_of_memory)
         else:
-            patch.setattr("core.lora_metadata.write_bytes_atomic", full_disk)
+            patch.setattr("core.kohya.metadata.write_bytes_atomic", full_disk)
         failed = run_to_end(qtbot, tab, tiny_config(tmp_path / "failing", steps=2))
     assert isinstance(failed, Failed) and failed.kind == fault
     assert tab.errors == [failed] and tab.state == "idle" and tab.start_button.isEnabled()

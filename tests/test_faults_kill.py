@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from core.presets import dumps_preset, load_preset, save_preset
-from core.runs import read_metrics
+from core.config.presets import dumps_preset, load_preset, save_preset
+from core.training.run_folder import read_metrics
 from core.training.checkpoint import load_state
 from core.training.engine import Trainer
 from core.training.events import Finished, ListSink
@@ -51,8 +51,7 @@ if mode == "rename":
     os.replace = paused_replace
 elif mode == "metrics":
     import json
-    from core import runs
-
+    from core.training import run_folder as runs
     real_write = runs.MetricsWriter.write
 
     def torn_write(self, record):
@@ -66,9 +65,9 @@ elif mode == "metrics":
     runs.MetricsWriter.write = torn_write
 
 if sys.argv[4] == "train":
-    from core.cli import main
+    from core.cli.main import main
     sys.exit(main(["train", sys.argv[5], "--quiet"]))
-from core.presets import load_preset, save_preset
+from core.config.presets import load_preset, save_preset
 loaded = load_preset(sys.argv[5])
 loaded.config.network.dim = 64
 save_preset(loaded.config, sys.argv[5])

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.config import NonFinitePolicy
-from core.runs import read_metrics
+from core.config.schema import NonFinitePolicy
+from core.training.run_folder import read_metrics
 from core.training.checkpoint import trainable_state
 from core.training.engine import Trainer
 from core.training.events import CallbackSink, Failed, Finished, ListSink, StepMetrics, StepSkipped
@@ -135,9 +135,9 @@ def test_too_many_bad_steps_in_a_row_stop_the_run_anyway(tmp_path, monkeypatch):
 
 
 def test_the_policy_is_a_schema_parameter_that_presets_check():
-    from core.config import TrainingParams
-    from core.params import spec_for
-    from core.presets import PresetError, loads_preset
+    from core.config.schema import TrainingParams
+    from core.config.params import spec_for
+    from core.config.presets import PresetError, loads_preset
 
     loaded = loads_preset('schema_version = 1\n[training]\nnonfinite_loss = "skip"\nnonfinite_skip_limit = 4\n')
     assert loaded.config.training.nonfinite_loss is NonFinitePolicy.SKIP

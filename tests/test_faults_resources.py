@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.config import LatentCache, MixedPrecision
-from core.runs import MetricsWriter
+from core.config.schema import LatentCache, MixedPrecision
+from core.training.run_folder import MetricsWriter
 from core.training.engine import Trainer
 from core.training.errors import diagnose, out_of_memory_advice
 from core.training.events import Failed, Finished, ListSink

@@ -19,16 +19,17 @@ import tomli_w
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from core import kohya_keys
-from core.captions import (BLANK_FIRST_LINE_WARNING, EMPTY_FILE_WARNING, LEGACY_ENCODING_WARNING,
+from core.kohya import import_keys as kohya_keys
+from core.data.captions import (BLANK_FIRST_LINE_WARNING, EMPTY_FILE_WARNING, LEGACY_ENCODING_WARNING,
                            read_caption_file, split_tags, tag_frequency)
-from core.config import GROUPS, SamplingParams, SubsetParams, TrainConfig
-from core.kohya_import import DIRECT, KohyaImportError, import_kohya
-from core.kohya_import_dataset import DATASET_KEYS, SUBSET_KEYS
-from core.params import param_specs, range_problem, spec_for
-from core.presets import MAX_NESTING, PresetError, config_from_dict, dumps_preset, load_preset, loads_preset
-from core.prompts import PromptError, parse_prompts
-from core.validation import _ranges
+from core.config.schema import GROUPS, SamplingParams, SubsetParams, TrainConfig
+from core.kohya.import_common import DIRECT, KohyaImportError
+from core.kohya.import_config import import_kohya
+from core.kohya.import_dataset import DATASET_KEYS, SUBSET_KEYS
+from core.config.params import param_specs, range_problem, spec_for
+from core.config.presets import MAX_NESTING, PresetError, config_from_dict, dumps_preset, load_preset, loads_preset
+from core.config.prompts import PromptError, parse_prompts
+from core.training.validation import _ranges
 
 
 def fuzz(examples: int):

@@ -22,10 +22,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.cli import main
-from core.compare import comparison_table, export_comparison, table_to_csv, table_to_markdown, table_to_text
-from core.run_index import MEMORY_KINDS, discover_runs, is_run_dir, load_run, load_series
-from core.runs import RunSummary
+from core.cli.main import main
+from core.studies.compare import comparison_table, export_comparison, table_to_csv, table_to_markdown, table_to_text
+from core.studies.run_index import MEMORY_KINDS, discover_runs, is_run_dir, load_run, load_series
+from core.training.run_folder import RunSummary
 from tests.test_fuzz_parsers import FAST, LONG, TRICKY_TEXT, fuzz, values
 from tests.test_run_index import make_config, step_record, write_run
 

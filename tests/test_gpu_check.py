@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import TrainConfig
+from core.config.schema import TrainConfig
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
 

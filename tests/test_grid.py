@@ -17,16 +17,16 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import DEMO_MODEL, NetworkParams, NetworkType, SamplingParams, TrainConfig
-from core.grid import (PNG_KEY, GridCancelled, GridError, GridRow, GridSpec, check_spec, grid_columns, grid_layout,
+from core.config.schema import DEMO_MODEL, NetworkParams, NetworkType, SamplingParams, TrainConfig
+from core.studies.grid import (PNG_KEY, GridCancelled, GridError, GridRow, GridSpec, check_spec, grid_columns, grid_layout,
                        grid_rows, make_grid, rows_from_runs, save_grid, spec_from_run)
-from core.grid_render import BACKGROUND, layout_grid, wrap_text
-from core.kohya_format import to_kohya_state_dict
-from core.lora import attach_lora
-from core.lora_metadata import save_lora_file
-from core.models import build_demo_model
-from core.prompts import parse_prompts
-from core.runs import RunSummary, write_config
+from core.studies.grid_render import BACKGROUND, layout_grid, wrap_text
+from core.kohya.lora_format import to_kohya_state_dict
+from core.models.lora import attach_lora
+from core.kohya.metadata import save_lora_file
+from core.models.base_model import build_demo_model
+from core.config.prompts import parse_prompts
+from core.training.run_folder import RunSummary, write_config
 from core.training.checkpoint import CHECKPOINT_DIR, checkpoint_name
 
 LORA = NetworkParams(type=NetworkType.LORA, dim=4, alpha=2.0)
@@ -126,7 +126,7 @@ def test_long_labels_wrap_to_the_column_and_are_cut_with_an_ellipsis():
     assert 1 < len(lines) <= 4 and lines[-1].endswith("...")
     font_width = layout_grid([[(64, 64)]], ["r"], ["w"]).column_width[0]
     assert font_width == 64  # a short label does not widen its column
-    from core.grid_render import _font, _text_width
+    from core.studies.grid_render import _font, _text_width
     assert all(_text_width(line, _font(layout.font_size)) <= 64 for line in lines)
     assert wrap_text("a\nb", _font(12), 100, 4) == ("a", "b")
 
@@ -303,7 +303,7 @@ def test_size_columns_have_their_sizes_centred_on_the_background(loras):
 
 @pytest.mark.slow
 def test_a_lora_for_other_layer_shapes_is_refused_and_cancelling_stops(loras, tmp_path):
-    from core.kohya_format import read_kohya_file
+    from core.kohya.lora_format import read_kohya_file
 
     tensors, _ = read_kohya_file(loras["a"])
     key = next(k for k in tensors if k.endswith("attn2_to_k.lora_down.weight"))

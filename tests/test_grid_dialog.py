@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.run_index import load_run
+from core.studies.run_index import load_run
 from gui.grid_dialog import GridDialog, parse_seeds, parse_sizes
 
 TIMEOUT_MS = 120_000
@@ -35,7 +35,7 @@ def two_runs(tmp_path_factory):
 @pytest.fixture
 def fake_runs(tmp_path):
     """Run folders with settings and a (never loaded) LoRA file: enough to check the fields."""
-    from core.presets import dumps_preset
+    from core.config.presets import dumps_preset
     from tests.engine_fixtures import tiny_config
 
     dirs = []

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFile, WebPImagePlugin
 
-import core.imageinfo as imageinfo
-from core.imageinfo import ImageProblem, is_image_file, read_image_info
+import core.data.imageinfo as imageinfo
+from core.data.imageinfo import ImageProblem, is_image_file, read_image_info
 
 ORIENTATION = 0x0112
 

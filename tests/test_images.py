@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.buckets import BucketAssigner, BucketAssignment, BucketSettings, centre_crop_box
-from core.imageinfo import read_image_info
-from core.images import (ImageLoadError, conversion_note, load_rgb, prepare, random_crop_offset,
+from core.data.buckets import BucketAssigner, BucketAssignment, BucketSettings, centre_crop_box
+from core.data.imageinfo import read_image_info
+from core.data.images import (ImageLoadError, conversion_note, load_rgb, prepare, random_crop_offset,
                          to_tensor)
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from core.cli import main
-from core.config import GROUPS, Duration, NetworkType, OptimizerType, SubsetParams, TrainConfig
-from core.kohya_export import build_export, export_kohya
-from core.kohya_import import import_kohya
-from core.kohya_import_dataset import DATASET_KEYS, SUBSET_KEYS
-from core.kohya_keys import parse_arg, split_args
-from core.params import PathKind, coerce_value, param_specs
-from core.presets import load_preset
-from core.prompts import parse_prompts
-from core.resources import resource_path
+from core.cli.main import main
+from core.config.schema import GROUPS, Duration, NetworkType, OptimizerType, SubsetParams, TrainConfig
+from core.kohya.export import build_export, export_kohya
+from core.kohya.import_config import import_kohya
+from core.kohya.import_dataset import DATASET_KEYS, SUBSET_KEYS
+from core.kohya.import_keys import parse_arg, split_args
+from core.config.params import PathKind, coerce_value, param_specs
+from core.config.presets import load_preset
+from core.config.prompts import parse_prompts
+from core.system.resources import resource_path
 
 DATA = Path(__file__).parent / "data" / "kohya"
 SAMPLE_JSON = DATA / "kohya_ss_lora.json"
@@ -188,7 +188,7 @@ def test_the_demo_preset_exports_with_builtin_paths_resolved(tmp_path, capsys):
 
 def test_exported_files_import_back_to_the_same_settings(tmp_path):
     original = import_kohya([DATA / "sd_scripts_config.toml", DATA / "dataset_config.toml"]).config
-    from core.kohya_export import write_export
+    from core.kohya.export import write_export
 
     write_export(build_export(original, tmp_path), tmp_path)
     again = import_kohya([tmp_path / "config.toml"])  # config.toml names dataset.toml itself

@@ -10,12 +10,12 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from core.config import NetworkParams, NetworkType
-from core.kohya_format import (KohyaFormatError, describe_lora, ensure_sd1, kohya_key, load_kohya_into,
+from core.config.schema import NetworkParams, NetworkType
+from core.kohya.lora_format import (KohyaFormatError, describe_lora, ensure_sd1, kohya_key, load_kohya_into,
                                read_kohya_file, to_kohya_state_dict)
-from core.lora import LoraHandles, attach_lora, text_encoder_targets, unet_targets
-from core.lora_metadata import save_lora_file
-from core.sd15_files import load_tokenizer, sd15_config_dir
+from core.models.lora import LoraHandles, attach_lora, text_encoder_targets, unet_targets
+from core.kohya.metadata import save_lora_file
+from core.models.sd15_files import load_tokenizer, sd15_config_dir
 from tests.tiny_sd import (sd15_text_encoder_on_meta, sd15_unet_on_meta, tiny_text_encoder, tiny_unet,
                            tiny_vae)
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from core.cli import main
-from core.config import (GROUPS, Attention, Duration, LatentCache, NetworkType, OptimizerType, Sampler,
+from core.cli.main import main
+from core.config.schema import (GROUPS, Attention, Duration, LatentCache, NetworkType, OptimizerType, Sampler,
                          Scheduler, SubsetParams)
-from core.kohya_import import ImportResult, KohyaImportError, import_kohya
-from core.params import PathKind, coerce_value, optional_inner, param_specs, spec_for
-from core.presets import loads_preset
+from core.kohya.import_config import ImportResult, KohyaImportError, import_kohya
+from core.config.params import PathKind, coerce_value, optional_inner, param_specs, spec_for
+from core.config.presets import loads_preset
 
 DATA = Path(__file__).parent / "data" / "kohya"
 SAMPLE_JSON = DATA / "kohya_ss_lora.json"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from core.cmd_import_kohya import format_report
-from core.kohya_import import import_kohya
-from core.kohya_import_misc import MAX_PROMPT_FILE_BYTES
+from core.cli.import_kohya import format_report
+from core.kohya.import_config import import_kohya
+from core.kohya.import_misc import MAX_PROMPT_FILE_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
@@ -31,7 +31,7 @@ _CHILD = textwrap.dedent("""
     import json, resource, sys
     limit = 1 << 30  # reading /dev/zero whole would pass this at once
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    from core.kohya_import import KohyaImportError, import_kohya
+    from core.kohya.import_config import KohyaImportError, import_kohya
     try:
         result = import_kohya(sys.argv[1:])
     except KohyaImportError as error:

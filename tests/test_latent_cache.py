@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save as save_tensors
 
-from core.config import DatasetParams, Duration, SubsetParams, TrainingParams
-from core.latent_cache import CacheCancelled, LatentCache
-from core.pipeline import BucketBatchDataset, MissingLatents, samples
-from core.plan import DatasetPlan, plan_dataset
+from core.config.schema import DatasetParams, Duration, SubsetParams, TrainingParams
+from core.data.latent_cache import CacheCancelled, LatentCache
+from core.data.pipeline import BucketBatchDataset, MissingLatents
+from core.data.samples import samples
+from core.data.dataset_plan import DatasetPlan
+from core.data.plan import plan_dataset
 
 SIZES = [(128, 128), (200, 70), (70, 200), (100, 100), (190, 64)]
 
@@ -310,7 +312,7 @@ _FIFO_SCRIPT = textwrap.dedent("""
     import os, sys
     from pathlib import Path
     from tests.test_latent_cache import FakeVae, _disk, _images, _plan
-    from core.pipeline import samples
+    from core.data.samples import samples
 
     tmp = Path(sys.argv[1])
     _images(tmp / "train", [(128, 128), (200, 70)])

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.config import DatasetParams, Duration, SubsetParams, TrainConfig
-from core.dataset import scan_dataset
-from core.lora_metadata import MAX_TAG_CHARS, MAX_TAGS_PER_FOLDER, build_metadata, limit_tag_frequency
-from core.plan import plan_dataset
-from core.plan_report import LONG_CAPTION_CHARS
+from core.config.schema import DatasetParams, Duration, SubsetParams, TrainConfig
+from core.data.scan import scan_dataset
+from core.kohya.metadata import MAX_TAG_CHARS, MAX_TAGS_PER_FOLDER, build_metadata, limit_tag_frequency
+from core.data.plan import plan_dataset
+from core.data.plan_report import LONG_CAPTION_CHARS
 
 RUNAWAY_TAGS = 120_000
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import NetworkParams, NetworkType
-from core.lora import LoraError, attach_lora, text_encoder_targets, unet_targets
+from core.config.schema import NetworkParams, NetworkType
+from core.models.lora import LoraError, attach_lora, text_encoder_targets, unet_targets
 from tests.tiny_sd import sd15_text_encoder_on_meta, sd15_unet_on_meta, tiny_text_encoder, tiny_unet
 
 LOCON = NetworkParams(type=NetworkType.LOCON, dim=4, alpha=2.0, conv_dim=2, conv_alpha=3.0)

@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from core.config import (DatasetParams, Duration, NetworkParams, NetworkType, OptimizerType, SubsetParams,
+from core.config.schema import (DatasetParams, Duration, NetworkParams, NetworkType, OptimizerType, SubsetParams,
                          TrainConfig)
-from core.lora_metadata import bucket_info, build_metadata, model_hashes, save_lora_file, tag_frequency
-from core.plan import DatasetPlan, plan_dataset
-from core.resources import resource_path
+from core.kohya.metadata import bucket_info, build_metadata, model_hashes, save_lora_file, tag_frequency
+from core.data.dataset_plan import DatasetPlan
+from core.data.plan import plan_dataset
+from core.system.resources import resource_path
 
 # Every key kohya-behaviour.md section 4 lists.
 SECTION_4_KEYS = """ss_network_module ss_network_dim ss_network_alpha ss_network_args ss_base_model_version

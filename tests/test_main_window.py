@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.presets import find_preset, load_preset
+from core.config.presets import find_preset, load_preset
 from gui.main_window import CANCEL, DISCARD, SAVE, MainWindow, settings
 
 ROOT = Path(__file__).resolve().parent.parent

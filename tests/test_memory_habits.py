@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import DEMO_MODEL, ModelFamily, NonFinitePolicy, SubsetParams, TrainConfig, TrainingParams
-from core.kohya_import import import_kohya
+from core.config.schema import DEMO_MODEL, ModelFamily, NonFinitePolicy, SubsetParams, TrainConfig, TrainingParams
+from core.kohya.import_config import import_kohya
 from core.training import placement, setup
 from core.training.engine import Trainer
 from core.training.events import Finished, ListSink, StepMetrics

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.compare import comparison_table
-from core.run_index import load_run
+from core.studies.compare import comparison_table
+from core.studies.run_index import load_run
 from core.training import memory
 from core.training.checkpoint import TrainingState, load_state, save_state
 from core.training.engine import Trainer

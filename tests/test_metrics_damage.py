@@ -5,7 +5,7 @@ trimming for a resume keeps every good line and the damaged ones' neighbours."""
 import json
 from pathlib import Path
 
-from core.runs import DamagedLines, MetricsWriter, read_metrics, trim_metrics
+from core.training.run_folder import DamagedLines, MetricsWriter, read_metrics, trim_metrics
 
 
 def line(step: int, **extra) -> bytes:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.config import DEMO_MODEL
-from core.models import (
+from core.config.schema import DEMO_MODEL
+from core.models.base_model import (
     ModelLoadCancelled,
     ModelLoadError,
     SDComponents,
@@ -24,8 +24,8 @@ from core.models import (
     inspect_checkpoint,
     load_base_model,
 )
-from core.models_demo import write_demo_config_dir
-from core.sd15_files import sd15_config_dir
+from core.models.demo import write_demo_config_dir
+from core.models.sd15_files import sd15_config_dir
 from tests.ldm_checkpoint import (
     ldm_state_dict,
     write_ldm_checkpoint,

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from core.config import OptimizerType, TrainConfig
-from core.overrides import apply_override, apply_overrides
-from core.params import FieldError
+from core.config.schema import OptimizerType, TrainConfig
+from core.config.overrides import apply_override, apply_overrides
+from core.config.params import FieldError
 
 
 @pytest.mark.parametrize("assignment, check", [

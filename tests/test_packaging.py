@@ -123,7 +123,7 @@ def test_the_spec_names_the_icons_the_entry_point_and_resources():
     assert (ICONS / "lorakiln.ico").is_file() and (ICONS / "lorakiln.png").is_file()
     assert '"packaging" / "lorakiln_entry.py"' in text and (PACKAGING / "lorakiln_entry.py").is_file()
     assert 'ROOT / "resources"' in text  # every shipped file, found in the bundle through sys._MEIPASS
-    assert "from core.cli import main" in (PACKAGING / "lorakiln_entry.py").read_text(encoding="utf-8")
+    assert "from core.cli.main import main" in (PACKAGING / "lorakiln_entry.py").read_text(encoding="utf-8")
 
 
 def test_the_spec_builds_a_windowed_app_and_a_console_sibling_in_one_folder():
@@ -140,7 +140,7 @@ def test_the_spec_collects_what_is_imported_by_name_and_the_metadata_the_stack_r
     for package in ("core", "gui", "diffusers.models", "diffusers.pipelines.stable_diffusion",
                     "diffusers.schedulers", "diffusers.loaders", "transformers.models.clip"):
         assert f"collect_submodules('{package}')" in hidden
-    from core.cli import SUBCOMMANDS
+    from core.cli.main import SUBCOMMANDS
 
     assert all(module.startswith("core.") for module, _ in SUBCOMMANDS.values())
     metadata = set(ast.literal_eval(_spec_constant("METADATA_OF")))
@@ -194,7 +194,7 @@ def test_about_shows_the_version_how_it_runs_and_every_per_user_location(qtbot, 
     from PySide6.QtWidgets import QMessageBox
 
     from core import __version__
-    from core.paths import default_runs_dir, log_dir, user_data_dir, user_presets_dir
+    from core.system.paths import default_runs_dir, log_dir, user_data_dir, user_presets_dir
     from gui.main_window import MainWindow, settings
 
     window = MainWindow()
@@ -221,7 +221,7 @@ def test_the_wheel_lists_every_python_package_of_the_source_tree():
 def test_qt_loads_the_window_icon_that_the_app_sets(qapp):
     from PySide6.QtGui import QIcon
 
-    from core.resources import resource_path
+    from core.system.resources import resource_path
 
     icon = QIcon(str(resource_path("icons", "lorakiln.png")))
     assert not icon.isNull() and icon.pixmap(64, 64).width() == 64

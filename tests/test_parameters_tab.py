@@ -8,9 +8,9 @@ from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QLineEdit, QListWidget, QPlainTextEdit, QScrollArea,
                                QWidget)
 
-from core.config import DEMO_MODEL, GROUPS
-from core.params import param_specs
-from core.presets import find_preset, load_preset
+from core.config.schema import DEMO_MODEL, GROUPS
+from core.config.params import param_specs
+from core.config.presets import find_preset, load_preset
 from gui import theme
 from gui.form_values import format_float, format_pairs, parse_pairs
 from gui.parameters_tab import ParametersTab

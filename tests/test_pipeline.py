@@ -10,11 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from core.batching import epoch_batches
-from core.config import DatasetParams, Duration, SubsetParams, TrainingParams
-from core.images import ImageLoadError
-from core.pipeline import Batch, BucketBatchDataset, EpochLoader, load_pixels, loader_workers, make_loader, samples
-from core.plan import DatasetPlan, plan_dataset
+from core.data.batching import epoch_batches
+from core.config.schema import DatasetParams, Duration, SubsetParams, TrainingParams
+from core.data.images import ImageLoadError
+from core.data.pipeline import Batch, BucketBatchDataset, EpochLoader, loader_workers, make_loader
+from core.data.samples import load_pixels, samples
+from core.data.dataset_plan import DatasetPlan
+from core.data.plan import plan_dataset
 from tests.damaged_images import garbage_png
 
 # Sizes that land in three buckets at 128x128 (buckets 64..256, step 64).
@@ -243,7 +245,7 @@ def test_workers_started_from_a_training_thread_are_spawned_and_yield_the_same_b
     # The desktop app trains in a thread: forking there would copy locks other threads hold.
     import threading
 
-    from core.pipeline import worker_start_method
+    from core.data.pipeline import worker_start_method
 
     assert worker_start_method() is None  # the main thread keeps the platform's way
     found: dict = {}

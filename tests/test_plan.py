@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.buckets import BucketError
-from core.config import DatasetParams, Duration, SubsetParams, TrainingParams
-from core.plan import plan_dataset, plan_to_json
+from core.data.buckets import BucketError
+from core.config.schema import DatasetParams, Duration, SubsetParams, TrainingParams
+from core.data.plan import plan_dataset, plan_to_json
 from tests.damaged_images import garbage_png
 
 
@@ -146,7 +146,7 @@ def test_json_has_the_documented_shape(tmp_path):
 
 
 def test_the_demo_dataset_plans_differently_at_512_and_1024():
-    from core.presets import find_preset, load_preset
+    from core.config.presets import find_preset, load_preset
     config = load_preset(find_preset("demo")).config
     config.dataset.resolution = (512, 512)
     config.dataset.min_bucket_reso, config.dataset.max_bucket_reso = 256, 2048
@@ -184,7 +184,7 @@ def test_the_plan_says_its_images_were_checked_by_their_headers_only(tmp_path):
 
 def test_planning_does_not_load_torch():
     import subprocess, sys
-    script = "import sys, core.plan, core.cmd_plan; print('torch' in sys.modules)"
+    script = "import sys, core.data.plan, core.cli.plan; print('torch' in sys.modules)"
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
     assert result.stdout.strip() == "False", result.stderr

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import MixedPrecision
-from core.presets import load_preset
+from core.config.schema import MixedPrecision
+from core.config.presets import load_preset
 from core.training import setup
 from core.training.checkpoint import STATE_DIR, TrainingState, latest_state, load_state, save_state
 from core.training.engine import Trainer

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import core.presets as presets
-from core.config import GROUPS, SubsetParams, TrainConfig
-from core.params import PathKind, optional_inner, param_specs
-from core.presets import PresetError, dumps_preset, load_preset, loads_preset, save_preset
+import core.config.presets as presets
+from core.config.schema import GROUPS, SubsetParams, TrainConfig
+from core.config.params import PathKind, optional_inner, param_specs
+from core.config.presets import PresetError, dumps_preset, load_preset, loads_preset, save_preset
 
 
 def _other_value(spec, tmp_path: Path):

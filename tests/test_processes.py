@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from core.processes import ALIVE, GONE, UNKNOWN, process_state, this_process
+from core.system.processes import ALIVE, GONE, UNKNOWN, process_state, this_process
 
 HOST = socket.gethostname()
 

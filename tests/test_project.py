@@ -2,9 +2,9 @@
 
 import pytest
 
-from core.config import SubsetParams
-from core.params import FieldError
-from core.presets import find_preset, load_preset
+from core.config.schema import SubsetParams
+from core.config.params import FieldError
+from core.config.presets import find_preset, load_preset
 from gui.project import Project
 
 

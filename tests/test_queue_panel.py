@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.run_queue import RunQueue
+from core.studies.run_queue import RunQueue
 from core.training.events import Finished
 from gui.project import Project
 from gui.training_tab import TrainingTab
@@ -170,7 +170,7 @@ def test_stopping_a_queued_run_stops_the_queue_without_asking(qtbot, tab):
 
 
 def test_a_broken_queue_file_is_reported_by_the_window(qtbot, tmp_path):
-    from core.paths import user_data_dir
+    from core.system.paths import user_data_dir
     from gui.main_window import DISCARD, MainWindow, settings
 
     settings().clear()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.presets import load_preset
+from core.config.presets import load_preset
 from core.training.checkpoint import TrainingState, load_state, save_state
 from core.training.engine import Trainer
 from core.training.events import Failed, Finished, ListSink, Status, StepMetrics
@@ -195,7 +195,7 @@ def test_a_refused_resume_of_a_run_without_state_keeps_its_record(tmp_path):
                                             "optimizer.type")])
 def test_a_resume_with_changes_that_cannot_apply_is_refused_and_writes_nothing(tmp_path, change, named):
     run = trained_run(tmp_path, steps=2)
-    from core.config import OptimizerType
+    from core.config.schema import OptimizerType
 
     change = {k: OptimizerType(v) if k == "optimizer__type" else v for k, v in change.items()}
     before = snapshot(run)
@@ -273,7 +273,7 @@ def test_two_resumes_of_one_run_at_once_train_it_once(tmp_path):
     config = tiny_config(tmp_path, steps=2)
     config.output.save_state = True
     run = Path(Trainer(config, ListSink()).run().run_dir)
-    from core.overrides import apply_overrides  # noqa: F401 - the CLI's --set is what is used below
+    from core.config.overrides import apply_overrides  # noqa: F401 - the CLI's --set is what is used below
 
     command = [sys.executable, "-m", "core.cli", "train", "--resume", str(run), "--quiet",
                "--set", "training.max_train_steps=40"]
@@ -292,7 +292,7 @@ def test_two_resumes_of_one_run_at_once_train_it_once(tmp_path):
 # ---------------------------------------------------------------- defect 8: long names
 
 def test_the_longest_name_check_allows_passes_every_save_of_a_run(tmp_path):
-    from core.validation import MAX_FILE_NAME_BYTES, longest_written_name_bytes, validate
+    from core.training.validation import MAX_FILE_NAME_BYTES, longest_written_name_bytes, validate
 
     name = "é" + "n" * (MAX_FILE_NAME_BYTES - longest_written_name_bytes("", 6) - 2)  # é is 2 bytes
     config = tiny_config(tmp_path, steps=4)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.config import DEMO_MODEL, Duration, OptimizerType, SubsetParams, TrainConfig
-from core.presets import dumps_preset
-from core.run_index import discover_runs, is_run_dir, load_run, load_series
-from core.runs import RunSummary
+from core.config.schema import DEMO_MODEL, Duration, OptimizerType, SubsetParams, TrainConfig
+from core.config.presets import dumps_preset
+from core.studies.run_index import discover_runs, is_run_dir, load_run, load_series
+from core.training.run_folder import RunSummary
 
 
 def make_config(name: str = "cat", resolution: int = 512, dim: int = 8) -> TrainConfig:
@@ -141,7 +141,7 @@ def _ended_process_stamp() -> dict:
     import subprocess
     import sys
 
-    from core.processes import this_process
+    from core.system.processes import this_process
 
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
@@ -181,7 +181,7 @@ def test_a_killed_run_without_state_or_settings_says_it_cannot_be_continued(tmp_
 
 
 def test_a_run_whose_process_lives_or_is_unknown_stays_running(tmp_path):
-    from core.processes import this_process
+    from core.system.processes import this_process
 
     alive = write_run(tmp_path, "alive")
     _mark_running(alive, this_process())
@@ -437,7 +437,7 @@ def test_runs_trained_by_the_engine_are_read_back(tmp_path):
         series = load_series(record.path)
         assert series.step.tolist() == [1, 2, 3] and np.isfinite(series.loss).all()
         assert set(series.lr) == {"unet", "textencoder"} and series.epoch.size >= 1
-    from core.compare import varied_params
+    from core.studies.compare import varied_params
 
     varied = varied_params(records)
     assert "network.dim" in varied and "output.output_name" not in varied

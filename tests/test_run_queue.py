@@ -11,10 +11,10 @@ import sys
 import psutil
 import pytest
 
-from core.cli import main
-from core.presets import dumps_preset
-from core.run_queue import QueueError, RunQueue, run_queue
-from core.sweep import SweepError, parse_vary, read_sweep_record
+from core.cli.main import main
+from core.config.presets import dumps_preset
+from core.studies.run_queue import QueueError, RunQueue, run_queue
+from core.studies.sweep import SweepError, parse_vary, read_sweep_record
 from core.training.control import Control
 from core.training.events import Failed, Finished, ListSink, RunStarted
 from tests.engine_fixtures import tiny_config
@@ -251,10 +251,10 @@ def test_claiming_takes_the_first_pending_item_for_this_process_once(tmp_path, b
 def test_a_lock_held_too_long_is_named_and_nothing_is_changed(tmp_path, base, monkeypatch):
     from filelock import FileLock
 
-    import core.run_queue
+    import core.studies.run_queue
 
     queue = _queue_of(tmp_path, base, "a")
-    monkeypatch.setattr(core.run_queue, "LOCK_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(core.studies.run_queue, "LOCK_WAIT_SECONDS", 0.2)
     holder = FileLock(str(tmp_path / "q.json.lock"))  # another process in the middle of a change
     with holder:
         with pytest.raises(QueueError, match=r"q\.json\.lock.*nothing was changed"):

@@ -9,12 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from core.config import TrainConfig
-from core.run_queue import RunQueue
+from core.config.schema import TrainConfig
+from core.studies.run_queue import RunQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 # The module the processes import the queue from (a check against an older copy swaps it).
-QUEUE_MODULE = "core.run_queue"
+QUEUE_MODULE = "core.studies.run_queue"
 START_TIMEOUT_S = 120  # generous: eight interpreters starting on a loaded two-core machine
 RUN_TIMEOUT_S = 120
 
@@ -29,7 +29,7 @@ ADDER = """
 import sys, time
 from pathlib import Path
 from {module} import RunQueue
-from core.config import TrainConfig
+from core.config.schema import TrainConfig
 
 queue_file, gate, who, count = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 queue = RunQueue.load(queue_file)  # loaded before the others add, as the app's queue is
@@ -44,8 +44,8 @@ LORAKILN = """
 import importlib, sys, time
 from pathlib import Path
 
-sys.modules["core.run_queue"] = importlib.import_module("{module}")
-from core.cli import main
+sys.modules["core.studies.run_queue"] = importlib.import_module("{module}")
+from core.cli.main import main
 
 gate, who = Path(sys.argv[1]), sys.argv[2]
 {wait}

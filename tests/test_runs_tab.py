@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from core.chart import RUN_COLOURS
-from core.compare import comparison_table, format_cell
-from core.config import TrainConfig
-from core.presets import dumps_preset
-from core.run_index import load_run
-from gui.main_window import settings
+from core.studies.chart import RUN_COLOURS
+from core.studies.compare import comparison_table, format_cell
+from core.config.schema import TrainConfig
+from core.config.presets import dumps_preset
+from core.studies.run_index import load_run
+from gui.settings import settings
 from gui.project import Project
 from gui.runs_tab import FOLDERS_KEY, RunsTab
 

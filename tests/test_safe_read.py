@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from core import safe_read
-from core.safe_read import FileRefused, MiB, read_regular_bytes, read_text_file
+from core.system import safe_read
+from core.system.safe_read import FileRefused, MiB, read_regular_bytes, read_text_file
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 needs_alarm = pytest.mark.skipif(not hasattr(signal, "SIGALRM"), reason="no SIGALRM on this system")

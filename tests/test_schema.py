@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from core.config import GROUPS, SubsetParams, TrainConfig
-from core.params import FieldError, coerce_value, param_specs, range_problem
+from core.config.schema import GROUPS, SubsetParams, TrainConfig
+from core.config.params import FieldError, coerce_value, param_specs, range_problem
 
 ALL_CLASSES = list(GROUPS.values()) + [SubsetParams]
 

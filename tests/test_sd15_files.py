@@ -10,7 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/transformers are imported
 import pytest
 import torch
 
-from core.sd15_files import (
+from core.models.sd15_files import (
     BOS_TOKEN_ID,
     CLIP_MAX_LENGTH,
     EOS_TOKEN_ID,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core import self_test
-from core.self_test import SelfTestFailure, SelfTestResult, check_lora_file, run_self_test
+from core.training import self_test
+from core.training.self_test import SelfTestFailure, SelfTestResult, check_lora_file, run_self_test
 
 ROOT = Path(__file__).resolve().parent.parent
 PASS_LINE = re.compile(r"^LoRA Kiln \S+ self-test \(from source\) passed: demo model, \d+ images in \d+ buckets, "

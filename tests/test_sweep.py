@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from core.config import Duration
-from core.presets import dumps_preset
-from core.sweep import (SweepError, SweepSpec, parse_vary, read_sweep_record, sweep_configs, value_suffix,
+from core.config.schema import Duration
+from core.config.presets import dumps_preset
+from core.studies.sweep import (SweepError, SweepSpec, parse_vary, read_sweep_record, sweep_configs, value_suffix,
                         write_sweep_record)
 from tests.engine_fixtures import tiny_config
 

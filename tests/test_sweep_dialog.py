@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from core.run_queue import RunQueue
+from core.studies.run_queue import RunQueue
 from gui.project import Project
 from gui.sweep_dialog import SweepDialog, sweepable_fields
 from tests.engine_fixtures import tiny_config

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.sd15_files import BOS_TOKEN_ID as BOS
-from core.sd15_files import EOS_TOKEN_ID as EOS
-from core.sd15_files import load_tokenizer
+from core.models.sd15_files import BOS_TOKEN_ID as BOS
+from core.models.sd15_files import EOS_TOKEN_ID as EOS
+from core.models.sd15_files import load_tokenizer
 from core.training.text import encode, tokenize
 from tests.tiny_sd import TINY_CONTEXT_DIM, tiny_text_encoder, tiny_unet
 
@@ -165,8 +165,8 @@ def test_a_run_at_225_trains_the_unet_on_227_states_and_records_the_length(tmp_p
 
 
 def _prompt(text: str, negative: str = ""):
-    from core.config import Sampler
-    from core.prompts import SamplePrompt
+    from core.config.schema import Sampler
+    from core.config.prompts import SamplePrompt
 
     return SamplePrompt(prompt=text, negative=negative, width=64, height=64, steps=2, cfg_scale=5.0, seed=3,
                         sampler=Sampler.EULER, line_number=1)
@@ -175,7 +175,7 @@ def _prompt(text: str, negative: str = ""):
 def test_a_long_sample_prompt_is_encoded_as_captions_are():
     import numpy as np
 
-    from core.models_demo import build_demo_model
+    from core.models.demo import build_demo_model
     from core.training.sampling import generate, prompt_states
 
     demo = build_demo_model()
@@ -192,7 +192,7 @@ def test_at_75_tokens_a_sample_is_the_image_diffusers_makes_from_the_prompt_text
     import numpy as np
     from diffusers import StableDiffusionPipeline
 
-    from core.models_demo import build_demo_model
+    from core.models.demo import build_demo_model
     from core.training.sampling import generate, make_scheduler
 
     demo = build_demo_model()
@@ -211,7 +211,7 @@ def test_at_75_tokens_a_sample_is_the_image_diffusers_makes_from_the_prompt_text
 def test_a_sample_with_clip_skip_2_uses_the_layer_training_uses():
     # diffusers' own clip_skip path reads text_encoder.text_model, which transformers 5's
     # CLIPTextModel does not have; the prompt states come from the training encoder instead.
-    from core.models_demo import build_demo_model
+    from core.models.demo import build_demo_model
     from core.training.sampling import generate, prompt_states
 
     demo = build_demo_model()
@@ -229,7 +229,7 @@ def test_a_sample_with_clip_skip_2_uses_the_layer_training_uses():
 def _captioned_dataset(tmp_path, lengths: dict[str, int]):
     from PIL import Image
 
-    from core.config import DatasetParams, Duration, SubsetParams, TrainConfig
+    from core.config.schema import DatasetParams, Duration, SubsetParams, TrainConfig
 
     folder = tmp_path / "1_cat"
     folder.mkdir()
@@ -247,7 +247,7 @@ def _token_warning(plan) -> str | None:
 
 
 def test_the_plan_counts_the_captions_past_the_limit_and_names_the_longest(tmp_path):
-    from core.plan import plan_dataset
+    from core.data.plan import plan_dataset
 
     config = _captioned_dataset(tmp_path, {"short": 10, "edge": 75, "mid": 100, "long": 200, "twin": 200})
     plan = plan_dataset(config.dataset, config.training)
@@ -264,7 +264,7 @@ def test_the_plan_counts_the_captions_past_the_limit_and_names_the_longest(tmp_p
 
 
 def test_a_runaway_caption_is_counted_only_as_far_as_any_limit_reaches(tmp_path):
-    from core.caption_tokens import COUNTED_CHARACTERS, captions_over
+    from core.data.caption_tokens import COUNTED_CHARACTERS, captions_over
 
     runaway = "cat " * 1_000_000
     (count,) = captions_over([runaway], 225).values()
@@ -273,9 +273,9 @@ def test_a_runaway_caption_is_counted_only_as_far_as_any_limit_reaches(tmp_path)
 
 
 def test_max_token_length_is_validated_and_written_to_the_lora_metadata(tmp_path):
-    from core.lora_metadata import build_metadata
-    from core.plan import plan_dataset
-    from core.validation import validate
+    from core.kohya.metadata import build_metadata
+    from core.data.plan import plan_dataset
+    from core.training.validation import validate
 
     config = _captioned_dataset(tmp_path, {"a": 10})
     plan = plan_dataset(config.dataset, config.training)
@@ -291,9 +291,9 @@ def test_max_token_length_is_validated_and_written_to_the_lora_metadata(tmp_path
 
 @pytest.mark.parametrize("length", [75, 150, 225])
 def test_max_token_length_round_trips_through_kohya_export_and_import(tmp_path, length):
-    from core.config import TrainConfig
-    from core.kohya_export import build_export, write_export
-    from core.kohya_import import import_kohya
+    from core.config.schema import TrainConfig
+    from core.kohya.export import build_export, write_export
+    from core.kohya.import_config import import_kohya
 
     config = TrainConfig()
     config.training.max_token_length = length
@@ -307,7 +307,7 @@ def test_max_token_length_round_trips_through_kohya_export_and_import(tmp_path, 
 def test_a_grid_from_a_lora_file_encodes_prompts_at_the_length_it_was_trained_with(tmp_path):
     from safetensors.torch import save_file
 
-    from core.cmd_grid import _settings_from_lora
+    from core.cli.grid import _settings_from_lora
 
     found = {}
     for recorded in ("150", "None", "1000", None):  # sd-scripts writes "None" when it was not given
@@ -320,7 +320,7 @@ def test_a_grid_from_a_lora_file_encodes_prompts_at_the_length_it_was_trained_wi
 
 def test_captions_counted_ahead_plan_without_the_tokenizer(monkeypatch):
     # The dataset scan's worker counts captions, so the GUI thread's plan finds them counted.
-    import core.caption_tokens as counting
+    import core.data.caption_tokens as counting
 
     captions = [f"{_cats(90)} number {i}" for i in range(5)]
     stopped = [f"{_cats(90)} never {i}" for i in range(3)]

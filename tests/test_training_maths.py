@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from core.config import OptimizerParams, OptimizerType, ScheduleParams, Scheduler, TrainConfig
+from core.config.schema import OptimizerParams, OptimizerType, ScheduleParams, Scheduler, TrainConfig
 from core.training.errors import NonFiniteLoss, diagnose, is_out_of_memory
 from core.training.loss import min_snr_weights, sample_noise, weighted_loss
-from core.training.optim import (Lion, OptimizerSetupError, ParamGroup, build_optimizer, build_scheduler,
-                                 current_lrs, group_lrs, optimizer_description, warmup_steps)
+from core.config.optimizers import Lion, OptimizerSetupError, optimizer_description, warmup_steps
+from core.training.optim import ParamGroup, build_optimizer, build_scheduler, current_lrs, group_lrs
 
 
 def _groups(te_lr=5e-4):
@@ -185,7 +185,7 @@ def test_a_full_disk_is_named():
 
 
 def test_a_starting_lora_of_other_dims_is_a_config_problem_naming_the_field():
-    from core.kohya_format import KohyaFormatError
+    from core.kohya.lora_format import KohyaFormatError
     diagnosis = diagnose(KohyaFormatError("the file has dim 16, alpha 8; the settings say dim 4, alpha 1"),
                          TrainConfig())
     assert diagnosis.kind == "config" and diagnosis.summary.startswith("network.init_weights")

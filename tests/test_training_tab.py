@@ -229,7 +229,7 @@ def test_the_run_folder_is_announced_when_the_engine_makes_it(qtbot, tab, tmp_pa
 
 
 def test_skipped_steps_show_in_the_progress_and_the_log(qtbot, tab, tmp_path, monkeypatch):
-    from core.config import NonFinitePolicy
+    from core.config.schema import NonFinitePolicy
     from tests.test_faults_nan import poison_losses
 
     poison_losses(monkeypatch, {2}, float("nan"))

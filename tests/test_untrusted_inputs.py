@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from core.cmd_grid import GridError, _prompts
-from core.config import SamplingParams
+from core.cli.grid import GridError, _prompts
+from core.config.schema import SamplingParams
 from core.training.text import CHARACTERS_PER_TOKEN, tokenize
 
 
@@ -62,7 +62,7 @@ def test_a_runaway_caption_is_cut_before_tokenising():
 
 
 def test_cutting_keeps_every_token_that_trains():
-    from core.sd15_files import load_tokenizer
+    from core.models.sd15_files import load_tokenizer
 
     tokenizer = load_tokenizer()  # the real SD 1.x tokenizer the app ships
     caption = ", ".join(f"tag{i}" for i in range(30_000))

@@ -1,8 +1,8 @@
 """Validation in core: (field path, message) for ranges, contradictions and missing paths."""
 
-from core.config import (DEMO_MODEL, Duration, LatentCache, ModelFamily, OptimizerType,
+from core.config.schema import (DEMO_MODEL, Duration, LatentCache, ModelFamily, OptimizerType,
                          SubsetParams, TrainConfig)
-from core.validation import ERROR, WARNING, errors, validate
+from core.training.validation import ERROR, WARNING, errors, validate
 
 
 def _valid(tmp_path) -> TrainConfig:
@@ -220,7 +220,7 @@ def test_optimizer_availability_is_checked_without_importing_torch(tmp_path):
     import sys
     from pathlib import Path
 
-    script = ("import sys\nfrom core.config import TrainConfig, OptimizerType\nfrom core.validation import validate\n"
+    script = ("import sys\nfrom core.config.schema import TrainConfig, OptimizerType\nfrom core.training.validation import validate\n"
               "config = TrainConfig()\n"
               "for kind in OptimizerType:\n    config.optimizer.type = kind\n    validate(config, check_paths=False)\n"
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'bitsandbytes', 'transformers')))\n")

@@ -3,7 +3,7 @@
 The tiny models have every block type of SD 1.5 (three cross-attention down blocks and a
 plain one, mirrored up blocks, a cross-attention mid block, a CLIP text encoder) at a
 size that runs a forward pass in milliseconds on a CPU. They do not depend on
-core/models.py so the LoRA tests keep working whatever that module becomes.
+core/models/base_model.py so the LoRA tests keep working whatever that module becomes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from core.sd15_files import sd15_config_dir
+from core.models.sd15_files import sd15_config_dir
 
 TINY_CONTEXT_DIM = 32
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from core.atomic import remove_temporaries, write_bytes_atomic
-from core.config import SavePrecision
-from core.runs import METRICS, DamagedLines, trim_metrics
+from core.system.atomic import remove_temporaries, write_bytes_atomic
+from core.config.schema import SavePrecision
+from core.training.run_folder import METRICS, DamagedLines, trim_metrics
 from core.training.state_file import StateFileError, read_state_file, write_state_bytes
 
 SAVE_DTYPES = {SavePrecision.FLOAT: torch.float32, SavePrecision.FP16: torch.float16,

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from core.config import LatentCache as CacheMode, TrainConfig
-from core.plan import DatasetPlan, plan_dataset, plan_to_json
-from core.processes import this_process
-from core.runs import (LOG, METRICS, PLAN, MetricsWriter, RunSummary, create_run_dir, write_config, write_json)
+from core.config.schema import LatentCache as CacheMode, TrainConfig
+from core.data.dataset_plan import DatasetPlan
+from core.data.plan import plan_dataset, plan_to_json
+from core.system.processes import this_process
+from core.training.run_folder import (LOG, METRICS, PLAN, MetricsWriter, RunSummary, create_run_dir, write_config, write_json)
 from core.training import placement, resume, setup
 from core.training.checkpoint import (CHECKPOINT_DIR, SAVE_DTYPES, STATE_DIR, TrainingState, capture_rng,
                                       checkpoint_name, prune_checkpoints, restore_rng, save_state, tidy_for_resume,
@@ -34,7 +35,7 @@ from core.training.memory import PhasePeaks
 from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds
 from core.training.optim import current_lrs
 from core.training.run_lock import RunFolderLock
-from core.validation import errors, validate
+from core.training.validation import errors, validate
 
 log = logging.getLogger("lorakiln.run")
 
@@ -134,7 +135,7 @@ class Trainer:
         self.plan = plan_dataset(config.dataset, config.training, base_dir=self.base_dir,
                                  num_processes=self.accelerator.num_processes, cancelled=control.should_end)
         if self.plan.steps is None:
-            from core.dataset import DatasetError, unusable_dataset_message
+            from core.data.scan import DatasetError, unusable_dataset_message
 
             raise DatasetError(unusable_dataset_message(self.plan.skipped, self.plan.scan_warnings))
         total = self.plan.steps.max_train_steps
@@ -175,8 +176,8 @@ class Trainer:
     def _cache_text_states(self) -> None:
         """Each distinct caption encoded once, and the text encoder off the GPU, when it is not
         trained and no caption changes between epochs (sd-scripts' cache_text_encoder_outputs)."""
-        from core.captions_aug import process_caption
-        from core.pipeline import batch_rng
+        from core.data.caption_augment import process_caption
+        from core.data.pipeline import batch_rng
         from core.training.text_cache import TextStateCache
 
         if not placement.can_cache_text_states(self.config, [s.params for s in self.plan.subsets]):
@@ -258,7 +259,8 @@ class Trainer:
             self._tensorboard = EventWriter(self.run_dir / "tensorboard")
 
     def _prepare_data(self) -> None:
-        from core.pipeline import BucketBatchDataset, samples
+        from core.data.pipeline import BucketBatchDataset
+        from core.data.samples import samples
 
         config = self.config
         cache = setup.make_latent_cache(config)
@@ -293,7 +295,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _train(self) -> str:
-        from core.pipeline import EpochLoader, loader_workers
+        from core.data.pipeline import EpochLoader, loader_workers
         from core.training.step import train_micro_batch
 
         config, control, plan = self.config, self.control, self.plan
@@ -437,8 +439,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def _save_lora(self, path: Path, kind: str) -> str:
-        from core.kohya_format import to_kohya_state_dict
-        from core.lora_metadata import build_metadata, save_lora_file
+        from core.kohya.lora_format import to_kohya_state_dict
+        from core.kohya.metadata import build_metadata, save_lora_file
 
         self._ensure_run_dir()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -485,7 +487,7 @@ class Trainer:
     def _sample(self, step: int, epoch: int) -> None:
         if not self.is_main or not self.config.sampling.prompts.strip():
             return
-        from core.prompts import parse_prompts
+        from core.config.prompts import parse_prompts
         from core.training.sampling import generate, save_sample
 
         self._ensure_run_dir()

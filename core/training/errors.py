@@ -9,7 +9,7 @@ import traceback as tb
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import LatentCache, MixedPrecision, TrainConfig
+from core.config.schema import LatentCache, MixedPrecision, TrainConfig
 
 
 class NonFiniteLoss(RuntimeError):
@@ -110,9 +110,9 @@ def _disk_summary(error: OSError) -> str:
 
 
 def diagnose(error: BaseException, config: TrainConfig) -> Diagnosis:
-    from core.buckets import BucketError
-    from core.dataset import DatasetError
-    from core.training.optim import OptimizerSetupError
+    from core.data.buckets import BucketError
+    from core.data.scan import DatasetError
+    from core.config.optimizers import OptimizerSetupError
 
     if is_out_of_memory(error):
         return Diagnosis("oom", f"Out of GPU memory with {run_settings(config)}.", out_of_memory_advice(config))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from core.config import NonFinitePolicy, TrainingParams
+from core.config.schema import NonFinitePolicy, TrainingParams
 from core.training.errors import NonFiniteLoss
 
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-from core.config import ModelFamily, SubsetParams, TrainConfig
+from core.config.schema import ModelFamily, SubsetParams, TrainConfig
 
 CPU = torch.device("cpu")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from core.config import TrainConfig
+from core.config.schema import TrainConfig
 from core.training.checkpoint import (STATE_DIR, StateError, TrainingState, latest_state, load_state,
                                       load_trainable_state)
 
@@ -58,8 +58,8 @@ def check_not_complete(run_dir: Path, state: TrainingState, total_steps: int, ou
 
 def changed_settings(run_dir: Path, config: TrainConfig) -> list[str]:
     """The settings (group.field) that differ from the run's saved config.toml."""
-    from core.presets import PresetError, load_preset
-    from core.runs import CONFIG
+    from core.config.presets import PresetError, load_preset
+    from core.training.run_folder import CONFIG
 
     try:
         saved = load_preset(run_dir / CONFIG).config

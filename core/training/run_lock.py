@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.processes import ALIVE, process_state, this_process
+from core.system.processes import ALIVE, process_state, this_process
 
 LOCK_FILE = ".lorakiln.lock"
 # Windows locks are mandatory: the lock is on a byte far past the stamp, so other

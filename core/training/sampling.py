@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from PIL.PngImagePlugin import PngInfo
 
-from core.atomic import write_bytes_atomic
-from core.config import Sampler
-from core.prompts import SamplePrompt
+from core.system.atomic import write_bytes_atomic
+from core.config.schema import Sampler
+from core.config.prompts import SamplePrompt
 
 _SCHEDULERS = {
     Sampler.DDIM: ("DDIMScheduler", {}),

@@ -12,8 +12,8 @@ from typing import Callable
 
 import torch
 
-from core.config import Attention, DEMO_MODEL, LatentCache as CacheMode, MixedPrecision, TrainConfig
-from core.paths import user_cache_dir
+from core.config.schema import Attention, DEMO_MODEL, LatentCache as CacheMode, MixedPrecision, TrainConfig
+from core.system.paths import user_cache_dir
 from core.training import placement
 from core.training.optim import ParamGroup, build_optimizer, build_scheduler, group_lrs
 
@@ -77,16 +77,16 @@ def reset_accelerate_state(distributed: bool) -> None:
 
 @dataclass
 class Network:
-    components: object  # core.models.SDComponents
-    handles: object  # core.lora.LoraHandles
+    components: object  # core.models.base_model.SDComponents
+    handles: object  # core.models.lora.LoraHandles
     trained: dict[str, torch.nn.Module]  # "unet" / "textencoder" -> module with trainable LoRA
 
 
 def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
                  cancelled: Callable[[], bool], status: Callable[[str], None]) -> Network:
-    from core.kohya_format import describe_lora, ensure_sd1, load_kohya_into, read_kohya_file
-    from core.lora import attach_lora
-    from core.models import load_base_model
+    from core.kohya.lora_format import describe_lora, ensure_sd1, load_kohya_into, read_kohya_file
+    from core.models.lora import attach_lora
+    from core.models.base_model import load_base_model
 
     components = load_base_model(config.model.base_model, vae=config.model.vae,
                                  v_parameterization=config.model.v_parameterization,
@@ -160,7 +160,7 @@ def vae_identity(config: TrainConfig) -> str:
 
 
 def make_latent_cache(config: TrainConfig):  # noqa: ANN201 - LatentCache | None
-    from core.latent_cache import LatentCache
+    from core.data.latent_cache import LatentCache
 
     mode = config.dataset.latent_cache
     if mode is CacheMode.OFF:

@@ -7,8 +7,8 @@ from typing import Callable
 
 import torch
 
-from core.config import TrainConfig
-from core.pipeline import Batch
+from core.config.schema import TrainConfig
+from core.data.pipeline import Batch
 from core.training.loss import min_snr_weights, sample_noise, sample_timesteps, weighted_loss
 from core.training.text import encode, tokenize
 

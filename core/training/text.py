@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from core.config import MAX_TOKEN_LENGTHS
+from core.config.schema import MAX_TOKEN_LENGTHS
 
 # Characters kept per token the tokenizer can keep: no CLIP token is this long, so what
 # trains is unchanged, but a runaway caption (a megabyte of tags) is not tokenised whole

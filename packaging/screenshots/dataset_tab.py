@@ -19,7 +19,7 @@ from common import wait  # noqa: E402 - beside this script
 
 
 
-from core.presets import find_preset, load_preset  # noqa: E402
+from core.config.presets import find_preset, load_preset  # noqa: E402
 from gui.app import make_app  # noqa: E402
 from gui.dataset_tab import DatasetTab  # noqa: E402
 from gui.project import Project  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from core.presets import find_preset, load_preset  # noqa: E402
+from core.config.presets import find_preset, load_preset  # noqa: E402
 from gui.app import make_app  # noqa: E402
 from gui.parameters_tab import ParametersTab  # noqa: E402
 from gui.project import Project  # noqa: E402

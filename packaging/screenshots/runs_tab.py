@@ -28,8 +28,8 @@ FIELD, VALUES = "dataset.resolution", ("256", "384", "512")
 
 
 def train_sweep(runs: Path) -> None:
-    from core.presets import find_preset, load_preset
-    from core.sweep import SweepSpec, sweep_configs
+    from core.config.presets import find_preset, load_preset
+    from core.studies.sweep import SweepSpec, sweep_configs
     from core.training.engine import Trainer
     from core.training.events import ListSink
 
@@ -51,12 +51,12 @@ def main() -> int:
     from PySide6.QtCore import QEventLoop, QSettings
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(home))
-    from core.run_index import discover_runs
-    from core.run_queue import RunQueue
+    from core.studies.run_index import discover_runs
+    from core.studies.run_queue import RunQueue
     from gui.app import make_app
     from gui.main_window import DISCARD, MainWindow
 
-    from core.sweep import SweepSpec
+    from core.studies.sweep import SweepSpec
 
     def sweep_runs() -> list[str]:
         newest = {}  # per value, the newest completed run (discover_runs lists newest first)

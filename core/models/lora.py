@@ -1,0 +1,253 @@
+"""Which modules get LoRA, attaching the adapters with peft, and the trainable parameters.
+
+The module choice is sd-scripts' (networks/lora.py): in the U-Net every Linear and Conv2d
+inside a Transformer2DModel (all of them are Linear or 1x1, so all get the network dim);
+with LoCon also every Linear and Conv2d inside ResnetBlock2D, Downsample2D and Upsample2D
+(3x3 convolutions get conv_dim / conv_alpha, 1x1 convolutions and Linear layers such as
+time_emb_proj the network dim / alpha). In the text encoder every Linear inside the CLIP
+attention and MLP blocks. Full SD 1.5: 192 U-Net modules (278 with LoCon) and 72
+text-encoder modules.
+
+How module paths map to peft: ``peft.inject_adapter_in_model`` replaces the module at
+path P *in place* with a peft LoRA layer, so P stays reachable with ``get_submodule``.
+The original layer moves to ``P.base_layer``; the LoRA down projection is
+``P.lora_A[ADAPTER]`` and the up projection ``P.lora_B[ADAPTER]`` (state-dict keys
+``P.base_layer.weight``, ``P.lora_A.kiln.weight``, ``P.lora_B.kiln.weight``). For a
+convolution peft builds lora_A with the base kernel, stride and padding and lora_B as a
+1x1 convolution: exactly the shapes of Kohya's lora_down / lora_up. peft's scaling is
+lora_alpha / r, Kohya's is alpha / dim: the same number.
+
+torch and peft are imported inside the functions so that importing core stays cheap.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from core.config.schema import NetworkParams, NetworkType
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from torch import nn
+
+ADAPTER = "kiln"
+Component = Literal["unet", "text_encoder"]
+Targets = dict[str, tuple[int, float]]  # module path -> (rank, alpha)
+
+# Class names, as sd-scripts matches them, so that attention classes renamed between
+# transformers versions (CLIPSdpaAttention, ...) still match.
+UNET_BLOCKS = frozenset({"Transformer2DModel"})
+LOCON_BLOCKS = frozenset({"ResnetBlock2D", "Downsample2D", "Upsample2D"})
+TEXT_ENCODER_BLOCKS = frozenset({"CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP"})
+
+
+class LoraError(RuntimeError):
+    """LoRA could not be attached as asked (peft built something other than we expected)."""
+
+
+def effective_alpha(alpha: float, rank: int) -> float:
+    """Kohya treats alpha 0 (or unset) as alpha = rank, i.e. no scaling."""
+    return float(rank) if not alpha else float(alpha)
+
+
+def _base_layer(module: nn.Module) -> nn.Module:
+    # A model that already carries LoRA still reports the original layer's kind.
+    base = getattr(module, "base_layer", None)
+    return base if base is not None else module
+
+
+def _collect(model: nn.Module, blocks: frozenset[str],
+             spec: Callable[[nn.Module], tuple[int, float] | None]) -> Targets:
+    """Linear / Conv2d children of every module whose class is in ``blocks``, with their spec.
+
+    ``spec(layer)`` returns (rank, alpha) or None to skip. Descendants of a peft layer
+    (its base_layer and its lora_A / lora_B) are not modules of the network, so skipped.
+    """
+    from torch import nn
+
+    targets: Targets = {}
+    for name, module in model.named_modules():
+        if type(module).__name__ not in blocks:
+            continue
+        wrapped: list[str] = []
+        for child_name, child in module.named_modules():
+            if not child_name or any(child_name.startswith(w + ".") for w in wrapped):
+                continue
+            layer = _base_layer(child)
+            if layer is not child:
+                wrapped.append(child_name)
+            if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                continue
+            chosen = spec(layer)
+            if chosen is not None:
+                targets[f"{name}.{child_name}" if name else child_name] = chosen
+    return targets
+
+
+def unet_targets(unet: nn.Module, network: NetworkParams) -> Targets:
+    """U-Net module path -> (rank, alpha) for the network type, alpha already resolved."""
+    from torch import nn
+
+    dim = network.dim
+    alpha = effective_alpha(network.alpha, dim)
+    conv_dim = network.conv_dim
+    conv_alpha = effective_alpha(network.conv_alpha, conv_dim)
+
+    def spec(layer: nn.Module) -> tuple[int, float] | None:
+        if isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) != (1, 1):
+            # sd-scripts gives larger kernels LoRA only when conv_dim is set (LoCon).
+            return (conv_dim, conv_alpha) if locon else None
+        return (dim, alpha)
+
+    locon = network.type is NetworkType.LOCON
+    blocks = UNET_BLOCKS | LOCON_BLOCKS if locon else UNET_BLOCKS
+    return _collect(unet, blocks, spec)
+
+
+def text_encoder_targets(text_encoder: nn.Module, network: NetworkParams) -> Targets:
+    """Text-encoder module path -> (rank, alpha); paths as the model names them."""
+    from torch import nn
+
+    pair = (network.dim, effective_alpha(network.alpha, network.dim))
+    return _collect(text_encoder, TEXT_ENCODER_BLOCKS,
+                    lambda layer: pair if isinstance(layer, nn.Linear) else None)
+
+
+@dataclass
+class LoraHandles:
+    """The models with LoRA attached, and where each adapter lives."""
+
+    unet: nn.Module
+    text_encoder: nn.Module
+    network: NetworkParams
+    unet_targets: Targets
+    text_encoder_targets: Targets
+    adapter: str = ADAPTER
+    _hooks: list[Any] = field(default_factory=list, repr=False)
+
+    def targets(self, component: Component) -> Targets:
+        return self.unet_targets if component == "unet" else self.text_encoder_targets
+
+    def model(self, component: Component) -> nn.Module:
+        return self.unet if component == "unet" else self.text_encoder
+
+    def layers(self) -> Iterator[tuple[Component, str, nn.Module]]:
+        """(component, module path, peft LoRA layer) for every attached module."""
+        for component in ("unet", "text_encoder"):
+            model = self.model(component)
+            for path in self.targets(component):
+                yield component, path, model.get_submodule(path)
+
+    def down_up(self, layer: nn.Module) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+        """The (lora_down, lora_up) weights of a peft layer: lora_A and lora_B."""
+        return layer.lora_A[self.adapter].weight, layer.lora_B[self.adapter].weight
+
+    def _params(self, component: Component) -> list[torch.nn.Parameter]:
+        params: list[torch.nn.Parameter] = []
+        for comp, _, layer in self.layers():
+            if comp == component:
+                params.extend(self.down_up(layer))
+        return params
+
+    def unet_params(self) -> list[torch.nn.Parameter]:
+        """Trainable U-Net LoRA weights, for the optimizer group with unet_lr."""
+        return self._params("unet")
+
+    def text_encoder_params(self) -> list[torch.nn.Parameter]:
+        """Trainable text-encoder LoRA weights, for the group with text_encoder_lr."""
+        return self._params("text_encoder")
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Switch every LoRA module on or off (off: the models compute the base outputs).
+
+        peft's enable_adapters also flips requires_grad; we keep the flags as they were
+        so that sampling the base model in the middle of training leaves training as is.
+        """
+        for _, _, layer in self.layers():
+            down, up = self.down_up(layer)
+            flags = (down.requires_grad, up.requires_grad)
+            layer.enable_adapters(enabled)
+            down.requires_grad_(flags[0])
+            up.requires_grad_(flags[1])
+
+    def remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def _pattern(path: str) -> str:
+    # peft matches pattern keys as regexes anchored at a module-path boundary; escaping
+    # makes each key match its one module and nothing else.
+    return re.escape(path)
+
+
+def inject_lora(model: nn.Module, targets: Targets, rank: int, alpha: float) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(targets),
+        rank_pattern={_pattern(p): r for p, (r, _) in targets.items() if r != rank},
+        alpha_pattern={_pattern(p): a for p, (_, a) in targets.items() if a != alpha},
+        # Kohya drops out the hidden activations (after lora_down); peft's lora_dropout
+        # drops the input instead, so it stays 0 and attach_lora adds Kohya's dropout.
+        lora_dropout=0.0, bias="none", init_lora_weights=True)
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+
+
+def check_and_prepare(model: nn.Module, targets: Targets) -> None:
+    """Fail loudly if peft did not build what Kohya's file needs; LoRA weights in fp32."""
+    import torch
+
+    for path, (rank, alpha) in targets.items():
+        layer = model.get_submodule(path)
+        if not hasattr(layer, "lora_A") or ADAPTER not in layer.lora_A:
+            raise LoraError(f"peft attached no LoRA to {path}")
+        got_rank = layer.r[ADAPTER]
+        scale = layer.scaling[ADAPTER]
+        if got_rank != rank or abs(scale - alpha / rank) > 1e-9 * max(1.0, alpha / rank):
+            raise LoraError(f"{path}: peft built rank {got_rank} and scale {scale}, "
+                            f"expected rank {rank} and scale {alpha}/{rank}")
+        for sub in (layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]):
+            # peft gives the adapter the base weights' dtype; sd-scripts trains LoRA in
+            # fp32 whatever the base model's precision, so do we.
+            if sub.weight.dtype != torch.float32 and sub.weight.device.type != "meta":
+                sub.float()
+            sub.weight.requires_grad_(True)
+
+
+def _add_dropout(handles: LoraHandles, p: float) -> None:
+    """Kohya's network_dropout: dropout on lora_down's output, only in training mode."""
+    import torch.nn.functional as F
+
+    def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return F.dropout(output, p=p, training=module.training)
+
+    for _, _, layer in handles.layers():
+        handles._hooks.append(layer.lora_A[handles.adapter].register_forward_hook(hook))
+
+
+def attach_lora(unet: nn.Module, text_encoder: nn.Module, network: NetworkParams) -> LoraHandles:
+    """Freeze both models and attach LoRA where the network parameters ask for it.
+
+    The up weights start at zero (peft's default init, as Kohya's), so the models compute
+    exactly what they computed before until the first optimizer step.
+    """
+    unet.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    u_targets = unet_targets(unet, network) if network.train_unet else {}
+    t_targets = text_encoder_targets(text_encoder, network) if network.train_text_encoder else {}
+    if not u_targets and not t_targets:
+        raise LoraError("nothing to train: both the U-Net and the text encoder are switched off")
+    alpha = effective_alpha(network.alpha, network.dim)
+    for model, targets in ((unet, u_targets), (text_encoder, t_targets)):
+        if targets:
+            inject_lora(model, targets, network.dim, alpha)
+            check_and_prepare(model, targets)
+    handles = LoraHandles(unet, text_encoder, network, u_targets, t_targets)
+    if network.dropout > 0:
+        _add_dropout(handles, network.dropout)
+    return handles

@@ -1,0 +1,347 @@
+"""Validation of a whole configuration: ranges, contradictions and missing paths.
+
+Returns problems as :class:`Problem` (field path, message, severity). The GUI marks the
+fields, the CLI prints the list, and training does not start while any error remains.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from core.data.buckets import BucketError, adjusted_limits
+from core.config.schema import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration, LatentCache, ModelFamily, NetworkType,
+                         OptimizerType, SavePrecision, Scheduler, TrainConfig)
+from core.models.checkpoint_files import SINGLE_FILE_SUFFIXES, ModelLoadError
+from core.models.loaders import check_base_model
+from core.config.optimizer_support import unavailable_message
+from core.system.paths import default_runs_dir
+from core.config.params import param_specs, range_problem
+from core.data.plan import bucket_settings
+from core.config.prompts import PromptError, parse_prompts
+from core.system.resources import is_builtin, resolve_builtin
+
+ERROR = "error"
+WARNING = "warning"
+
+MODEL_SUFFIXES = SINGLE_FILE_SUFFIXES  # what the file dialogs offer
+_BAD_NAME = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    severity: str = ERROR
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def errors(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == ERROR]
+
+
+def _ranges(config: TrainConfig) -> list[Problem]:
+    found = []
+    for group in GROUPS:
+        obj = getattr(config, group)
+        items = [(group, obj)] + [(f"{group}.subsets[{i}]", s) for i, s in enumerate(getattr(obj, "subsets", []))]
+        for prefix, target in items:
+            for spec in param_specs(type(target)):
+                value = getattr(target, spec.name)
+                if value is None or spec.name == "subsets":
+                    continue
+                message = range_problem(value, spec.info)
+                if message:
+                    found.append(Problem(f"{prefix}.{spec.name}", message))
+    return found
+
+
+def _existing(value: str) -> Path:
+    return resolve_builtin(value) if is_builtin(value) else Path(value).expanduser()
+
+
+def _check_paths(config: TrainConfig, total_steps: int | None) -> list[Problem]:
+    found = []
+    model = config.model.base_model
+    if not model:
+        found.append(Problem("model.base_model", "choose a base model: a .safetensors/.ckpt file, "
+                                                 f"a diffusers folder, or {DEMO_MODEL}"))
+    elif model != DEMO_MODEL:
+        path = _existing(model)
+        if not path.exists():
+            found.append(Problem("model.base_model", f"'{model}' does not exist; choose an SD 1.x "
+                                                     "checkpoint file or diffusers folder"))
+        else:
+            message = _base_model_problem(str(path.resolve()), *_stamp(path))
+            if message:
+                found.append(Problem("model.base_model", message))
+    for field_path, value, want_dir in (
+        ("model.vae", config.model.vae, None),
+        ("network.init_weights", config.network.init_weights, False),
+    ):
+        if value:
+            found += _path_problem(field_path, value, want_dir)
+    for i, subset in enumerate(config.dataset.subsets):
+        if not subset.image_dir:
+            found.append(Problem(f"dataset.subsets[{i}].image_dir", "choose the subset's image folder"))
+        else:
+            found += _path_problem(f"dataset.subsets[{i}].image_dir", subset.image_dir, True)
+    return found + _output_problems(config, total_steps)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return 0, 0
+    return info.st_size, info.st_mtime_ns
+
+
+@lru_cache(maxsize=32)
+def _base_model_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    """Why the model at ``path`` cannot be trained on, from its header alone; cached by
+    size and time so the form, which validates after every edit, reads a file once."""
+    try:
+        check_base_model(Path(path))
+    except ModelLoadError as error:
+        return str(error)
+    except OSError as error:
+        return f"'{path}' cannot be read ({error.strerror or error})"
+    return None
+
+
+# ---------------------------------------------------------------- the output folder
+
+# LoRA weights per unit of rank in SD 1.x with core.models.lora's choice of modules (in + out
+# features of each): 192 U-Net and 72 text-encoder modules; LoCon adds the ResNet blocks'
+# 1x1 and Linear layers (per dim) and their 3x3 convolutions (per conv_dim).
+# tests/test_bad_input.py recounts them from the shipped SD 1.5 configs.
+SD1_LORA_PER_DIM = 589_824
+SD1_LOCON_EXTRA_PER_DIM = 82_880
+SD1_LOCON_PER_CONV_DIM = 544_000
+STATE_BYTES_PER_WEIGHT = 20  # fp32 weights and up to four fp32 optimizer buffers (Prodigy)
+STATES_KEPT = 3  # two are kept, and a third exists while it is written
+LOG_BYTES = 16 * 2**20  # metrics, log, plan, config, TensorBoard events
+LOW_SPACE = 2**30  # less than this left after the run is worth a warning
+
+
+def estimate_output_bytes(config: TrainConfig, total_steps: int | None = None) -> tuple[int, str]:
+    """(bytes, how they add up): a generous estimate of what one run writes to its folder."""
+    net, out, train, sample = config.network, config.output, config.training, config.sampling
+    weights = net.dim * SD1_LORA_PER_DIM
+    if net.type is NetworkType.LOCON:
+        weights += net.dim * SD1_LOCON_EXTRA_PER_DIM + net.conv_dim * SD1_LOCON_PER_CONV_DIM
+    lora = weights * (4 if out.save_precision is SavePrecision.FLOAT else 2)
+    steps = total_steps if total_steps is not None else \
+        train.max_train_steps if train.duration is Duration.STEPS else None
+    epochs = train.max_train_epochs if train.duration is Duration.EPOCHS else None
+    saves = (steps - 1) // out.save_every_n_steps if steps and out.save_every_n_steps else 0
+    saves += (epochs - 1) // out.save_every_n_epochs if epochs and out.save_every_n_epochs else 0
+    if out.keep_last_n:
+        saves = min(saves, out.keep_last_n + 1)  # pruned after each save
+    total = (saves + 1) * lora + LOG_BYTES
+    parts = f"{saves + 1} LoRA file(s) of {_size(lora)}"
+    if out.save_state or saves:
+        total += STATES_KEPT * weights * STATE_BYTES_PER_WEIGHT
+        parts += f", training state up to {_size(STATES_KEPT * weights * STATE_BYTES_PER_WEIGHT)}"
+    prompts = sum(1 for line in sample.prompts.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    rounds = (steps // sample.every_n_steps if steps and sample.every_n_steps else 0) + \
+        (epochs // sample.every_n_epochs if epochs and sample.every_n_epochs else 0) + int(sample.at_step_0)
+    if prompts and rounds:
+        images = prompts * rounds * sample.width * sample.height * 3 // 2  # PNG at about half of raw
+        total += images
+        parts += f", samples about {_size(images)}"
+    return total, parts
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+def _output_problems(config: TrainConfig, total_steps: int | None) -> list[Problem]:
+    """The run folder's parent must be a folder that can be created, written, and hold the run."""
+    out_dir = config.output.output_dir
+    path = Path(out_dir).expanduser() if out_dir else default_runs_dir()
+    shown = f"'{out_dir}'" if out_dir else f"LoRA Kiln's runs folder ({path})"
+    problem = lambda message, severity=ERROR: [Problem("output.output_dir", message, severity)]  # noqa: E731
+    if path.exists() and not path.is_dir():
+        return problem(f"{shown} is a file, not a folder; choose a folder")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return problem(f"{shown} cannot be created: '{probe}' is a file; choose another folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        verb = "is not writable" if probe == path else f"cannot be created ('{probe}' is not writable)"
+        return problem(f"{shown} {verb}; choose another folder")
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return []  # the run itself will say what is wrong with the disk
+    need, parts = estimate_output_bytes(config, total_steps)
+    if free < need:
+        return problem(f"only {_size(free)} free for {shown}; this run writes about {_size(need)} "
+                       f"({parts}); free some space or choose a folder on another disk")
+    if free - need < LOW_SPACE:
+        return problem(f"disk space is low: {_size(free)} free for {shown}, and this run writes about "
+                       f"{_size(need)}", WARNING)
+    return []
+
+
+def _path_problem(field_path: str, value: str, want_dir: bool | None) -> list[Problem]:
+    path = _existing(value)
+    if not path.exists():
+        return [Problem(field_path, f"'{value}' does not exist")]
+    if want_dir is True and not path.is_dir():
+        return [Problem(field_path, f"'{value}' is a file; choose a folder")]
+    if want_dir is False and not path.is_file():
+        return [Problem(field_path, f"'{value}' is a folder; choose a file")]
+    return []
+
+
+def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Problem]:
+    found: list[Problem] = []
+    add = lambda path, message, severity=ERROR: found.append(Problem(path, message, severity))  # noqa: E731
+    model, data, net, opt = config.model, config.dataset, config.network, config.optimizer
+    sched, train, out, sample = config.schedule, config.training, config.output, config.sampling
+
+    if model.family is not ModelFamily.SD1:
+        add("model.family", f"{'SDXL' if model.family is ModelFamily.SDXL else 'SD 2.x'} "
+                            "is not supported yet; only SD 1.x can be trained")
+    if not data.subsets:
+        add("dataset.subsets", "no images: add an image folder")
+    elif all(s.is_reg for s in data.subsets):
+        add("dataset.subsets", "every image folder is marked as regularisation; at least one must "
+                               "hold training images")
+
+    if train.max_token_length not in MAX_TOKEN_LENGTHS:
+        add("training.max_token_length", f"{train.max_token_length} is not allowed; choose "
+                                         + ", ".join(str(n) for n in MAX_TOKEN_LENGTHS))
+    width, height = data.resolution
+    step = data.bucket_reso_steps
+    if step % 8:
+        add("dataset.bucket_reso_steps", f"{step} is not a multiple of 8 (the VAE works in 8-pixel blocks)")
+    if data.enable_bucket:
+        try:
+            adjusted_limits(bucket_settings(data))  # sd-scripts' checks, also in no-upscale mode
+        except BucketError as err:
+            add(f"dataset.{err.field}", str(err))
+    elif width % 8 or height % 8:
+        add("dataset.resolution", f"{width}x{height}: without buckets both sides must be multiples of 8")
+    if data.latent_cache is not LatentCache.OFF:
+        for i, s in enumerate(data.subsets):
+            if s.random_crop:
+                add(f"dataset.subsets[{i}].random_crop", "random crop cannot be used with a latent cache "
+                                                         "(the crop is baked into the cached latent); "
+                                                         "turn one of them off")
+    for i, s in enumerate(data.subsets):
+        if s.keep_tokens and not s.shuffle_caption:
+            add(f"dataset.subsets[{i}].keep_tokens", "has no effect unless shuffle caption is on", WARNING)
+
+    if not net.train_unet and not net.train_text_encoder:
+        add("network.train_unet", "nothing to train: turn on the U-Net, the text encoder, or both")
+    if net.type is NetworkType.LORA and (net.conv_dim != 1 or net.conv_alpha != 1.0):
+        add("network.conv_dim", "conv dim and conv alpha are only used by LoCon", WARNING)
+    if net.alpha > net.dim:
+        add("network.alpha", f"alpha {net.alpha:g} above dim {net.dim} amplifies the LoRA "
+                             f"{net.alpha / net.dim:g}x; this is rarely intended", WARNING)
+
+    missing = unavailable_message(opt.type)
+    if missing:
+        add("optimizer.type", missing)
+    if opt.type.adapts_lr:
+        for field_name in ("learning_rate", "unet_lr", "text_encoder_lr"):
+            value = getattr(opt, field_name)
+            if value is not None and 0 < value < 0.1:
+                add(f"optimizer.{field_name}", f"{opt.type.value} finds its own step size; its learning "
+                                               f"rate is a multiplier, usually 1.0 (not {value:g})", WARNING)
+    if opt.type.adapts_lr and net.train_unet and net.train_text_encoder:
+        unet_lr = opt.learning_rate if opt.unet_lr is None else opt.unet_lr
+        text_lr = opt.learning_rate if opt.text_encoder_lr is None else opt.text_encoder_lr
+        if unet_lr != text_lr and 0 not in (unet_lr, text_lr):
+            add("optimizer.text_encoder_lr", f"{opt.type.value} needs the same learning rate for the U-Net "
+                                             f"({unet_lr:g}) and the text encoder ({text_lr:g}), or 0 for one")
+    rates = [opt.learning_rate if opt.unet_lr is None else opt.unet_lr] if net.train_unet else []
+    rates += [opt.learning_rate if opt.text_encoder_lr is None else opt.text_encoder_lr] if net.train_text_encoder else []
+    if rates and all(r == 0 for r in rates):
+        add("optimizer.learning_rate", "every learning rate is 0: nothing would change")
+    if opt.type is not OptimizerType.PRODIGY and opt.type is not OptimizerType.DADAPT_ADAM and opt.growth_rate != float("inf"):
+        add("optimizer.growth_rate", "only Prodigy and DAdaptAdam use the growth rate", WARNING)
+
+    if sched.warmup_steps and sched.warmup_ratio:
+        add("schedule.warmup_steps", "set either warmup steps or warmup ratio, not both")
+    if total_steps is None and train.duration is Duration.STEPS:
+        total_steps = train.max_train_steps
+    if total_steps is not None:
+        warmup = sched.warmup_steps or int(sched.warmup_ratio * total_steps)
+        if warmup >= total_steps:
+            add("schedule.warmup_steps", f"warmup ({warmup} steps) is not shorter than training "
+                                         f"({total_steps} steps)")
+    if sched.scheduler is Scheduler.CONSTANT and (sched.warmup_steps or sched.warmup_ratio):
+        add("schedule.scheduler", "'constant' ignores warmup; use 'constant_with_warmup'", WARNING)
+
+    if not out.output_name.strip():
+        add("output.output_name", "give the LoRA a file name")
+    elif _BAD_NAME.search(out.output_name) or out.output_name.strip() in (".", ".."):
+        add("output.output_name", f"'{out.output_name}' cannot be a file name "
+                                  "(no / \\ : * ? \" < > | characters)")
+    else:
+        name_problem = _file_name_problem(out.output_name, total_steps)
+        if name_problem:
+            add("output.output_name", name_problem)
+    if (sample.every_n_steps or sample.every_n_epochs or sample.at_step_0) and not _has_prompt(sample.prompts):
+        add("sampling.prompts", "sampling is turned on but there is no prompt")
+    try:  # checked now, not at the first sample hours into the run
+        parse_prompts(sample.prompts, sample)
+    except PromptError as error:
+        add("sampling.prompts", f"{error}; fix that line")
+    return found
+
+
+# The longest name a run writes from output.output_name is the temporary file of a step
+# checkpoint while it is written: ".<name>-step00000500.safetensors.<8 random>.tmp"
+# (core.training.checkpoint.checkpoint_name, core.system.atomic.write_bytes_atomic). File systems
+# allow 255 bytes (UTF-8) per name.
+MAX_FILE_NAME_BYTES = 255
+_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\.|$)", re.IGNORECASE)
+
+
+def longest_written_name_bytes(output_name: str, total_steps: int | None = None) -> int:
+    digits = max(8, len(str(total_steps or 0)))
+    return len(f".{output_name}-step{'0' * digits}.safetensors.{'x' * 8}.tmp".encode("utf-8"))
+
+
+def _file_name_problem(name: str, total_steps: int | None) -> str | None:
+    longest = longest_written_name_bytes(name, total_steps)
+    if longest > MAX_FILE_NAME_BYTES:
+        allowed = len(name.encode("utf-8")) - (longest - MAX_FILE_NAME_BYTES)
+        return (f"the name is too long for the files a run writes: checkpoints add up to "
+                f"{longest - len(name.encode('utf-8'))} bytes to it and a file name may have "
+                f"{MAX_FILE_NAME_BYTES}; shorten it to at most {allowed} bytes (now "
+                f"{len(name.encode('utf-8'))})")
+    if name != name.rstrip(" .") or _WINDOWS_RESERVED.match(name):
+        return f"'{name}' cannot be a file name on Windows (a reserved name, or a trailing dot or space)"
+    return None
+
+
+def _has_prompt(text: str) -> bool:
+    return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
+
+
+def validate(config: TrainConfig, *, check_paths: bool = True, total_steps: int | None = None) -> list[Problem]:
+    """Every problem with ``config``; errors first. ``total_steps`` (from the bucket plan)
+    enables the checks that need the length of training when it is counted in epochs."""
+    found = _ranges(config) + _contradictions(config, total_steps)
+    if check_paths:
+        found += _check_paths(config, total_steps)
+    return sorted(found, key=lambda p: p.severity != ERROR)
