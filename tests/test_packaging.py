@@ -241,3 +241,11 @@ def test_bitsandbytes_is_a_pinned_dependency_and_the_bundle_carries_its_native_l
     assert ast.unparse(_spec_constant("BINARIES")) == "collect_dynamic_libs('bitsandbytes')"
     assert "binaries=BINARIES" in SPEC.read_text(encoding="utf-8")
     assert "bitsandbytes" in ast.literal_eval(_spec_constant("METADATA_OF"))
+
+
+def test_a_source_checkout_uses_its_own_resources_folder():
+    """Run from a checkout, the shipped data is that checkout's resources/, not the one of
+    whatever copy happens to be installed as lorakiln_resources."""
+    from core.system.resources import resources_root
+
+    assert resources_root() == ROOT / "resources"

@@ -15,7 +15,7 @@ def resources_root() -> Path:
     frozen_root = getattr(sys, "_MEIPASS", None)
     if frozen_root:  # PyInstaller unpacks data next to the executable's libraries
         return Path(frozen_root) / "resources"
-    source = Path(__file__).resolve().parent.parent / "resources"
+    source = Path(__file__).resolve().parents[2] / "resources"  # core/system/ -> the checkout
     if (source / "presets").is_dir():
         return source
     import importlib.util

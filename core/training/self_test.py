@@ -54,7 +54,7 @@ class SelfTestResult:
 def how_installed() -> str:
     if getattr(sys, "frozen", False):
         return "frozen build"
-    source_tree = Path(__file__).resolve().parent.parent
+    source_tree = Path(__file__).resolve().parents[2]  # core/training/ -> the checkout
     return "from source" if (source_tree / "pyproject.toml").is_file() else "installed package"
 
 
