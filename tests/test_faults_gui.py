@@ -104,6 +104,23 @@ def test_the_app_log_rotates_at_its_size_limit_and_keeps_its_backups(tmp_path):
 # +144 objects over eight runs).
 RUNS = 10
 RSS_GROWTH_LIMIT_MB = 25
+
+
+def _return_free_heap_to_the_system() -> None:
+    """glibc keeps freed memory in its arenas, so after a full test suite RSS can stay tens of
+    MB above what is in use (seen: +38 MB over eight runs with no object growth). Trimming
+    first makes RSS measure what the app holds, which is what this test is about."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        trim = None
+    if trim is not None:
+        trim(0)
 OBJECT_GROWTH_LIMIT = 2000
 
 
@@ -116,6 +133,7 @@ def test_ten_runs_in_a_row_do_not_grow_the_app(qtbot, tab, tmp_path):
         assert isinstance(result, Finished), getattr(result, "traceback", result)
         if index in (2, RUNS):
             gc.collect()
+            _return_free_heap_to_the_system()
             measured[index] = (process.memory_info().rss / 2**20, len(gc.get_objects()))
     rss_growth = measured[RUNS][0] - measured[2][0]
     object_growth = measured[RUNS][1] - measured[2][1]
