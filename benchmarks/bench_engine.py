@@ -70,12 +70,12 @@ def time_reference(steps: int, resolution: int) -> float:
     torch.manual_seed(0)
     c = build_demo_model(0)
     c.unet.requires_grad_(False)
-    c.text_encoder.requires_grad_(False)
+    c.text_encoders["text_encoder"].requires_grad_(False)
     unet_targets = ["proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=unet_targets), c.unet)
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj",
-                                                                           "out_proj", "fc1", "fc2"]), c.text_encoder)
-    params = [p for m in (c.unet, c.text_encoder) for p in m.parameters() if p.requires_grad]
+                                                                           "out_proj", "fc1", "fc2"]), c.text_encoders["text_encoder"])
+    params = [p for m in (c.unet, c.text_encoders["text_encoder"]) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     latent = resolution // 8
@@ -84,12 +84,12 @@ def time_reference(steps: int, resolution: int) -> float:
         latents = c.vae.encode(pixels).latent_dist.sample() * c.vae_scale_factor
     captions = ["kilnstyle, vase, blue glaze, white background", "kilnstyle, bowl, red glaze, wooden table"]
     c.unet.train()
-    c.text_encoder.train()
+    c.text_encoders["text_encoder"].train()
     stamps = []
     for step in range(steps):
         batch = latents[(2 * step) % 8:(2 * step) % 8 + 2]
-        ids = c.tokenizer(captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt").input_ids
-        states = c.text_encoder(ids)[0]
+        ids = c.tokenizers["text_encoder"](captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt").input_ids
+        states = c.text_encoders["text_encoder"](ids)[0]
         noise = torch.randn_like(batch)
         t = torch.randint(0, 1000, (2,))
         noisy = c.noise_scheduler.add_noise(batch, noise, t)

@@ -130,7 +130,7 @@ def synthetic_load(app, tab: TrainingTab, points: int) -> None:  # noqa: ANN001
     tab.plots.redraw_now = timed_redraw
     rng = np.random.default_rng(0)
     losses = (0.2 * np.exp(-np.arange(points) / points * 3) + rng.normal(0, 0.02, points)).tolist()
-    events = [StepMetrics(i + 1, i // 1000 + 1, points, abs(losses[i]), 0.1, {"unet": 1e-4, "textencoder": 5e-5},
+    events = [StepMetrics(i + 1, i // 1000 + 1, points, abs(losses[i]), 0.1, {"unet": 1e-4, "text_encoder": 5e-5},
                           {}, 2000.0 + i * 0.001, 2100.0, 2200.0, "cuda", 8.0, 16.0, (points - i) / 8.0, i / 8.0)
               for i in range(points)]
     probe = StallProbe()

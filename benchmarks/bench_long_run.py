@@ -44,7 +44,7 @@ def metrics(step: int, total: int) -> StepMetrics:
     loss = 0.1 + 0.05 * math.sin(step / 37) + 0.02 * ((step * 7919) % 101) / 101
     lr = 1e-4 * (0.5 + 0.5 * math.cos(math.pi * step / total))
     return StepMetrics(step=step, epoch=1 + step // 1000, total_steps=total, loss=loss, avg_loss=loss,
-                       lr={"unet": lr, "textencoder": lr / 2}, memory_allocated_mb=5000 + step % 50,
+                       lr={"unet": lr, "text_encoder": lr / 2}, memory_allocated_mb=5000 + step % 50,
                        memory_reserved_mb=6000, memory_peak_mb=5100, memory_kind="cuda", it_per_s=2.0,
                        images_per_s=4.0, eta_s=(total - step) / 2, elapsed_s=step / 2)
 

@@ -21,7 +21,7 @@ from gui.run_list import BackgroundCall, report
 from gui.series import debiased_ema
 
 DEFAULT_SMOOTHING = 0.9
-GROUP_DASHES = {"unet": False, "textencoder": True}  # one colour per run; the group by line style
+GROUP_DASHES = {"unet": False, "text_encoder": True}  # one colour per run; the group by line style
 DLR_NOTE = "d·lr appears with Prodigy and D-Adaptation"
 TABLE_ROWS_SHOWN = 6  # rows the comparison table shows before it scrolls
 RAW_ALPHA = "55"  # raw loss behind the smoothed curve of the same run: faint, same colour

@@ -79,7 +79,7 @@ class EpochLossPlot(LivePlot):
 
 
 class GroupPlot(LivePlot):
-    """One curve per parameter group ("unet", "textencoder"), created as groups appear."""
+    """One curve per parameter group ("unet", "text_encoder"), created as groups appear."""
 
     def add_point(self, step: float, values: dict[str, float]) -> None:
         for group, value in values.items():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from core.models import loaders, sd1
 from core.training import validation
 from core.config.schema import (DEMO_MODEL, Duration, NetworkType, SavePrecision, SubsetParams, TrainConfig)
 from core.data.scan import scan_dataset, unusable_dataset_message
@@ -109,8 +110,8 @@ def test_a_model_file_header_is_read_once_until_the_file_changes(tmp_path, monke
     path = tmp_path / "style.safetensors"
     save_file({"lora_unet_x.lora_down.weight": _zeros(4, 8)}, str(path))
     reads = []
-    real = validation.check_base_model
-    monkeypatch.setattr(validation, "check_base_model", lambda p: (reads.append(p), real(p))[1])
+    real = loaders.check_base_model
+    monkeypatch.setattr(loaders, "check_base_model", lambda p: (reads.append(p), real(p))[1])
     validation._base_model_problem.cache_clear()
     config = _config(tmp_path)
     config.model.base_model = str(path)
@@ -174,7 +175,7 @@ def test_the_estimate_grows_with_the_dim_the_saves_and_the_state():
     config.training.duration, config.training.max_train_steps = Duration.STEPS, 1000
     lora_only, _ = estimate_output_bytes(config)
     # dim 8 in fp16: 8 x 589,824 weights x 2 bytes, plus 16 MB of logs.
-    assert lora_only == 8 * validation.SD1_LORA_PER_DIM * 2 + validation.LOG_BYTES
+    assert lora_only == 8 * sd1.LORA_PER_DIM * 2 + validation.LOG_BYTES
     config.network.dim = 16
     assert estimate_output_bytes(config)[0] - validation.LOG_BYTES == 2 * (lora_only - validation.LOG_BYTES)
     config.output.save_every_n_steps = 100  # 9 checkpoints and the final LoRA, with state files
@@ -196,7 +197,7 @@ def test_the_per_dim_weight_counts_match_the_sd15_architecture():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from core.config.schema import NetworkParams
-    from core.models.lora import text_encoder_targets, unet_targets
+    from core.models.lora import clip_targets, unet_targets
     from core.models.sd15_files import sd15_config_dir
 
     folder = sd15_config_dir()
@@ -217,12 +218,12 @@ def test_the_per_dim_weight_counts_match_the_sd15_architecture():
         return flat, conv
 
     lora, locon = NetworkParams(), NetworkParams(type=NetworkType.LOCON)
-    te_flat, _ = per_rank(text_encoder, text_encoder_targets(text_encoder, lora))
+    te_flat, _ = per_rank(text_encoder, clip_targets(text_encoder, lora))
     unet_flat, _ = per_rank(unet, unet_targets(unet, lora))
     locon_flat, locon_conv = per_rank(unet, unet_targets(unet, locon))
-    assert unet_flat + te_flat == validation.SD1_LORA_PER_DIM
-    assert locon_flat - unet_flat == validation.SD1_LOCON_EXTRA_PER_DIM
-    assert locon_conv == validation.SD1_LOCON_PER_CONV_DIM
+    assert unet_flat + te_flat == sd1.LORA_PER_DIM
+    assert locon_flat - unet_flat == sd1.LOCON_EXTRA_PER_DIM
+    assert locon_conv == sd1.LOCON_PER_CONV_DIM
 
 
 # ---------------------------------------------------------------- sample prompts

@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from core.models.sd1 import FAMILY as SD1
 from core.cli.main import main
 from core.kohya.lora_info import InspectError, inspect_lora
 from core.config.schema import Duration, NetworkParams, NetworkType, OptimizerType, SubsetParams, TrainConfig
 from core.kohya.lora_format import to_kohya_state_dict
-from core.models.lora import attach_lora
 from core.kohya.metadata import build_metadata, save_lora_file
 from core.data.plan import plan_dataset
-from tests.tiny_sd import tiny_text_encoder, tiny_unet
+from tests.tiny_sd import sd1_attach, tiny_text_encoder, tiny_unet
 
 STARTED, FINISHED = 1_700_000_000.0, 1_700_000_090.0
 
@@ -30,8 +30,8 @@ def _image(path: Path, size: tuple[int, int], caption: str) -> None:
 
 
 def _lora(network: NetworkParams) -> tuple[dict[str, torch.Tensor], int, int]:
-    handles = attach_lora(tiny_unet(0), tiny_text_encoder(1), network)
-    return to_kohya_state_dict(handles, torch.float16), len(handles.unet_targets), len(handles.text_encoder_targets)
+    handles = sd1_attach(tiny_unet(0), tiny_text_encoder(1), network)
+    return to_kohya_state_dict(handles, SD1, torch.float16), len(handles.targets["unet"]), len(handles.targets["text_encoder"])
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def trained(tmp_path_factory) -> tuple[Path, int, int]:
     config.optimizer.type = OptimizerType.ADAMW
     config.output.output_name = "kiln_cat"
     plan = plan_dataset(config.dataset, config.training)
-    meta = build_metadata(config, plan, epoch=2, step=8, session_id="s-42", training_started_at=STARTED,
+    meta = build_metadata(config, plan, family=SD1, epoch=2, step=8, session_id="s-42", training_started_at=STARTED,
                           training_finished_at=FINISHED, model_name="/models/v1-5-pruned.safetensors",
                           title="Kiln cat")
     tensors, n_unet, n_te = _lora(config.network)

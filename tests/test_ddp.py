@@ -45,7 +45,7 @@ def test_two_processes_train_the_same_lora_as_one_process_with_the_same_global_b
     """
     pair = _train(tmp_path, "two", processes=2, accumulation=1)
     [alone] = _train(tmp_path, "one", processes=1, accumulation=2).values()
-    assert set(pair[0]) == set(pair[1]) == set(alone) == {"unet", "textencoder"}
+    assert set(pair[0]) == set(pair[1]) == set(alone) == {"unet", "text_encoder"}
     for model in alone:
         assert pair[0][model].keys() == alone[model].keys()
         for key, weight in alone[model].items():

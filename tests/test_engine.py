@@ -58,7 +58,7 @@ def test_a_run_trains_and_writes_its_folder(tmp_path):
 def test_step_metrics_carry_lr_memory_speed_and_eta(tmp_path):
     _, sink = _train(tiny_config(tmp_path, steps=3))
     last = sink.of(StepMetrics)[-1]
-    assert set(last.lr) == {"unet", "textencoder"} and last.dlr == {}
+    assert set(last.lr) == {"unet", "text_encoder"} and last.dlr == {}
     assert last.memory_kind == "rss" and last.memory_peak_mb >= last.memory_allocated_mb > 0
     assert last.it_per_s > 0 and last.images_per_s > 0 and last.eta_s == 0
     started = sink.of(RunStarted)[0]

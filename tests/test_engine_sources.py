@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-import core.models.base_model
+import core.models.sd15_files
 from core.models.base_model import build_demo_model
 from core.models.demo import write_demo_config_dir
 from core.config.presets import save_preset
@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_training_from_an_original_layout_single_file(tmp_path, monkeypatch):
     demo = build_demo_model(3)
     checkpoint = write_ldm_checkpoint(tmp_path / "my model.safetensors", demo.unet, demo.vae,
-                                      demo.text_encoder, extras=True, ema=True)
+                                      demo.text_encoders["text_encoder"], extras=True, ema=True)
     # The shipped configs are SD 1.5-sized; this file holds demo-sized weights, so the
     # loader gets a config folder of the demo's shapes (everything else is the real path).
     configs = write_demo_config_dir(tmp_path / "configs")
-    monkeypatch.setattr(core.models.base_model, "sd15_config_dir", lambda: configs)
+    monkeypatch.setattr(core.models.sd15_files, "sd15_config_dir", lambda: configs)
     config = tiny_config(tmp_path, steps=3)
     config.model.base_model = str(checkpoint)
     result = Trainer(config, ListSink()).run()

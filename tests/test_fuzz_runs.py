@@ -79,7 +79,7 @@ step_like = st.fixed_dictionaries(
      "step": st.one_of(st.integers(0, 50), numbers, values)},
     optional={"epoch": st.one_of(st.integers(0, 5), numbers, values), "loss": st.one_of(numbers, values),
               "avg_loss": numbers, "mean_loss": st.one_of(numbers, values),
-              "lr": st.one_of(st.dictionaries(st.sampled_from(["unet", "textencoder"]), st.one_of(numbers, values)),
+              "lr": st.one_of(st.dictionaries(st.sampled_from(["unet", "text_encoder"]), st.one_of(numbers, values)),
                               values),
               "dlr": values, "memory_reserved_mb": st.one_of(numbers, values), "elapsed_s": numbers,
               "memory_peak_mb": numbers, "memory_kind": st.one_of(st.sampled_from(["cuda", "rss"]), values),

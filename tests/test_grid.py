@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.models.sd1 import FAMILY as SD1
 from core.config.schema import DEMO_MODEL, NetworkParams, NetworkType, SamplingParams, TrainConfig
 from core.studies.grid import (PNG_KEY, GridCancelled, GridError, GridRow, GridSpec, check_spec, grid_columns, grid_layout,
                        grid_rows, make_grid, rows_from_runs, save_grid, spec_from_run)
@@ -37,12 +38,12 @@ def write_lora(path: Path, seed: int = 0, *, network: NetworkParams = LORA, up_f
                metadata: dict[str, str] | None = None) -> Path:
     """A LoRA for the demo model with random weights (as if trained), saved as training saves it."""
     components = build_demo_model(0)
-    handles = attach_lora(components.unet, components.text_encoder, network)
+    handles = attach_lora(components, SD1, network)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for param in handles.unet_params() + handles.text_encoder_params():
+        for param in handles.params(("unet", "text_encoder")):
             param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    tensors = to_kohya_state_dict(handles, torch.float16)
+    tensors = to_kohya_state_dict(handles, SD1, torch.float16)
     for key in [k for k in tensors if k.endswith("lora_up.weight")]:
         tensors[key] = tensors[key] * up_factor  # exact: a power of two in the tests
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from core.config.schema import NetworkParams, NetworkType
-from core.kohya.lora_format import (KohyaFormatError, describe_lora, ensure_sd1, kohya_key, load_kohya_into,
-                               read_kohya_file, to_kohya_state_dict)
-from core.models.lora import LoraHandles, attach_lora, text_encoder_targets, unet_targets
+from core.kohya.lora_format import (KohyaFormatError, describe_lora, ensure_family, load_kohya_into, read_kohya_file,
+                                    to_kohya_state_dict)
 from core.kohya.metadata import save_lora_file
+from core.models.lora import LoraHandles, clip_targets, unet_targets
+from core.models.sd1 import FAMILY as SD1
 from core.models.sd15_files import load_tokenizer, sd15_config_dir
-from tests.tiny_sd import (sd15_text_encoder_on_meta, sd15_unet_on_meta, tiny_text_encoder, tiny_unet,
+from tests.tiny_sd import (sd1_attach, sd15_text_encoder_on_meta, sd15_unet_on_meta, tiny_text_encoder, tiny_unet,
                            tiny_vae)
 
 LORA = NetworkParams(type=NetworkType.LORA, dim=4, alpha=2.0)
@@ -40,10 +41,10 @@ def _expected_sd15_names() -> set[str]:
 
 def _trained(network: NetworkParams, seed: int = 0) -> LoraHandles:
     """Tiny models with LoRA whose weights are random (as if trained), base weights seeded."""
-    handles = attach_lora(tiny_unet(0), tiny_text_encoder(1), network)
+    handles = sd1_attach(tiny_unet(0), tiny_text_encoder(1), network)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in handles.unet_params() + handles.text_encoder_params():
+        for p in handles.params(("unet",)) + handles.params(("text_encoder",)):
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return handles
 
@@ -101,18 +102,18 @@ def _pipeline_with(path: str):
 
 
 def test_kohya_key_replaces_dots_and_puts_text_model_in_text_encoder_names():
-    assert kohya_key("lora_unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q") == \
+    assert SD1.kohya_name("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q") == \
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     # transformers 5 names the layer without "text_model."; older versions with it.
-    assert kohya_key("lora_te", "encoder.layers.0.mlp.fc1") == "lora_te_text_model_encoder_layers_0_mlp_fc1"
-    assert kohya_key("lora_te", "text_model.encoder.layers.0.mlp.fc1") == \
+    assert SD1.kohya_name("text_encoder", "encoder.layers.0.mlp.fc1") == "lora_te_text_model_encoder_layers_0_mlp_fc1"
+    assert SD1.kohya_name("text_encoder", "text_model.encoder.layers.0.mlp.fc1") == \
         "lora_te_text_model_encoder_layers_0_mlp_fc1"
 
 
 def test_full_sd15_gives_exactly_kohyas_264_module_names():
     network = NetworkParams()
-    names = {kohya_key("lora_unet", p) for p in unet_targets(sd15_unet_on_meta(), network)}
-    names |= {kohya_key("lora_te", p) for p in text_encoder_targets(sd15_text_encoder_on_meta(), network)}
+    names = {SD1.kohya_name("unet", p) for p in unet_targets(sd15_unet_on_meta(), network)}
+    names |= {SD1.kohya_name("text_encoder", p) for p in clip_targets(sd15_text_encoder_on_meta(), network)}
     assert len(names) == 264
     assert names == _expected_sd15_names()
     assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q" in names
@@ -120,7 +121,7 @@ def test_full_sd15_gives_exactly_kohyas_264_module_names():
 
 
 def test_export_has_kohyas_tensors_shapes_and_the_real_alpha():
-    tensors = to_kohya_state_dict(_trained(LOCON), torch.float16)
+    tensors = to_kohya_state_dict(_trained(LOCON), SD1, torch.float16)
     assert all(t.dtype == torch.float16 and t.is_contiguous() and t.device.type == "cpu" for t in tensors.values())
     q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
     assert tensors[f"{q}.lora_down.weight"].shape == (4, 32)  # [r, in]
@@ -138,10 +139,10 @@ def test_export_has_kohyas_tensors_shapes_and_the_real_alpha():
 
 def test_exported_tensors_do_not_share_memory_with_the_live_weights():
     handles = _trained(LORA)
-    tensors = to_kohya_state_dict(handles, torch.float32)
+    tensors = to_kohya_state_dict(handles, SD1, torch.float32)
     before = {k: v.clone() for k, v in tensors.items()}
     with torch.no_grad():
-        for p in handles.unet_params():
+        for p in handles.params(("unet",)):
             p.add_(1.0)
     assert all(torch.equal(before[k], tensors[k]) for k in tensors)
 
@@ -152,12 +153,12 @@ def test_diffusers_loads_our_file_and_reproduces_the_trained_outputs(tmp_path, n
     # the model we trained, alpha != rank included, with every key used.
     handles = _trained(network)
     path = tmp_path / "lora.safetensors"
-    save_lora_file(path, to_kohya_state_dict(handles, torch.float32), {"ss_network_module": "networks.lora"})
+    save_lora_file(path, to_kohya_state_dict(handles, SD1, torch.float32), {"ss_network_module": "networks.lora"})
     pipe, messages = _pipeline_with(str(path))
     unexpected = [m for m in messages if "unexpected" in m.lower() or "not found" in m.lower()
                   or "renamed" in m.lower()]
     assert unexpected == []
-    trained_context, trained_unet = _outputs(handles.unet, handles.text_encoder)
+    trained_context, trained_unet = _outputs(handles.models["unet"], handles.models["text_encoder"])
     base_context, base_unet = _outputs(tiny_unet(0), tiny_text_encoder(1))
     loaded_context, loaded_unet = _outputs(pipe.unet, pipe.text_encoder)
     assert not torch.allclose(trained_context, base_context, atol=1e-3)  # the LoRA does something
@@ -168,7 +169,7 @@ def test_diffusers_loads_our_file_and_reproduces_the_trained_outputs(tmp_path, n
 
 def test_the_unexpected_key_check_does_catch_diffusers_complaints(tmp_path):
     # Control for the test above: a module the model lacks makes diffusers say so.
-    tensors = to_kohya_state_dict(_trained(LORA), torch.float32)
+    tensors = to_kohya_state_dict(_trained(LORA), SD1, torch.float32)
     bogus = "lora_unet_down_blocks_0_attentions_5_proj_in"
     tensors[f"{bogus}.lora_down.weight"] = torch.zeros(4, 32, 1, 1)
     tensors[f"{bogus}.lora_up.weight"] = torch.zeros(32, 4, 1, 1)
@@ -181,55 +182,55 @@ def test_the_unexpected_key_check_does_catch_diffusers_complaints(tmp_path):
 @pytest.mark.parametrize("network", [LORA, LOCON], ids=["LoRA", "LoCon"])
 def test_load_kohya_into_fresh_models_reproduces_the_outputs(tmp_path, network):
     handles = _trained(network)
-    save_lora_file(tmp_path / "lora.safetensors", to_kohya_state_dict(handles, torch.float32), {})
+    save_lora_file(tmp_path / "lora.safetensors", to_kohya_state_dict(handles, SD1, torch.float32), {})
     tensors, _ = read_kohya_file(tmp_path / "lora.safetensors")
-    fresh = attach_lora(tiny_unet(0), tiny_text_encoder(1), network)
-    report = load_kohya_into(fresh, tensors)
-    assert report.loaded == len(fresh.unet_targets) + len(fresh.text_encoder_targets)
+    fresh = sd1_attach(tiny_unet(0), tiny_text_encoder(1), network)
+    report = load_kohya_into(fresh, SD1, tensors)
+    assert report.loaded == len(fresh.targets["unet"]) + len(fresh.targets["text_encoder"])
     assert report.missing == [] and report.unexpected == []
-    for got, want in zip(_outputs(fresh.unet, fresh.text_encoder), _outputs(handles.unet, handles.text_encoder)):
+    for got, want in zip(_outputs(fresh.models["unet"], fresh.models["text_encoder"]), _outputs(handles.models["unet"], handles.models["text_encoder"])):
         assert torch.equal(got, want)
 
 
 def test_an_fp16_file_loads_with_its_rounded_alpha():
     network = NetworkParams(dim=4, alpha=0.1)
-    tensors = to_kohya_state_dict(_trained(network), torch.float16)
-    report = load_kohya_into(attach_lora(tiny_unet(0), tiny_text_encoder(1), network), tensors)
+    tensors = to_kohya_state_dict(_trained(network), SD1, torch.float16)
+    report = load_kohya_into(sd1_attach(tiny_unet(0), tiny_text_encoder(1), network), SD1, tensors)
     assert report.loaded > 0 and report.missing == []
 
 
 def test_a_file_of_another_dim_is_refused_with_its_dims():
-    tensors = to_kohya_state_dict(_trained(NetworkParams(dim=8, alpha=4.0)), torch.float32)
-    fresh = attach_lora(tiny_unet(0), tiny_text_encoder(1), LORA)
+    tensors = to_kohya_state_dict(_trained(NetworkParams(dim=8, alpha=4.0)), SD1, torch.float32)
+    fresh = sd1_attach(tiny_unet(0), tiny_text_encoder(1), LORA)
     with pytest.raises(KohyaFormatError, match=r"file has dim 8 / alpha 4.*settings say dim 4 / alpha 2"):
-        load_kohya_into(fresh, tensors)
-    assert all(not p.any() for p in fresh.unet_params()[1::2])  # nothing was half-loaded
+        load_kohya_into(fresh, SD1, tensors)
+    assert all(not p.any() for p in fresh.params(("unet",))[1::2])  # nothing was half-loaded
 
 
 def test_a_file_of_another_alpha_is_refused():
-    tensors = to_kohya_state_dict(_trained(NetworkParams(dim=4, alpha=1.0)), torch.float32)
+    tensors = to_kohya_state_dict(_trained(NetworkParams(dim=4, alpha=1.0)), SD1, torch.float32)
     with pytest.raises(KohyaFormatError, match="alpha 1"):
-        load_kohya_into(attach_lora(tiny_unet(0), tiny_text_encoder(1), LORA), tensors)
+        load_kohya_into(sd1_attach(tiny_unet(0), tiny_text_encoder(1), LORA), SD1, tensors)
 
 
 def test_missing_and_unexpected_modules_are_reported():
-    tensors = to_kohya_state_dict(_trained(NetworkParams(dim=4, alpha=2.0, train_text_encoder=False)),
+    tensors = to_kohya_state_dict(_trained(NetworkParams(dim=4, alpha=2.0, train_text_encoder=False)), SD1,
                                   torch.float32)
     tensors["lora_unet_conv_in.lora_down.weight"] = torch.zeros(4, 4, 3, 3)
-    report = load_kohya_into(attach_lora(tiny_unet(0), tiny_text_encoder(1), LORA), tensors)
+    report = load_kohya_into(sd1_attach(tiny_unet(0), tiny_text_encoder(1), LORA), SD1, tensors)
     assert report.missing and all(name.startswith("lora_te_text_model_") for name in report.missing)
     assert report.unexpected == ["lora_unet_conv_in.lora_down.weight"]
 
 
 def test_describe_our_file_as_sd1_with_its_dims(tmp_path):
-    tensors = to_kohya_state_dict(_trained(LOCON), torch.float16)
+    tensors = to_kohya_state_dict(_trained(LOCON), SD1, torch.float16)
     save_lora_file(tmp_path / "x.safetensors", tensors, {"ss_base_model_version": "sd_v1"})
     summary = describe_lora(*read_kohya_file(tmp_path / "x.safetensors"))
     assert summary.architecture == "sd1"
     assert (summary.dims, summary.alphas, summary.conv_dims, summary.conv_alphas) == ({4}, {2.0}, {2}, {3.0})
     assert summary.has_conv and summary.n_modules == summary.n_unet + summary.n_te
     assert summary.n_te == 12 and summary.n_unet == len(unet_targets(tiny_unet(), LOCON))
-    ensure_sd1(summary)  # no error
+    ensure_family(summary, SD1)  # no error
 
 
 def _module(name: str, rank: int, in_dim: int, out_dim: int) -> dict[str, torch.Tensor]:
@@ -246,7 +247,7 @@ def test_sdxl_files_are_recognised_and_refused():
         summary = describe_lora(tensors, {})
         assert summary.architecture == "sdxl"
         with pytest.raises(KohyaFormatError, match="SDXL"):
-            ensure_sd1(summary)
+            ensure_family(summary, SD1)
 
 
 def test_sd2_context_width_is_recognised():
@@ -257,7 +258,7 @@ def test_sd2_context_width_is_recognised():
 
 
 def test_read_kohya_file_returns_the_metadata(tmp_path):
-    tensors = to_kohya_state_dict(_trained(LORA), torch.float32)
+    tensors = to_kohya_state_dict(_trained(LORA), SD1, torch.float32)
     save_lora_file(tmp_path / "x.safetensors", tensors, {"ss_network_dim": "4"})
     read, metadata = read_kohya_file(tmp_path / "x.safetensors")
     assert read.keys() == tensors.keys()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from core.models.sd1 import FAMILY as SD1
 from core.config.schema import DatasetParams, Duration, SubsetParams, TrainConfig
 from core.data.scan import scan_dataset
 from core.kohya.metadata import MAX_TAG_CHARS, MAX_TAGS_PER_FOLDER, build_metadata, limit_tag_frequency
@@ -35,7 +36,7 @@ def _dataset(tmp_path: Path) -> TrainConfig:
 
 def _metadata(config: TrainConfig, **overrides) -> dict[str, str]:
     plan = plan_dataset(config.dataset, config.training)
-    return build_metadata(config, plan, epoch=1, step=3, session_id="1", training_started_at=0.0,
+    return build_metadata(config, plan, family=SD1, epoch=1, step=3, session_id="1", training_started_at=0.0,
                           training_finished_at=1.0, model_name="model.safetensors", title="t", **overrides)
 
 

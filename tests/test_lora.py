@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from core.config.schema import NetworkParams, NetworkType
-from core.models.lora import LoraError, attach_lora, text_encoder_targets, unet_targets
-from tests.tiny_sd import sd15_text_encoder_on_meta, sd15_unet_on_meta, tiny_text_encoder, tiny_unet
+from core.models.lora import LoraError, clip_targets, unet_targets
+from tests.tiny_sd import sd1_attach, sd15_text_encoder_on_meta, sd15_unet_on_meta, tiny_text_encoder, tiny_unet
 
 LOCON = NetworkParams(type=NetworkType.LOCON, dim=4, alpha=2.0, conv_dim=2, conv_alpha=3.0)
 
@@ -52,7 +52,7 @@ def test_full_sd15_unet_has_192_lora_modules_16_transformers_times_12(sd15_unet)
 
 
 def test_full_sd15_text_encoder_has_72_lora_modules(sd15_text_encoder):
-    targets = text_encoder_targets(sd15_text_encoder, NetworkParams())
+    targets = clip_targets(sd15_text_encoder, NetworkParams())
     assert len(targets) == 72
     assert {path.rsplit(".", 1)[1] for path in targets} == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
 
@@ -71,39 +71,39 @@ def test_locon_adds_86_resnet_and_sampler_modules_with_conv_rank_on_3x3_only(sd1
 
 def test_attach_on_full_sd15_gives_one_down_and_one_up_weight_per_module():
     unet, text_encoder = sd15_unet_on_meta(), sd15_text_encoder_on_meta()
-    handles = attach_lora(unet, text_encoder, NetworkParams())
-    assert len(handles.unet_params()) == 2 * 192
-    assert len(handles.text_encoder_params()) == 2 * 72
+    handles = sd1_attach(unet, text_encoder, NetworkParams())
+    assert len(handles.params(("unet",))) == 2 * 192
+    assert len(handles.params(("text_encoder",))) == 2 * 72
 
 
 def test_targets_are_the_same_after_lora_is_attached():
     unet, text_encoder = tiny_unet(), tiny_text_encoder()
-    before = unet_targets(unet, LOCON), text_encoder_targets(text_encoder, LOCON)
-    attach_lora(unet, text_encoder, LOCON)
-    assert (unet_targets(unet, LOCON), text_encoder_targets(text_encoder, LOCON)) == before
+    before = unet_targets(unet, LOCON), clip_targets(text_encoder, LOCON)
+    sd1_attach(unet, text_encoder, LOCON)
+    assert (unet_targets(unet, LOCON), clip_targets(text_encoder, LOCON)) == before
 
 
 def test_a_fresh_lora_leaves_the_model_unchanged():
     reference = _unet_out(tiny_unet())
     unet = tiny_unet()
-    attach_lora(unet, tiny_text_encoder(), LOCON)
+    sd1_attach(unet, tiny_text_encoder(), LOCON)
     assert torch.equal(_unet_out(unet), reference)
 
 
 def test_only_lora_weights_train_in_two_groups():
     unet, text_encoder = tiny_unet(), tiny_text_encoder()
-    handles = attach_lora(unet, text_encoder, LOCON)
+    handles = sd1_attach(unet, text_encoder, LOCON)
     trainable = {id(p) for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad}
-    unet_ids = {id(p) for p in handles.unet_params()}
-    te_ids = {id(p) for p in handles.text_encoder_params()}
+    unet_ids = {id(p) for p in handles.params(("unet",))}
+    te_ids = {id(p) for p in handles.params(("text_encoder",))}
     assert trainable == unet_ids | te_ids and not unet_ids & te_ids
-    assert len(unet_ids) == 2 * len(handles.unet_targets)
-    assert all(p.dtype == torch.float32 for p in handles.unet_params())
+    assert len(unet_ids) == 2 * len(handles.targets["unet"])
+    assert all(p.dtype == torch.float32 for p in handles.params(("unet",)))
 
 
 def test_lora_scale_is_kohya_alpha_over_rank():
     unet, text_encoder = tiny_unet(), tiny_text_encoder()
-    handles = attach_lora(unet, text_encoder, LOCON)
+    handles = sd1_attach(unet, text_encoder, LOCON)
     attn = unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k")
     assert attn.scaling[handles.adapter] == 2.0 / 4
     conv = unet.get_submodule("down_blocks.0.resnets.0.conv1")
@@ -119,8 +119,8 @@ def test_alpha_zero_means_alpha_equals_rank_as_in_kohya():
 
 def test_lora_output_is_w_x_plus_up_down_x_times_alpha_over_rank():
     unet = tiny_unet()
-    handles = attach_lora(unet, tiny_text_encoder(), LOCON)
-    _randomise(handles.unet_params())
+    handles = sd1_attach(unet, tiny_text_encoder(), LOCON)
+    _randomise(handles.params(("unet",)))
     layer = unet.get_submodule("down_blocks.0.resnets.0.conv1")
     down, up = handles.down_up(layer)
     x = torch.randn(1, 32, 8, 8)
@@ -131,35 +131,21 @@ def test_lora_output_is_w_x_plus_up_down_x_times_alpha_over_rank():
 
 def test_text_encoder_can_be_left_without_lora():
     unet, text_encoder = tiny_unet(), tiny_text_encoder()
-    handles = attach_lora(unet, text_encoder, NetworkParams(train_text_encoder=False))
-    assert handles.text_encoder_targets == {} and handles.text_encoder_params() == []
+    handles = sd1_attach(unet, text_encoder, NetworkParams(train_text_encoder=False))
+    assert "text_encoder" not in handles.targets and handles.params(("text_encoder",)) == []
     assert not any("lora_" in name for name, _ in text_encoder.named_parameters())
     assert not any(p.requires_grad for p in text_encoder.parameters())
 
 
 def test_nothing_to_train_is_an_error():
     with pytest.raises(LoraError, match="nothing to train"):
-        attach_lora(tiny_unet(), tiny_text_encoder(), NetworkParams(train_unet=False, train_text_encoder=False))
-
-
-def test_disabling_gives_base_outputs_and_keeps_training_state():
-    reference = _unet_out(tiny_unet())
-    unet = tiny_unet()
-    handles = attach_lora(unet, tiny_text_encoder(), LOCON)
-    _randomise(handles.unet_params())
-    with_lora = _unet_out(unet)
-    assert not torch.allclose(with_lora, reference)
-    handles.set_enabled(False)
-    assert torch.equal(_unet_out(unet), reference)
-    handles.set_enabled(True)
-    assert torch.equal(_unet_out(unet), with_lora)
-    assert all(p.requires_grad for p in handles.unet_params() + handles.text_encoder_params())
+        sd1_attach(tiny_unet(), tiny_text_encoder(), NetworkParams(train_unet=False, train_text_encoder=False))
 
 
 def test_dropout_acts_on_the_hidden_activations_like_kohyas_network_dropout():
     unet = tiny_unet()
-    handles = attach_lora(unet, tiny_text_encoder(), NetworkParams(dim=4, alpha=2.0, dropout=0.5))
-    _randomise(handles.unet_params())
+    handles = sd1_attach(unet, tiny_text_encoder(), NetworkParams(dim=4, alpha=2.0, dropout=0.5))
+    _randomise(handles.params(("unet",)))
     layer = unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.ff.net.2")
     down, up = handles.down_up(layer)
     x = torch.randn(3, 5, layer.in_features)
@@ -177,13 +163,13 @@ def test_dropout_acts_on_the_hidden_activations_like_kohyas_network_dropout():
 
 def test_a_backward_pass_reaches_the_lora_weights_and_no_base_weight():
     unet, text_encoder = tiny_unet(), tiny_text_encoder()
-    handles = attach_lora(unet, text_encoder, LOCON)
+    handles = sd1_attach(unet, text_encoder, LOCON)
     unet.train()
     # 16x16 latents: at 8x8 the mid block sees one token, where self-attention's q and k
     # cancel out of the softmax and rightly get no gradient.
     sample, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 700])
     context = text_encoder(torch.randint(0, 49406, (2, 77)))[0]
     unet(sample, t, encoder_hidden_states=context).sample.square().mean().backward()
-    ups = handles.unet_params()[1::2] + handles.text_encoder_params()[1::2]
+    ups = handles.params(("unet",))[1::2] + handles.params(("text_encoder",))[1::2]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ups)  # B starts at 0, A gets none yet
     assert all(p.grad is None for m in (unet, text_encoder) for n, p in m.named_parameters() if "lora_" not in n)

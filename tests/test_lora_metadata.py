@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from core.models.sd1 import FAMILY as SD1
 from core.config.schema import (DatasetParams, Duration, NetworkParams, NetworkType, OptimizerType, SubsetParams,
                          TrainConfig)
 from core.kohya.metadata import bucket_info, build_metadata, model_hashes, save_lora_file, tag_frequency
@@ -62,7 +63,7 @@ def _metadata(config: TrainConfig, plan: DatasetPlan, **overrides) -> dict[str, 
                      training_finished_at=1_700_000_100.25, model_name="/models/v1-5-pruned.safetensors",
                      title="Kiln cat")
     arguments.update(overrides)
-    return build_metadata(config, plan, **arguments)
+    return build_metadata(config, plan, family=SD1, **arguments)
 
 
 @pytest.fixture

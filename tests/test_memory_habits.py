@@ -3,12 +3,15 @@ GPU once latents are cached, text-encoder outputs cached when captions never cha
 weights in the training dtype, and a step that does not wait on the GPU before backward."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from core.config.schema import DEMO_MODEL, ModelFamily, NonFinitePolicy, SubsetParams, TrainConfig, TrainingParams
+from core.config.schema import DEMO_MODEL, NonFinitePolicy, SubsetParams, TrainConfig, TrainingParams
 from core.kohya.import_config import import_kohya
+from core.models.family import TextConditioning
+from core.models.sd1 import FAMILY as SD1
 from core.training import placement, setup
 from core.training.engine import Trainer
 from core.training.events import Finished, ListSink, StepMetrics
@@ -53,18 +56,18 @@ def test_kohya_ss_vae_batch_size_zero_means_not_set(tmp_path: Path) -> None:
 
 def test_the_vae_is_half_on_a_gpu_and_fp32_on_a_cpu_or_when_asked() -> None:
     config = TrainConfig()
-    assert placement.vae_dtype(config, torch.float16, CUDA) is torch.float16
-    assert placement.vae_dtype(config, torch.bfloat16, CUDA) is torch.bfloat16
-    assert placement.vae_dtype(config, torch.float16, CPU) is torch.float32
+    assert placement.vae_dtype(config, SD1, torch.float16, CUDA) is torch.float16
+    assert placement.vae_dtype(config, SD1, torch.bfloat16, CUDA) is torch.bfloat16
+    assert placement.vae_dtype(config, SD1, torch.float16, CPU) is torch.float32
     config.model.no_half_vae = True
-    assert placement.vae_dtype(config, torch.bfloat16, CUDA) is torch.float32
+    assert placement.vae_dtype(config, SD1, torch.bfloat16, CUDA) is torch.float32
 
 
-def test_an_sdxl_vae_never_runs_in_fp16_but_may_in_bf16() -> None:
+def test_a_vae_that_overflows_in_fp16_never_runs_in_it_but_may_in_bf16() -> None:
     config = TrainConfig()
-    config.model.family = ModelFamily.SDXL
-    assert placement.vae_dtype(config, torch.float16, CUDA) is torch.float32
-    assert placement.vae_dtype(config, torch.bfloat16, CUDA) is torch.bfloat16
+    overflowing = SimpleNamespace(vae_fp16_unsafe=True)  # as SDXL's original VAE
+    assert placement.vae_dtype(config, overflowing, torch.float16, CUDA) is torch.float32
+    assert placement.vae_dtype(config, overflowing, torch.bfloat16, CUDA) is torch.bfloat16
 
 
 def _network(weight_dtype: torch.dtype, train_text_encoder: bool = False) -> setup.Network:
@@ -76,14 +79,14 @@ def _network(weight_dtype: torch.dtype, train_text_encoder: bool = False) -> set
 
 def test_frozen_weights_take_the_training_dtype_and_lora_weights_stay_fp32() -> None:
     network = _network(torch.float16, train_text_encoder=True)
-    for module in (network.components.unet, network.components.text_encoder):
+    for module in (network.components.unet, network.components.text_encoders["text_encoder"]):
         frozen = {p.dtype for p in module.parameters() if not p.requires_grad}
         trained = {p.dtype for p in module.parameters() if p.requires_grad}
         assert frozen == {torch.float16} and trained == {torch.float32}
 
 
 def test_the_vae_is_loaded_in_the_dtype_placement_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(placement, "vae_dtype", lambda config, dtype, device: torch.bfloat16)
+    monkeypatch.setattr(placement, "vae_dtype", lambda config, family, dtype, device: torch.bfloat16)
     vae = _network(torch.float32).components.vae
     assert {p.dtype for p in vae.parameters()} == {torch.bfloat16}
 
@@ -181,13 +184,13 @@ def test_latents_are_encoded_at_the_vae_batch_size_not_the_training_batch(tmp_pa
 
 def _rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     rows: list[int] = []
-    real = StepComputer.text_states
+    real = StepComputer.text
 
     def counting(self, captions):  # noqa: ANN001, ANN202
         rows.append(len(captions))
         return real(self, captions)
 
-    monkeypatch.setattr(StepComputer, "text_states", counting)
+    monkeypatch.setattr(StepComputer, "text", counting)
     return rows
 
 
@@ -223,10 +226,19 @@ def test_any_caption_augmentation_or_a_trained_text_encoder_rules_caching_out(op
 
 def test_the_text_cache_names_a_caption_it_never_saw() -> None:
     cache = TextStateCache()
-    cache.fill(["a"], lambda captions: torch.zeros(len(captions), 2, 3))
-    assert cache.states(["a", "a"], CPU).shape == (2, 2, 3)
+    cache.fill(["a"], lambda captions: TextConditioning(torch.zeros(len(captions), 2, 3)))
+    assert cache.conditioning(["a", "a"], CPU).states.shape == (2, 2, 3)
     with pytest.raises(LookupError, match="'b'"):
-        cache.states(["b"], CPU)
+        cache.conditioning(["b"], CPU)
+
+
+def test_the_text_cache_keeps_a_pooled_embedding_per_caption() -> None:
+    cache = TextStateCache()
+    cache.fill(["a", "b"], lambda captions: TextConditioning(
+        torch.zeros(len(captions), 2, 3), torch.arange(len(captions) * 4.0).reshape(len(captions), 4)))
+    both = cache.conditioning(["b", "a", "b"], CPU)
+    assert both.states.shape == (3, 2, 3)
+    assert both.pooled.tolist() == [[4, 5, 6, 7], [0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 # ---------------------------------------------------------------- no wait before backward

@@ -19,7 +19,7 @@ from core.config.schema import DEMO_MODEL
 from core.models.base_model import (
     ModelLoadCancelled,
     ModelLoadError,
-    SDComponents,
+    ModelComponents,
     build_demo_model,
     inspect_checkpoint,
     load_base_model,
@@ -38,12 +38,12 @@ MODULES = ("unet", "vae", "text_encoder")
 
 
 @pytest.fixture(scope="module")
-def demo() -> SDComponents:
+def demo() -> ModelComponents:
     return build_demo_model(0)
 
 
 @pytest.fixture(scope="module")
-def other_demo() -> SDComponents:
+def other_demo() -> ModelComponents:
     return build_demo_model(1)
 
 
@@ -58,8 +58,8 @@ def demo_configs(work: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def demo_state(demo: SDComponents) -> dict[str, torch.Tensor]:
-    return ldm_state_dict(demo.unet, demo.vae, demo.text_encoder)
+def demo_state(demo: ModelComponents) -> dict[str, torch.Tensor]:
+    return ldm_state_dict(demo.unet, demo.vae, demo.text_encoders["text_encoder"])
 
 
 def _digest(module: torch.nn.Module) -> str:
@@ -70,12 +70,16 @@ def _digest(module: torch.nn.Module) -> str:
     return sha.hexdigest()
 
 
-def _assert_same_weights(expected: SDComponents, loaded: SDComponents) -> None:
+def _assert_same_weights(expected: ModelComponents, loaded: ModelComponents) -> None:
     for name in MODULES:
-        want, got = getattr(expected, name).state_dict(), getattr(loaded, name).state_dict()
+        want, got = _module(expected, name).state_dict(), _module(loaded, name).state_dict()
         assert want.keys() == got.keys(), name
         different = [k for k in want if not torch.equal(want[k], got[k])]
         assert not different, f"{name}: {different[:3]}"
+
+
+def _module(components: ModelComponents, name: str) -> torch.nn.Module:
+    return {**components.denoisers(), "vae": components.vae}[name]
 
 
 def _patterns(module: torch.nn.Module) -> set[str]:
@@ -93,8 +97,8 @@ def test_demo_model_is_deterministic_per_seed_and_leaves_global_rng_alone(demo, 
     again = build_demo_model(0)
     assert torch.equal(torch.get_rng_state(), before)
     for name in MODULES:
-        assert _digest(getattr(again, name)) == _digest(getattr(demo, name)), name
-        assert _digest(getattr(other_demo, name)) != _digest(getattr(demo, name)), name
+        assert _digest(_module(again, name)) == _digest(_module(demo, name)), name
+        assert _digest(_module(other_demo, name)) != _digest(_module(demo, name)), name
 
 
 def test_demo_model_has_the_sd15_block_types_and_layer_names(demo):
@@ -108,8 +112,8 @@ def test_demo_model_has_the_sd15_block_types_and_layer_names(demo):
     for key in ("down_block_types", "up_block_types", "mid_block_type"):
         assert demo.unet.config[key] == unet.config[key]
     assert _patterns(demo.unet) == _patterns(unet)
-    assert _patterns(demo.text_encoder) == _patterns(text)
-    assert "encoder.layers.#.self_attn.q_proj" in _patterns(demo.text_encoder)
+    assert _patterns(demo.text_encoders["text_encoder"]) == _patterns(text)
+    assert "encoder.layers.#.self_attn.q_proj" in _patterns(demo.text_encoders["text_encoder"])
     assert "down_blocks.#.attentions.#.transformer_blocks.#.attn2.to_k" in _patterns(demo.unet)
     assert demo.is_demo and demo.source == "demo model"
     assert demo.vae_scale_factor == pytest.approx(0.18215)
@@ -121,8 +125,8 @@ def test_demo_model_shapes_and_tokenizer(demo):
     with torch.no_grad():
         out = demo.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=context).sample
         encoded = demo.vae.encode(torch.randn(1, 3, 256, 256)).latent_dist.mean
-        ids = demo.tokenizer("a photo of a cat").input_ids
-        hidden = demo.text_encoder(torch.tensor([ids])).last_hidden_state
+        ids = demo.tokenizers["text_encoder"]("a photo of a cat").input_ids
+        hidden = demo.text_encoders["text_encoder"](torch.tensor([ids])).last_hidden_state
     assert out.shape == (2, 4, 32, 32)
     assert encoded.shape == (1, 4, 32, 32)
     assert ids == [49406, 320, 1125, 539, 320, 2368, 49407]
@@ -149,19 +153,19 @@ def test_demo_spec_loads_the_seed_0_demo_model(demo):
 @pytest.mark.parametrize("suffix, ema", [(".safetensors", True), (".ckpt", False), (".ckpt", True)])
 def test_original_layout_checkpoint_round_trips(demo, work, demo_configs, suffix, ema):
     path = write_ldm_checkpoint(work / f"round{int(ema)}{suffix}", demo.unet, demo.vae,
-                                demo.text_encoder, ema=ema)
+                                demo.text_encoders["text_encoder"], ema=ema)
     assert inspect_checkpoint(path) == "sd1"
     said: list[str] = []
     loaded = load_base_model(str(path), config_dir=demo_configs, status=said.append)
     _assert_same_weights(demo, loaded)  # the live weights, not the (different) EMA copies
     assert loaded.source == path.name and not loaded.is_demo
     assert said[0].startswith("reading") and "loading U-Net…" in said
-    assert loaded.tokenizer("a photo of a cat").input_ids[1:-1] == [320, 1125, 539, 320, 2368]
-    assert all(p.dtype == torch.float32 for name in MODULES for p in getattr(loaded, name).parameters())
+    assert loaded.tokenizers["text_encoder"]("a photo of a cat").input_ids[1:-1] == [320, 1125, 539, 320, 2368]
+    assert all(p.dtype == torch.float32 for name in MODULES for p in _module(loaded, name).parameters())
 
 
 def test_half_precision_checkpoint_loads_as_float32(demo, work, demo_configs):
-    path = write_ldm_checkpoint(work / "half.safetensors", demo.unet, demo.vae, demo.text_encoder,
+    path = write_ldm_checkpoint(work / "half.safetensors", demo.unet, demo.vae, demo.text_encoders["text_encoder"],
                                 dtype=torch.float16)
     loaded = load_base_model(str(path), config_dir=demo_configs)
     weight = loaded.unet.conv_in.weight
@@ -219,7 +223,7 @@ def test_ckpt_that_would_run_code_is_refused(demo_state, work, demo_configs):
 
 
 def test_cancelled_between_components(demo, work, demo_configs):
-    path = write_ldm_checkpoint(work / "cancel.safetensors", demo.unet, demo.vae, demo.text_encoder)
+    path = write_ldm_checkpoint(work / "cancel.safetensors", demo.unet, demo.vae, demo.text_encoders["text_encoder"])
     said: list[str] = []
     with pytest.raises(ModelLoadCancelled):
         load_base_model(str(path), config_dir=demo_configs, status=said.append,
@@ -230,11 +234,11 @@ def test_cancelled_between_components(demo, work, demo_configs):
 # --- diffusers folders and VAE overrides -----------------------------------------------------
 
 
-def _save_folder(model: SDComponents, folder: Path, **kwargs: object) -> Path:
+def _save_folder(model: ModelComponents, folder: Path, **kwargs: object) -> Path:
     model.unet.save_pretrained(folder / "unet", **kwargs)
     model.vae.save_pretrained(folder / "vae", **kwargs)
-    model.text_encoder.save_pretrained(folder / "text_encoder", **kwargs)
-    model.tokenizer.save_pretrained(folder / "tokenizer")
+    model.text_encoders["text_encoder"].save_pretrained(folder / "text_encoder", **kwargs)
+    model.tokenizers["text_encoder"].save_pretrained(folder / "tokenizer")
     model.noise_scheduler.save_pretrained(folder / "scheduler")
     shutil.copyfile(sd15_config_dir() / "model_index.json", folder / "model_index.json")
     return folder
@@ -250,7 +254,7 @@ def test_diffusers_folder_loads(demo, work):
 def test_diffusers_folder_with_only_fp16_weights_loads(demo, work):
     half = build_demo_model(0)
     for name in MODULES:
-        getattr(half, name).half()
+        _module(half, name).half()
     folder = _save_folder(half, work / "demo-fp16", variant="fp16")
     loaded = load_base_model(str(folder))
     assert loaded.unet.conv_in.weight.dtype == torch.float32
@@ -258,7 +262,7 @@ def test_diffusers_folder_with_only_fp16_weights_loads(demo, work):
 
 
 def test_vae_override_from_original_layout_file_and_from_folder(demo, other_demo, work, demo_configs):
-    base = write_ldm_checkpoint(work / "base.ckpt", demo.unet, demo.vae, demo.text_encoder)
+    base = write_ldm_checkpoint(work / "base.ckpt", demo.unet, demo.vae, demo.text_encoders["text_encoder"])
     vae_file = write_ldm_vae(work / "other-vae.safetensors", other_demo.vae)
     loaded = load_base_model(str(base), vae=str(vae_file), config_dir=demo_configs)
     assert _digest(loaded.vae) == _digest(other_demo.vae)
@@ -330,7 +334,7 @@ def test_inspect_checkpoint_reads_only_the_safetensors_header(demo, work, monkey
     import safetensors
     import safetensors.torch
 
-    path = write_ldm_checkpoint(work / "header-only.safetensors", demo.unet, demo.vae, demo.text_encoder)
+    path = write_ldm_checkpoint(work / "header-only.safetensors", demo.unet, demo.vae, demo.text_encoders["text_encoder"])
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("tensor data was read")
@@ -393,7 +397,7 @@ def test_inpainting_and_incomplete_checkpoints(demo_state, work, demo_configs):
 
 
 def test_demo_sized_file_against_sd15_configs_says_shapes_differ(demo, work):
-    path = write_ldm_checkpoint(work / "toy.safetensors", demo.unet, demo.vae, demo.text_encoder)
+    path = write_ldm_checkpoint(work / "toy.safetensors", demo.unet, demo.vae, demo.text_encoders["text_encoder"])
     with pytest.raises(ModelLoadError, match="toy.safetensors: its U-Net does not have the shapes"):
         load_base_model(str(path))
 
@@ -453,8 +457,8 @@ def test_sd15_sized_checkpoint_loads_with_the_shipped_configs(work):
     path = write_zero_safetensors(work / "sd15-zeros.safetensors", _sd15_ldm_state_on_meta())
     assert inspect_checkpoint(path) == "sd1"
     loaded = load_base_model(str(path))
-    counts = {name: sum(p.numel() for p in getattr(loaded, name).parameters()) for name in MODULES}
+    counts = {name: sum(p.numel() for p in _module(loaded, name).parameters()) for name in MODULES}
     assert counts == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
-    assert not any(p.is_meta for name in MODULES for p in getattr(loaded, name).parameters())
+    assert not any(p.is_meta for name in MODULES for p in _module(loaded, name).parameters())
     assert loaded.unet.config.cross_attention_dim == 768
     assert loaded.vae_scale_factor == pytest.approx(0.18215)

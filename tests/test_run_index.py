@@ -29,7 +29,7 @@ def make_config(name: str = "cat", resolution: int = 512, dim: int = 8) -> Train
 def step_record(step: int, loss: float | None = 0.5, *, lr: float = 1e-4, memory: float = 100.0,
                 kind: str = "cuda", dlr: dict | None = None) -> dict:
     return {"type": "step", "step": step, "epoch": 1, "loss": loss, "avg_loss": loss,
-            "lr": {"unet": lr, "textencoder": lr / 2}, "dlr": dlr or {}, "memory_allocated_mb": memory - 10,
+            "lr": {"unet": lr, "text_encoder": lr / 2}, "dlr": dlr or {}, "memory_allocated_mb": memory - 10,
             "memory_reserved_mb": memory, "memory_peak_mb": memory + 5, "memory_kind": kind,
             "it_per_s": 2.0, "images_per_s": 4.0, "eta_s": 1.0, "elapsed_s": step * 0.5}
 
@@ -252,6 +252,15 @@ def test_discover_lists_runs_newest_first_once_each(tmp_path):
     assert [r.folder for r in discover_runs([new])] == ["new"]  # a run folder itself
 
 
+def test_runs_from_before_the_group_rename_show_their_text_encoder_curves_under_todays_name(tmp_path):
+    old = [step_record(i, dlr={"unet": 1.0, "textencoder": 2.0}) for i in (1, 2)]
+    for record in old:
+        record["lr"] = {"unet": 1e-4, "textencoder": 5e-5}
+    series = load_series(write_run(tmp_path, "r", metrics=old, steps=2))
+    assert set(series.lr) == set(series.dlr) == {"unet", "text_encoder"}
+    assert series.lr["text_encoder"][1].tolist() == [5e-5] * 2 and series.dlr["text_encoder"][1].tolist() == [2.0] * 2
+
+
 def test_series_reads_steps_losses_lr_memory_and_epochs(tmp_path):
     metrics = [step_record(1, 0.9, memory=100), step_record(2, None, memory=110), step_record(3, 0.7, memory=120),
                {"type": "epoch", "epoch": 1, "step": 3, "mean_loss": 0.8},
@@ -259,7 +268,7 @@ def test_series_reads_steps_losses_lr_memory_and_epochs(tmp_path):
     series = load_series(write_run(tmp_path, "r", metrics=metrics, steps=3))
     assert series.step.tolist() == [1, 2, 3]
     assert series.loss[0] == 0.9 and math.isnan(series.loss[1]) and series.loss[2] == 0.7
-    assert series.lr["unet"][1].tolist() == [1e-4] * 3 and series.lr["textencoder"][1].tolist() == [5e-5] * 3
+    assert series.lr["unet"][1].tolist() == [1e-4] * 3 and series.lr["text_encoder"][1].tolist() == [5e-5] * 3
     assert series.dlr == {}
     assert series.memory[1].tolist() == [100, 110, 120] and series.memory_kind == "cuda"
     assert series.epoch.tolist() == [1] and series.epoch_end_step.tolist() == [3]
@@ -436,7 +445,7 @@ def test_runs_trained_by_the_engine_are_read_back(tmp_path):
         assert record.bucket_count and record.batches_per_epoch and record.images == 5
         series = load_series(record.path)
         assert series.step.tolist() == [1, 2, 3] and np.isfinite(series.loss).all()
-        assert set(series.lr) == {"unet", "textencoder"} and series.epoch.size >= 1
+        assert set(series.lr) == {"unet", "text_encoder"} and series.epoch.size >= 1
     from core.studies.compare import varied_params
 
     varied = varied_params(records)

@@ -21,7 +21,7 @@ TIMEOUT_MS = 20_000
 
 
 def make_run(root: Path, folder: str, resolution: int, *, steps: int = 10, started: float = 1.7e9,
-             groups=("unet", "textencoder")) -> Path:
+             groups=("unet", "text_encoder")) -> Path:
     """A run folder as the engine writes it, with a loss that falls from 1.0 and a resolution."""
     run = root / folder
     run.mkdir(parents=True)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.models.sd1 import FAMILY as SD1
 from core.models.sd15_files import BOS_TOKEN_ID as BOS
 from core.models.sd15_files import EOS_TOKEN_ID as EOS
 from core.models.sd15_files import load_tokenizer
-from core.training.text import encode, tokenize
+from core.models.clip_text import encode, tokenize
 from tests.tiny_sd import TINY_CONTEXT_DIM, tiny_text_encoder, tiny_unet
 
 
@@ -85,7 +86,7 @@ def test_a_length_sd_scripts_does_not_offer_is_refused_by_name(tokenizer):
 
 
 def test_the_character_cut_scales_with_the_length():
-    from core.training.text import CHARACTERS_PER_TOKEN
+    from core.models.clip_text import CHARACTERS_PER_TOKEN
 
     seen = []
 
@@ -140,7 +141,7 @@ def test_the_unet_attends_to_the_longer_context():
 def test_a_run_at_225_trains_the_unet_on_227_states_and_records_the_length(tmp_path, monkeypatch):
     from safetensors import safe_open
 
-    import core.training.step as step
+    import core.models.clip_text as clip_text
     from core.training.engine import Trainer
     from core.training.events import Finished, ListSink
     from tests.engine_fixtures import tiny_config
@@ -156,7 +157,7 @@ def test_a_run_at_225_trains_the_unet_on_227_states_and_records_the_length(tmp_p
         shapes.append(tuple(states.shape))
         return states
 
-    monkeypatch.setattr(step, "encode", recording_encode)
+    monkeypatch.setattr(clip_text, "encode", recording_encode)
     result = Trainer(config, ListSink()).run()
     assert isinstance(result, Finished) and result.reason == "completed", getattr(result, "traceback", "")
     assert [shape[1:] for shape in shapes] == [(227, TINY_CONTEXT_DIM)] * 3
@@ -175,16 +176,15 @@ def _prompt(text: str, negative: str = ""):
 def test_a_long_sample_prompt_is_encoded_as_captions_are():
     import numpy as np
 
-    from core.models.demo import build_demo_model
-    from core.training.sampling import generate, prompt_states
+    from core.models.base_model import build_demo_model
 
     demo = build_demo_model()
     long, cut = _prompt(_cats(80) + " dog"), _prompt(_cats(80))
-    positive, negative = prompt_states(demo, long, clip_skip=1, max_token_length=150)
+    positive, negative = SD1.prompt_states(demo, long, clip_skip=1, max_token_length=150)
     assert positive.shape == negative.shape == (1, 152, 32)  # the negative prompt pairs up
-    different = [np.asarray(generate(demo, p, 1, torch.device("cpu"), torch.float32, 150)) for p in (long, cut)]
+    different = [np.asarray(SD1.generate(demo, p, clip_skip=1, device=torch.device("cpu"), dtype=torch.float32, max_token_length=150)) for p in (long, cut)]
     assert not np.array_equal(*different)  # the dog past token 75 reaches the image
-    same = [np.asarray(generate(demo, p, 1, torch.device("cpu"), torch.float32, 75)) for p in (long, cut)]
+    same = [np.asarray(SD1.generate(demo, p, clip_skip=1, device=torch.device("cpu"), dtype=torch.float32, max_token_length=75)) for p in (long, cut)]
     np.testing.assert_array_equal(*same)  # at 75 it is cut, as before
 
 
@@ -192,13 +192,13 @@ def test_at_75_tokens_a_sample_is_the_image_diffusers_makes_from_the_prompt_text
     import numpy as np
     from diffusers import StableDiffusionPipeline
 
-    from core.models.demo import build_demo_model
-    from core.training.sampling import generate, make_scheduler
+    from core.models.base_model import build_demo_model
+    from core.models.samplers import make_scheduler
 
     demo = build_demo_model()
     prompt = _prompt("a cat on a kiln", negative="blurry")
-    ours = generate(demo, prompt, 1, torch.device("cpu"), torch.float32)
-    pipe = StableDiffusionPipeline(vae=demo.vae, text_encoder=demo.text_encoder, tokenizer=demo.tokenizer,
+    ours = SD1.generate(demo, prompt, clip_skip=1, device=torch.device("cpu"), dtype=torch.float32, max_token_length=75)
+    pipe = StableDiffusionPipeline(vae=demo.vae, text_encoder=demo.text_encoders["text_encoder"], tokenizer=demo.tokenizers["text_encoder"],
                                    unet=demo.unet, scheduler=make_scheduler(prompt.sampler, "epsilon"),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -211,16 +211,15 @@ def test_at_75_tokens_a_sample_is_the_image_diffusers_makes_from_the_prompt_text
 def test_a_sample_with_clip_skip_2_uses_the_layer_training_uses():
     # diffusers' own clip_skip path reads text_encoder.text_model, which transformers 5's
     # CLIPTextModel does not have; the prompt states come from the training encoder instead.
-    from core.models.demo import build_demo_model
-    from core.training.sampling import generate, prompt_states
+    from core.models.base_model import build_demo_model
 
     demo = build_demo_model()
     prompt = _prompt("a cat on a kiln")
-    positive, _ = prompt_states(demo, prompt, clip_skip=2, max_token_length=75)
-    ids = tokenize(demo.tokenizer, [prompt.prompt])
+    positive, _ = SD1.prompt_states(demo, prompt, clip_skip=2, max_token_length=75)
+    ids = tokenize(demo.tokenizers["text_encoder"], [prompt.prompt])
     with torch.no_grad():
-        torch.testing.assert_close(positive, encode(demo.text_encoder, ids, 2))
-        assert generate(demo, prompt, 2, torch.device("cpu"), torch.float32).size == (64, 64)
+        torch.testing.assert_close(positive, encode(demo.text_encoders["text_encoder"], ids, 2))
+        assert SD1.generate(demo, prompt, clip_skip=2, device=torch.device("cpu"), dtype=torch.float32, max_token_length=75).size == (64, 64)
 
 
 # ------------------------------------------------------------------ plan, config, metadata
@@ -281,7 +280,7 @@ def test_max_token_length_is_validated_and_written_to_the_lora_metadata(tmp_path
     plan = plan_dataset(config.dataset, config.training)
     for length in (75, 150):
         config.training.max_token_length = length
-        meta = build_metadata(config, plan, epoch=1, step=1, session_id="1", training_started_at=0.0,
+        meta = build_metadata(config, plan, family=SD1, epoch=1, step=1, session_id="1", training_started_at=0.0,
                               training_finished_at=1.0, model_name="m.safetensors", title="t")
         assert meta["ss_max_token_length"] == str(length)
     config.training.max_token_length = 100

@@ -14,7 +14,7 @@ from core.training.optim import ParamGroup, build_optimizer, build_scheduler, cu
 
 def _groups(te_lr=5e-4):
     return [ParamGroup("unet", [torch.nn.Parameter(torch.ones(3))], 1e-3),
-            ParamGroup("textencoder", [torch.nn.Parameter(torch.ones(2))], te_lr)]
+            ParamGroup("text_encoder", [torch.nn.Parameter(torch.ones(2))], te_lr)]
 
 
 def _step(optimizer, groups):
@@ -31,7 +31,7 @@ def test_every_optimizer_builds_with_named_groups_and_steps(kind):
     optimizer = build_optimizer(groups, OptimizerParams(type=kind, learning_rate=1e-3))
     _step(optimizer, groups)
     lrs, dlrs = current_lrs(optimizer)
-    assert set(lrs) == {"unet", "textencoder"}
+    assert set(lrs) == {"unet", "text_encoder"}
     assert bool(dlrs) == kind.adapts_lr
     if not kind.adapts_lr:  # d-adapting optimisers take their first real step once d moves
         assert not torch.equal(groups[0].params[0], torch.ones(3))

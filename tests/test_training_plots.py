@@ -18,7 +18,7 @@ from gui.training_plots import TrainingPlots  # noqa: E402
 
 def step(n, loss=None, dlr=None, kind="rss", allocated=100.0, peak=120.0):
     return StepMetrics(n, 1, 1000, loss if loss is not None else 1.0 / n, 0.5,
-                       {"unet": 1e-4, "textencoder": 5e-5}, dlr or {}, allocated, allocated, peak, kind)
+                       {"unet": 1e-4, "text_encoder": 5e-5}, dlr or {}, allocated, allocated, peak, kind)
 
 
 @pytest.fixture
@@ -79,9 +79,9 @@ def test_the_readout_works_on_a_log_scale(plots):
 def test_dlr_shows_a_note_until_the_optimizer_reports_it(plots):
     plots.add_step(step(1))
     assert not plots.dlr.active and plots.dlr.note.isVisible()
-    plots.add_step(step(2, dlr={"unet": 1e-4, "textencoder": 2e-4}))
+    plots.add_step(step(2, dlr={"unet": 1e-4, "text_encoder": 2e-4}))
     assert plots.dlr.active and not plots.dlr.note.isVisible() and plots.dlr.log_y
-    assert plots.dlr.series_names() == ["unet", "textencoder"]
+    assert plots.dlr.series_names() == ["unet", "text_encoder"]
     plots.clear()
     assert not plots.dlr.active and plots.dlr.series_names() == []
 
@@ -113,7 +113,7 @@ def test_a_plot_exports_its_numbers_as_csv_and_its_picture_as_png(plots, tmp_pat
     plots.redraw_now()
     plots.lr.export_csv(tmp_path / "lr.csv")
     rows = list(csv.reader(open(tmp_path / "lr.csv", encoding="utf-8")))
-    assert rows[0] == ["step", "unet", "textencoder"] and len(rows) == 6
+    assert rows[0] == ["step", "unet", "text_encoder"] and len(rows) == 6
     assert [float(v) for v in rows[5]] == [5.0, 1e-4, 5e-5]
     plots.loss.export_csv(tmp_path / "loss.csv")
     assert next(csv.reader(open(tmp_path / "loss.csv", encoding="utf-8"))) == ["step", "raw", "smoothed"]

@@ -56,7 +56,7 @@ def test_a_run_started_from_the_tab_trains_plots_and_saves(qtbot, tab, tmp_path)
     plots = tab.plots
     assert len(plots.loss.series("raw")) == len(plots.loss.series("smoothed")) == 6
     assert curve_length(plots.loss, "raw") == 6  # the last points were drawn, not only stored
-    assert plots.lr.series_names() == ["unet", "textencoder"] and len(plots.lr.series("unet")) == 6
+    assert plots.lr.series_names() == ["unet", "text_encoder"] and len(plots.lr.series("unet")) == 6
     assert len(plots.epoch_loss.series("mean loss")) >= 1
     assert plots.memory.y_label == "process memory (RSS, MB)" and plots.memory.series_names() == ["RSS", "training peak RSS", "run peak RSS"]
     assert not plots.dlr.active and plots.dlr.note.text() == "DLR appears with Prodigy and D-Adaptation"

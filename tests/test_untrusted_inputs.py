@@ -8,7 +8,7 @@ import pytest
 
 from core.cli.grid import GridError, _prompts
 from core.config.schema import SamplingParams
-from core.training.text import CHARACTERS_PER_TOKEN, tokenize
+from core.models.clip_text import CHARACTERS_PER_TOKEN, tokenize
 
 
 def grid_args(prompts_file):

@@ -69,3 +69,15 @@ def sd15_text_encoder_on_meta() -> CLIPTextModel:
                                if k not in ("architectures", "model_type")})
     with torch.device("meta"):
         return CLIPTextModel(config)
+
+
+def sd1_attach(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, network: Any) -> Any:
+    """core.models.lora.attach_lora as the SD 1.x family does it, for bare modules."""
+    from core.models.components import ModelComponents
+    from core.models.lora import attach_lora
+    from core.models.sd1 import FAMILY
+
+    components = ModelComponents(family=FAMILY.name, unet=unet, vae=None, text_encoders={"text_encoder": text_encoder},
+                                 tokenizers={}, noise_scheduler=None, vae_scale_factor=0.18215, source="test",
+                                 is_demo=True)
+    return attach_lora(components, FAMILY, network)

@@ -1,14 +1,10 @@
 """peft LoRA weights <-> Kohya's LoRA file layout (sd-scripts' networks/lora.py), both ways.
 
-A Kohya module name is "lora_unet" or "lora_te", "_", and the module path with every "."
-replaced by "_". Each module holds ``.lora_down.weight`` (peft's lora_A), ``.lora_up.weight``
+The family names each module (core.models.family.Family.kohya_name): for SD 1.x "lora_unet"
+or "lora_te", "_", and the module path with every "." replaced by "_". Each module holds ``.lora_down.weight`` (peft's lora_A), ``.lora_up.weight``
 (peft's lora_B) and ``.alpha``, a 0-dim float: the real alpha, so a loader computes the
 scale alpha / rank that training used. diffusers' own converter writes the text encoder
 as ``lora_te1_`` and alpha = rank, which SD 1.x front ends read at the wrong strength.
-
-Text-encoder names always carry "text_model": sd-scripts names the modules of
-transformers' CLIPTextModel as they were (text_model.encoder.layers.N...), while
-transformers 5 exposes them one level higher (encoder.layers.N...).
 """
 
 from __future__ import annotations
@@ -18,15 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.config.schema import SavePrecision
-from core.models.lora import Component, LoraHandles
+from core.models.lora import LoraHandles
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-PREFIXES: dict[Component, str] = {"unet": "lora_unet", "text_encoder": "lora_te"}
+    from core.models.family import Family
+
 DOWN, UP, ALPHA = "lora_down.weight", "lora_up.weight", "alpha"
-_TE_ROOT = "text_model."
 # Cross-attention context width -> model family (SD 1.x CLIP-L, SD 2.x OpenCLIP-H, SDXL).
 _CONTEXT_DIMS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
@@ -55,28 +50,14 @@ class LoraSummary:
     conv_alphas: set[float] = field(default_factory=set)
 
 
-def kohya_key(prefix: str, module_path: str) -> str:
-    """The Kohya module name of a module path (no tensor suffix)."""
-    if prefix == PREFIXES["text_encoder"] and not module_path.startswith(_TE_ROOT):
-        module_path = _TE_ROOT + module_path
-    return f"{prefix}_{module_path.replace('.', '_')}"
-
-
-def save_dtype(precision: SavePrecision) -> torch.dtype:
-    import torch
-
-    return {SavePrecision.FLOAT: torch.float32, SavePrecision.FP16: torch.float16,
-            SavePrecision.BF16: torch.bfloat16}[precision]
-
-
-def to_kohya_state_dict(handles: LoraHandles, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def to_kohya_state_dict(handles: LoraHandles, family: Family, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Every attached module as Kohya's three tensors, on the CPU, cast to ``dtype``."""
     import torch
 
     tensors: dict[str, torch.Tensor] = {}
     for component, path, layer in handles.layers():
-        _, alpha = handles.targets(component)[path]
-        name = kohya_key(PREFIXES[component], path)
+        _, alpha = handles.targets[component][path]
+        name = family.kohya_name(component, path)
         down, up = handles.down_up(layer)
         # copy=True: the file must not share storage with weights training keeps changing.
         tensors[f"{name}.{DOWN}"] = down.detach().to("cpu", dtype, copy=True).contiguous()
@@ -109,7 +90,7 @@ def _file_shape_text(summary: LoraSummary) -> str:
     return text
 
 
-def load_kohya_into(handles: LoraHandles, state_dict: dict[str, torch.Tensor]) -> LoadReport:
+def load_kohya_into(handles: LoraHandles, family: Family, state_dict: dict[str, torch.Tensor]) -> LoadReport:
     """Set the attached LoRA weights from a Kohya state dict.
 
     Raises KohyaFormatError, before changing anything, when a module's rank or alpha in
@@ -118,8 +99,8 @@ def load_kohya_into(handles: LoraHandles, state_dict: dict[str, torch.Tensor]) -
     """
     import torch
 
-    expected: dict[str, tuple[Component, str, torch.nn.Module]] = {
-        kohya_key(PREFIXES[c], p): (c, p, layer) for c, p, layer in handles.layers()}
+    expected: dict[str, tuple[str, str, torch.nn.Module]] = {
+        family.kohya_name(c, p): (c, p, layer) for c, p, layer in handles.layers()}
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     unexpected: list[str] = []
     for key, tensor in state_dict.items():
@@ -135,7 +116,7 @@ def load_kohya_into(handles: LoraHandles, state_dict: dict[str, torch.Tensor]) -
     incomplete: set[str] = set()
     for name, parts in grouped.items():
         component, path, layer = expected[name]
-        rank, alpha = handles.targets(component)[path]
+        rank, alpha = handles.targets[component][path]
         if DOWN not in parts or UP not in parts:
             unexpected.extend(f"{name}.{rest}" for rest in parts)
             incomplete.add(name)
@@ -259,10 +240,13 @@ def describe_lora(state_dict: dict[str, torch.Tensor], metadata: dict[str, str])
     return summary
 
 
-def ensure_sd1(summary: LoraSummary, what: str = "this LoRA") -> None:
-    """Refuse a LoRA made for another model family than SD 1.x, saying which one."""
-    names = {"sdxl": "SDXL", "sd2": "Stable Diffusion 2.x"}
-    if summary.architecture in names:
+_LABELS = {"sd1": "SD 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
+
+
+def ensure_family(summary: LoraSummary, family: Family, what: str = "this LoRA") -> None:
+    """Refuse a LoRA made for another model family than ``family``'s, saying which one."""
+    if summary.architecture not in ("unknown", family.lora_architecture):
+        made_for = _LABELS.get(summary.architecture, summary.architecture)
         raise KohyaFormatError(
-            f"{what} was made for {names[summary.architecture]}; LoRA Kiln trains SD 1.x only, "
-            "so it cannot be loaded into this model. Choose an SD 1.x LoRA or start from scratch.")
+            f"{what} was made for {made_for}; the base model is {family.label}, so it cannot be "
+            f"loaded into it. Choose a {family.label} LoRA or start from scratch.")

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 from core.system.atomic import write_bytes_atomic
 from core.data.buckets import predefined_buckets
 from core.data.captions import tag_frequency as count_tags
-from core.config.schema import GROUPS, LatentCache, ModelFamily, NetworkType, SubsetParams, TrainConfig
+from core.config.schema import GROUPS, LatentCache, NetworkType, SubsetParams, TrainConfig
 from core.config.params import iter_params
 from core.data.dataset_plan import DatasetPlan
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from core.models.family import Family
     import os
 
     import torch
@@ -160,12 +161,13 @@ def _file_name(path: str) -> str:
     return re.split(r"[\\/]", path.rstrip("\\/"))[-1] if path else path
 
 
-def modelspec(config: TrainConfig, *, title: str, timestamp: float) -> dict[str, str]:
-    """The Stability AI model-spec keys sd-scripts adds to every LoRA it saves."""
+def modelspec(config: TrainConfig, architecture: str, *, title: str, timestamp: float) -> dict[str, str]:
+    """The Stability AI model-spec keys sd-scripts adds to every LoRA it saves; the
+    architecture is the family's ("stable-diffusion-v1/lora")."""
     width, height = config.dataset.resolution
     return {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": architecture,
         "modelspec.implementation": "diffusers",
         "modelspec.title": title or config.output.output_name or "untitled",
         "modelspec.resolution": f"{width}x{height}",
@@ -179,7 +181,7 @@ def modelspec(config: TrainConfig, *, title: str, timestamp: float) -> dict[str,
 def build_metadata(config: TrainConfig, plan: DatasetPlan, *, epoch: int, step: int, session_id: str,
                    training_started_at: float, training_finished_at: float | None, model_name: str,
                    title: str, tag_frequency_override: dict[str, dict[str, int]] | None = None,
-                   num_processes: int = 1) -> dict[str, str]:
+                   num_processes: int = 1, family: Family) -> dict[str, str]:
     """All metadata of a LoRA file saved at ``epoch`` / ``step`` (hashes come at saving).
 
     ``training_finished_at`` None means "now": sd-scripts stamps every save, intermediate
@@ -193,15 +195,15 @@ def build_metadata(config: TrainConfig, plan: DatasetPlan, *, epoch: int, step: 
     steps = plan.steps
     max_steps = steps.max_train_steps if steps else 0
     training = config.training
-    sd1 = config.model.family is ModelFamily.SD1
+    own = family.lora_metadata(config)
     meta: dict[str, str] = {
         "ss_session_id": session_id,
         "ss_training_started_at": str(training_started_at),
         "ss_training_finished_at": str(finished),
         "ss_network_module": NETWORK_MODULE,
         "ss_network_args": _json(network_args(config)),
-        "ss_base_model_version": "sd_v1" if sd1 else str(config.model.family),
-        "ss_v2": str(config.model.family is ModelFamily.SD2),
+        "ss_base_model_version": own["ss_base_model_version"],
+        "ss_v2": own["ss_v2"],
         "ss_resolution": str(tuple(config.dataset.resolution)),
         "ss_batch_size_per_device": str(training.batch_size),
         "ss_total_batch_size": str(training.batch_size * num_processes * training.gradient_accumulation_steps),
@@ -228,7 +230,7 @@ def build_metadata(config: TrainConfig, plan: DatasetPlan, *, epoch: int, step: 
     meta.update(_subset_entries(config, plan))
     if config.model.vae:
         meta["ss_vae_name"] = _file_name(config.model.vae)
-    meta.update(modelspec(config, title=title, timestamp=finished))
+    meta.update(modelspec(config, own["modelspec.architecture"], title=title, timestamp=finished))
     return meta
 
 

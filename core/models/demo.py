@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.models.sd15_files import BOS_TOKEN_ID, CLIP_MAX_LENGTH, EOS_TOKEN_ID, load_tokenizer, tokenizer_dir
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from core.models.components import SDComponents
 
 # Same block types as resources/sd15/unet/config.json, at 32/32/64/64 channels; groups of 32
 # divide every width. diffusers' "attention_head_dim" is the head count for SD 1.x: 2 heads
@@ -82,13 +79,12 @@ DEMO_TEXT_ENCODER_CONFIG: dict[str, Any] = {
 }
 
 
-def build_demo_model(seed: int = 0, *, v_parameterization: bool = False) -> SDComponents:
-    """Build the demo model; the same seed always gives bit-identical weights."""
+def build_demo_modules(seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    """The demo's (U-Net, VAE, text encoder, tokenizer); the same seed always gives
+    bit-identical weights. core.models.sd1 makes them a family's components."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from core.models.components import SDComponents, training_scheduler
 
     # fork_rng puts the global CPU generator back on exit, so building the demo model never
     # shifts the random stream of whoever called us (modules are built on the CPU: no device
@@ -100,16 +96,7 @@ def build_demo_model(seed: int = 0, *, v_parameterization: bool = False) -> SDCo
         text_encoder = CLIPTextModel(CLIPTextConfig(**DEMO_TEXT_ENCODER_CONFIG))
     for module in (unet, vae, text_encoder):
         module.eval()  # as from_pretrained hands models back; training code switches modes
-    return SDComponents(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=load_tokenizer(),
-        noise_scheduler=training_scheduler(v_parameterization),
-        vae_scale_factor=float(vae.config.scaling_factor),
-        source="demo model",
-        is_demo=True,
-    )
+    return unet, vae, text_encoder, load_tokenizer()
 
 
 def write_demo_config_dir(folder: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """Which modules get LoRA, attaching the adapters with peft, and the trainable parameters.
 
+A family chooses the modules (core.models.family.Family.lora_targets) from the rules here.
 The module choice is sd-scripts' (networks/lora.py): in the U-Net every Linear and Conv2d
 inside a Transformer2DModel (all of them are Linear or 1x1, so all get the network dim);
 with LoCon also every Linear and Conv2d inside ResnetBlock2D, Downsample2D and Upsample2D
@@ -24,18 +25,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from core.config.schema import NetworkParams, NetworkType
+from core.models.family import Targets
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
     from torch import nn
 
+    from core.models.components import ModelComponents
+    from core.models.family import Family
+
 ADAPTER = "kiln"
-Component = Literal["unet", "text_encoder"]
-Targets = dict[str, tuple[int, float]]  # module path -> (rank, alpha)
 
 # Class names, as sd-scripts matches them, so that attention classes renamed between
 # transformers versions (CLIPSdpaAttention, ...) still match.
@@ -107,8 +110,9 @@ def unet_targets(unet: nn.Module, network: NetworkParams) -> Targets:
     return _collect(unet, blocks, spec)
 
 
-def text_encoder_targets(text_encoder: nn.Module, network: NetworkParams) -> Targets:
-    """Text-encoder module path -> (rank, alpha); paths as the model names them."""
+def clip_targets(text_encoder: nn.Module, network: NetworkParams) -> Targets:
+    """CLIP text-encoder module path -> (rank, alpha): every Linear in its attention and MLP
+    blocks; paths as the model names them."""
     from torch import nn
 
     pair = (network.dim, effective_alpha(network.alpha, network.dim))
@@ -116,67 +120,40 @@ def text_encoder_targets(text_encoder: nn.Module, network: NetworkParams) -> Tar
                     lambda layer: pair if isinstance(layer, nn.Linear) else None)
 
 
+def trained_components(family: Family, network: NetworkParams) -> tuple[str, ...]:
+    """The components a run puts LoRA on: the U-Net, and every text encoder when
+    network.train_text_encoder is on (as sd-scripts: both of SDXL's)."""
+    return (("unet",) if network.train_unet else ()) + \
+        (family.text_encoder_names if network.train_text_encoder else ())
+
+
 @dataclass
 class LoraHandles:
-    """The models with LoRA attached, and where each adapter lives."""
+    """The models with LoRA attached, and where each adapter lives, by component name."""
 
-    unet: nn.Module
-    text_encoder: nn.Module
+    models: dict[str, nn.Module]  # every component of the family, trained or not
+    targets: dict[str, Targets]  # the components with LoRA only
     network: NetworkParams
-    unet_targets: Targets
-    text_encoder_targets: Targets
     adapter: str = ADAPTER
-    _hooks: list[Any] = field(default_factory=list, repr=False)
 
-    def targets(self, component: Component) -> Targets:
-        return self.unet_targets if component == "unet" else self.text_encoder_targets
-
-    def model(self, component: Component) -> nn.Module:
-        return self.unet if component == "unet" else self.text_encoder
-
-    def layers(self) -> Iterator[tuple[Component, str, nn.Module]]:
+    def layers(self) -> Iterator[tuple[str, str, nn.Module]]:
         """(component, module path, peft LoRA layer) for every attached module."""
-        for component in ("unet", "text_encoder"):
-            model = self.model(component)
-            for path in self.targets(component):
+        for component, targets in self.targets.items():
+            model = self.models[component]
+            for path in targets:
                 yield component, path, model.get_submodule(path)
 
     def down_up(self, layer: nn.Module) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
         """The (lora_down, lora_up) weights of a peft layer: lora_A and lora_B."""
         return layer.lora_A[self.adapter].weight, layer.lora_B[self.adapter].weight
 
-    def _params(self, component: Component) -> list[torch.nn.Parameter]:
+    def params(self, components: tuple[str, ...]) -> list[torch.nn.Parameter]:
+        """The trainable LoRA weights of ``components``, for one optimizer group."""
         params: list[torch.nn.Parameter] = []
-        for comp, _, layer in self.layers():
-            if comp == component:
+        for component, _, layer in self.layers():
+            if component in components:
                 params.extend(self.down_up(layer))
         return params
-
-    def unet_params(self) -> list[torch.nn.Parameter]:
-        """Trainable U-Net LoRA weights, for the optimizer group with unet_lr."""
-        return self._params("unet")
-
-    def text_encoder_params(self) -> list[torch.nn.Parameter]:
-        """Trainable text-encoder LoRA weights, for the group with text_encoder_lr."""
-        return self._params("text_encoder")
-
-    def set_enabled(self, enabled: bool) -> None:
-        """Switch every LoRA module on or off (off: the models compute the base outputs).
-
-        peft's enable_adapters also flips requires_grad; we keep the flags as they were
-        so that sampling the base model in the middle of training leaves training as is.
-        """
-        for _, _, layer in self.layers():
-            down, up = self.down_up(layer)
-            flags = (down.requires_grad, up.requires_grad)
-            layer.enable_adapters(enabled)
-            down.requires_grad_(flags[0])
-            up.requires_grad_(flags[1])
-
-    def remove_hooks(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
 
 
 def _pattern(path: str) -> str:
@@ -227,27 +204,27 @@ def _add_dropout(handles: LoraHandles, p: float) -> None:
         return F.dropout(output, p=p, training=module.training)
 
     for _, _, layer in handles.layers():
-        handles._hooks.append(layer.lora_A[handles.adapter].register_forward_hook(hook))
+        layer.lora_A[handles.adapter].register_forward_hook(hook)
 
 
-def attach_lora(unet: nn.Module, text_encoder: nn.Module, network: NetworkParams) -> LoraHandles:
-    """Freeze both models and attach LoRA where the network parameters ask for it.
+def attach_lora(components: ModelComponents, family: Family, network: NetworkParams) -> LoraHandles:
+    """Freeze the family's models and attach LoRA where the network parameters ask for it.
 
     The up weights start at zero (peft's default init, as Kohya's), so the models compute
     exactly what they computed before until the first optimizer step.
     """
-    unet.requires_grad_(False)
-    text_encoder.requires_grad_(False)
-    u_targets = unet_targets(unet, network) if network.train_unet else {}
-    t_targets = text_encoder_targets(text_encoder, network) if network.train_text_encoder else {}
-    if not u_targets and not t_targets:
+    models = components.denoisers()
+    for model in models.values():
+        model.requires_grad_(False)
+    targets = {name: family.lora_targets(name, models[name], network) for name in trained_components(family, network)}
+    targets = {name: found for name, found in targets.items() if found}
+    if not targets:
         raise LoraError("nothing to train: both the U-Net and the text encoder are switched off")
     alpha = effective_alpha(network.alpha, network.dim)
-    for model, targets in ((unet, u_targets), (text_encoder, t_targets)):
-        if targets:
-            inject_lora(model, targets, network.dim, alpha)
-            check_and_prepare(model, targets)
-    handles = LoraHandles(unet, text_encoder, network, u_targets, t_targets)
+    for name, found in targets.items():
+        inject_lora(models[name], found, network.dim, alpha)
+        check_and_prepare(models[name], found)
+    handles = LoraHandles(models, targets, network)
     if network.dropout > 0:
         _add_dropout(handles, network.dropout)
     return handles

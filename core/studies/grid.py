@@ -29,7 +29,8 @@ from core.config.prompts import PromptError, SamplePrompt, parse_prompts
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image
 
-    from core.models.base_model import SDComponents
+    from core.models.components import ModelComponents
+    from core.models.family import Family
 
 __all__ = ["COLUMN_KINDS", "GridCancelled", "GridColumn", "GridError", "GridRow", "GridSpec",
            "base_model_from_metadata", "check_spec", "find_run_dir", "grid_columns", "grid_layout", "grid_rows",
@@ -60,6 +61,7 @@ class GridSpec:
     max_token_length: int = 75  # prompt tokens that reach the text encoder, as the run trained
     v_parameterization: bool = False
     include_base_row: bool = False
+    family: str = "sd1"  # the model.family setting, for base models no family claims by name
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def spec_from_run(run_dir: str | Path, rows: list[GridRow] | None = None, *,
     return GridSpec(rows=rows if rows is not None else rows_from_runs([Path(run_dir)], checkpoints),
                     prompts=prompts, base_model=config.model.base_model, vae=config.model.vae,
                     clip_skip=config.model.clip_skip, max_token_length=config.training.max_token_length,
-                    v_parameterization=config.model.v_parameterization)
+                    v_parameterization=config.model.v_parameterization, family=str(config.model.family))
 
 
 def check_spec(spec: GridSpec) -> None:
@@ -184,36 +186,41 @@ def make_grid(spec: GridSpec, progress: Callable[[int, int], None] | None = None
     import torch
 
     from core.models.base_model import ModelLoadCancelled, ModelLoadError, load_base_model
-    from core.training.sampling import generate
+    from core.models.family import UnsupportedFamily, family_for
 
     layout = grid_layout(spec)
     rows, columns = grid_rows(spec), grid_columns(spec)
+    try:
+        family = family_for(spec.base_model, spec.family)
+    except UnsupportedFamily as err:
+        raise GridError(f"base model: {err}") from None
     for row in rows:  # read every file now (and again per row, to keep one in memory at a time)
         if row.lora_path is not None:
-            read_lora(row)
+            read_lora(row, family)
     total, done = len(rows) * len(columns), 0
     _report(progress, 0, total)
     _stop_if(cancelled)
     try:
-        components = load_base_model(spec.base_model, vae=spec.vae, v_parameterization=spec.v_parameterization,
-                                     cancelled=cancelled)
+        components = load_base_model(spec.base_model, family=family.name, vae=spec.vae,
+                                     v_parameterization=spec.v_parameterization, cancelled=cancelled)
     except ModelLoadCancelled:
         raise GridCancelled() from None
     except ModelLoadError as err:
         raise GridError(f"base model: {err}") from None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32  # CPU kernels want fp32
-    for module in (components.unet, components.text_encoder, components.vae):
+    for module in (*components.denoisers().values(), components.vae):
         module.to(device, dtype)
     cells: list[list[Image.Image]] = []
     for row in rows:
-        with _row_weights(components, row, spec.strength):
+        with _row_weights(family, components, row, spec.strength):
             cells.append([])
             for column in columns:
                 _stop_if(cancelled)
                 try:
-                    cells[-1].append(generate(components, column.prompt, spec.clip_skip, device, dtype,
-                                                    spec.max_token_length))
+                    cells[-1].append(family.generate(components, column.prompt, clip_skip=spec.clip_skip,
+                                                     device=device, dtype=dtype,
+                                                     max_token_length=spec.max_token_length))
                 except Exception as err:  # out of memory and the like: say which cell
                     raise GridError(f"row '{row.label}', column '{column.label.splitlines()[0]}': "
                                     f"generating the image failed: {err}") from err
@@ -223,11 +230,11 @@ def make_grid(spec: GridSpec, progress: Callable[[int, int], None] | None = None
 
 
 @contextmanager
-def _row_weights(components: SDComponents, row: GridRow, strength: float) -> Iterator[None]:
+def _row_weights(family: Family, components: ModelComponents, row: GridRow, strength: float) -> Iterator[None]:
     if row.lora_path is None:
         yield
     else:
-        with lora_applied(components, read_lora(row), strength, row):
+        with lora_applied(family, components, read_lora(row, family), strength, row):
             yield
 
 

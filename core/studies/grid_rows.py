@@ -23,8 +23,9 @@ from core.config.schema import DEMO_MODEL, NetworkParams, NetworkType, TrainConf
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-    from core.models.lora import Targets
-    from core.models.base_model import SDComponents
+    from core.models.family import Targets
+    from core.models.components import ModelComponents
+    from core.models.family import Family
 
 DEMO_SOURCE = "demo model"  # what LoRAs trained on the demo model name as their base
 _STEP_FILE = re.compile(r"-(?:step|s)(\d+)")  # name-step00000500 (and name-s00000500)
@@ -164,9 +165,9 @@ def base_model_from_metadata(lora_path: Path) -> str | None:
 # ---------------------------------------------------------------- LoRA rows
 
 
-def read_lora(row: GridRow) -> dict[str, torch.Tensor]:
+def read_lora(row: GridRow, family: Family) -> dict[str, torch.Tensor]:
     """The row's LoRA tensors; GridError naming the row and file when it cannot be used."""
-    from core.kohya.lora_format import KohyaFormatError, describe_lora, ensure_sd1, read_kohya_file
+    from core.kohya.lora_format import KohyaFormatError, describe_lora, ensure_family, read_kohya_file
 
     path = row.lora_path
     assert path is not None
@@ -177,7 +178,7 @@ def read_lora(row: GridRow) -> dict[str, torch.Tensor]:
     try:
         tensors, metadata = read_kohya_file(path)
         summary = describe_lora(tensors, metadata)
-        ensure_sd1(summary, path.name)
+        ensure_family(summary, family, path.name)
     except KohyaFormatError as err:
         raise GridError(f"row '{row.label}': {err}") from None
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
@@ -187,7 +188,7 @@ def read_lora(row: GridRow) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _file_targets(components: SDComponents, tensors: dict[str, torch.Tensor],
+def _file_targets(family: Family, components: ModelComponents, tensors: dict[str, torch.Tensor],
                   row: GridRow) -> dict[str, Targets]:
     """Component -> {module path: (rank, alpha)} for the modules the file holds.
 
@@ -195,14 +196,14 @@ def _file_targets(components: SDComponents, tensors: dict[str, torch.Tensor],
     convolutions, text-encoder attention and MLP) is a candidate; a module name in the file
     that matches none means the file was made for another model.
     """
-    from core.kohya.lora_format import ALPHA, DOWN, PREFIXES, kohya_key
-    from core.models.lora import effective_alpha, text_encoder_targets, unet_targets
+    from core.kohya.lora_format import ALPHA, DOWN
+    from core.models.lora import effective_alpha
 
     every = NetworkParams(type=NetworkType.LOCON, dim=1, alpha=1.0, conv_dim=1, conv_alpha=1.0)
-    known = {kohya_key(PREFIXES["unet"], path): ("unet", path) for path in unet_targets(components.unet, every)}
-    known |= {kohya_key(PREFIXES["text_encoder"], path): ("text_encoder", path)
-              for path in text_encoder_targets(components.text_encoder, every)}
-    targets: dict[str, Targets] = {"unet": {}, "text_encoder": {}}
+    models = components.denoisers()
+    known = {family.kohya_name(component, path): (component, path)
+             for component, model in models.items() for path in family.lora_targets(component, model, every)}
+    targets: dict[str, Targets] = {component: {} for component in models}
     for key, down in tensors.items():
         name, _, rest = key.partition(".")
         if rest != DOWN:
@@ -222,16 +223,16 @@ def _file_targets(components: SDComponents, tensors: dict[str, torch.Tensor],
 
 
 @contextmanager
-def lora_applied(components: SDComponents, tensors: dict[str, torch.Tensor], strength: float,
+def lora_applied(family: Family, components: ModelComponents, tensors: dict[str, torch.Tensor], strength: float,
                  row: GridRow) -> Iterator[None]:
     """The row's LoRA attached to the base model at ``strength``, and removed again on exit."""
     from core.models import lora
     from core.kohya.lora_format import KohyaFormatError, load_kohya_into
 
-    models = {"unet": components.unet, "text_encoder": components.text_encoder}
+    models = components.denoisers()
     configs = {name: model.__dict__.get("peft_config") for name, model in models.items()}
     tensors = dict(tensors)  # _file_targets may rewrite alpha entries
-    targets = _file_targets(components, tensors, row)
+    targets = _file_targets(family, components, tensors, row)
     try:
         for name, model in models.items():
             if targets[name]:
@@ -242,10 +243,10 @@ def lora_applied(components: SDComponents, tensors: dict[str, torch.Tensor], str
                 lora.check_and_prepare(model, targets[name])
         # The network settings only word load_kohya_into's rank-mismatch error, which
         # cannot happen here: every target was made from the file.
-        handles = lora.LoraHandles(components.unet, components.text_encoder, NetworkParams(),
-                                   targets["unet"], targets["text_encoder"])
+        handles = lora.LoraHandles(models, {name: found for name, found in targets.items() if found},
+                                   NetworkParams())
         try:
-            report = load_kohya_into(handles, tensors)
+            report = load_kohya_into(handles, family, tensors)
         except KohyaFormatError as err:
             raise GridError(f"row '{row.label}': {err}") from None
         if report.unexpected:

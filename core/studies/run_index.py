@@ -450,7 +450,7 @@ class RunSeries:
     epoch: np.ndarray  # epoch number of each epoch-end record
     epoch_end_step: np.ndarray
     epoch_loss: np.ndarray
-    lr: dict[str, Curve]  # per parameter group ("unet", "textencoder")
+    lr: dict[str, Curve]  # per parameter group ("unet", "text_encoder")
     dlr: dict[str, Curve]  # d * lr per group (Prodigy, D-Adaptation); empty otherwise
     memory: Curve  # memory reserved on the GPU, or the process's RSS on a CPU run
     memory_kind: str = "rss"
@@ -486,9 +486,17 @@ def _step_count(value: Any) -> int | None:
     return value
 
 
+# Runs written before the parameter group was renamed call it by Kohya's log tag.
+_OLD_GROUP_NAMES = {"textencoder": "text_encoder"}
+
+
 def _groups_of(record: dict[str, Any], key: str) -> dict[str, Any]:
     values = record.get(key)
-    return values if isinstance(values, dict) else {}
+    if not isinstance(values, dict):
+        return {}
+    if any(name in values for name in _OLD_GROUP_NAMES):
+        return {_OLD_GROUP_NAMES.get(name, name): value for name, value in values.items()}
+    return values
 
 
 def _group_curves(records: list[dict[str, Any]], steps: np.ndarray, key: str) -> dict[str, Curve]:

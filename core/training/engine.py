@@ -35,6 +35,7 @@ from core.training.memory import PhasePeaks
 from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds
 from core.training.optim import current_lrs
 from core.training.run_lock import RunFolderLock
+from core.training.tensorboard import lr_tag
 from core.training.validation import errors, validate
 
 log = logging.getLogger("lorakiln.run")
@@ -169,7 +170,7 @@ class Trainer:
             self._take_resumed(resumed)
         from core.training.step import StepComputer
 
-        self.computer = StepComputer(config, self.network.components, self.device, self.generator,
+        self.computer = StepComputer(config, self.network.family, self.network.components, self.device, self.generator,
                                      self.accelerator.autocast, dict(zip(self.network.trained, self.trained_models)))
         self._cache_text_states()
 
@@ -187,9 +188,10 @@ class Trainer:
         captions = [process_caption(s.record.caption, s.options, batch_rng(0, 0, 0)) for s in self.dataset.samples]
         cache = TextStateCache()
         with self.accelerator.autocast():
-            count = cache.fill(captions, self.computer.text_states, cancelled=self.control.should_end)
+            count = cache.fill(captions, self.computer.text, cancelled=self.control.should_end)
         self.computer.text_cache = cache
-        placement.offload(self.network.components.text_encoder)
+        for text_encoder in self.network.components.text_encoders.values():
+            placement.offload(text_encoder)
         self._status(f"text-encoder outputs cached for {count} distinct captions", "caching")
 
     def _claim_run_dir(self) -> None:
@@ -400,8 +402,8 @@ class Trainer:
         self._record(record)
         if self._tensorboard:
             values = {"loss/current": loss, "loss/average": average}
-            values.update({f"lr/{name}": value for name, value in lrs.items()})
-            values.update({f"lr/d*lr/{name}": value for name, value in dlrs.items()})
+            values.update({lr_tag(name): value for name, value in lrs.items()})
+            values.update({lr_tag(name, "lr/d*lr/"): value for name, value in dlrs.items()})
             self._tensorboard.scalars(values, self.step)
 
     def _report_skip(self, loss: float) -> None:
@@ -446,11 +448,12 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._status(f"saving {path.name}…", "saving")
         config = self.config
-        tensors = to_kohya_state_dict(self.network.handles, SAVE_DTYPES[config.output.save_precision])
+        tensors = to_kohya_state_dict(self.network.handles, self.network.family,
+                                      SAVE_DTYPES[config.output.save_precision])
         metadata = build_metadata(config, self.plan, epoch=self.epoch, step=self.step, session_id=self._session_id,
                                   training_started_at=self._started, training_finished_at=None,
                                   model_name=self.network.components.source, title=config.output.output_name,
-                                  num_processes=self.accelerator.num_processes)
+                                  num_processes=self.accelerator.num_processes, family=self.network.family)
         save_lora_file(path, tensors, metadata)
         self.last_checkpoint = str(path)
         log.info("saved %s (%s)", path, kind)
@@ -488,23 +491,25 @@ class Trainer:
         if not self.is_main or not self.config.sampling.prompts.strip():
             return
         from core.config.prompts import parse_prompts
-        from core.training.sampling import generate, save_sample
+        from core.training.sampling import save_sample
 
         self._ensure_run_dir()
         components = self.network.components
         prompts = parse_prompts(self.config.sampling.prompts, self.config.sampling)
-        was_training = {m: m.training for m in (components.unet, components.text_encoder)}
-        components.unet.eval()
-        components.text_encoder.eval()
+        was_training = {m: m.training for m in components.denoisers().values()}
+        for module in was_training:
+            module.eval()
         # An offloaded VAE or text encoder comes back to the GPU for the samples only.
         borrowed = ExitStack()
         borrowed.enter_context(placement.on_device(components.vae, self.device))
-        borrowed.enter_context(placement.on_device(components.text_encoder, self.device))
+        for text_encoder in components.text_encoders.values():
+            borrowed.enter_context(placement.on_device(text_encoder, self.device))
         try:
             for index, prompt in enumerate(prompts):
                 self._status(f"sampling {index + 1}/{len(prompts)}…", "sampling")
-                image = generate(components, prompt, self.config.model.clip_skip, self.device, self.weight_dtype,
-                                 self.config.training.max_token_length)
+                image = self.network.family.generate(components, prompt, clip_skip=self.config.model.clip_skip,
+                                                     device=self.device, dtype=self.weight_dtype,
+                                                     max_token_length=self.config.training.max_token_length)
                 name = f"{self.config.output.output_name}_s{step:06d}_e{epoch:04d}_{index:02d}.png"
                 path = save_sample(image, self.run_dir / "samples", name, prompt, step, epoch)
                 self._record({"type": "sample", "path": str(path), "step": step, "epoch": epoch,

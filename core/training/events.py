@@ -40,7 +40,7 @@ class StepMetrics:
     total_steps: int
     loss: float
     avg_loss: float  # mean over the last epoch's worth of steps (Kohya's loss/average)
-    lr: dict[str, float]  # per param group: "unet", "textencoder"
+    lr: dict[str, float]  # per param group: "unet", "text_encoder"
     dlr: dict[str, float] = field(default_factory=dict)  # d*lr per group (Prodigy, D-Adaptation)
     memory_allocated_mb: float = 0.0
     memory_reserved_mb: float = 0.0

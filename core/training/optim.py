@@ -16,7 +16,7 @@ __all__ = ["Lion", "OptimizerSetupError", "ParamGroup", "build_optimizer", "buil
 
 @dataclass
 class ParamGroup:
-    name: str  # "unet" or "textencoder", as Kohya's log tags name them
+    name: str  # "unet" or "text_encoder" (TensorBoard tags use Kohya's "textencoder")
     params: list[torch.nn.Parameter]
     lr: float
 

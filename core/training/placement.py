@@ -9,19 +9,20 @@ from contextlib import contextmanager
 
 import torch
 
-from core.config.schema import ModelFamily, SubsetParams, TrainConfig
+from core.config.schema import SubsetParams, TrainConfig
+from core.models.family import Family
 
 CPU = torch.device("cpu")
 
 
-def vae_dtype(config: TrainConfig, weight_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+def vae_dtype(config: TrainConfig, family: Family, weight_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The VAE's dtype: the frozen weights' half precision on a GPU, as sd-scripts does, so
     caching latents needs half the VRAM; fp32 on a CPU (its kernels want fp32 anyway), when
-    model.no_half_vae asks for it, and for SDXL in fp16 (its original VAE overflows to NaN
-    in fp16; bf16 has fp32's range and is safe)."""
+    model.no_half_vae asks for it, and in fp16 for a family whose VAE overflows in it (SDXL's
+    original VAE gives NaN in fp16; bf16 has fp32's range and is safe)."""
     if device.type != "cuda" or config.model.no_half_vae:
         return torch.float32
-    if weight_dtype is torch.float16 and config.model.family is ModelFamily.SDXL:
+    if weight_dtype is torch.float16 and family.vae_fp16_unsafe:
         return torch.float32
     return weight_dtype
 

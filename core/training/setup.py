@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -16,6 +16,11 @@ from core.config.schema import Attention, DEMO_MODEL, LatentCache as CacheMode, 
 from core.system.paths import user_cache_dir
 from core.training import placement
 from core.training.optim import ParamGroup, build_optimizer, build_scheduler, group_lrs
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from core.models.components import ModelComponents
+    from core.models.family import Family
+    from core.models.lora import LoraHandles
 
 log = logging.getLogger("lorakiln.run")
 
@@ -77,26 +82,36 @@ def reset_accelerate_state(distributed: bool) -> None:
 
 @dataclass
 class Network:
-    components: object  # core.models.base_model.SDComponents
-    handles: object  # core.models.lora.LoraHandles
-    trained: dict[str, torch.nn.Module]  # "unet" / "textencoder" -> module with trainable LoRA
+    family: Family
+    components: ModelComponents
+    handles: LoraHandles
+    trained: dict[str, torch.nn.Module]  # component name -> module with trainable LoRA
+
+
+def run_family(config: TrainConfig) -> Family:
+    """The family a run trains (raises core.models.family.UnsupportedFamily)."""
+    from core.models.family import family_for
+
+    return family_for(config.model.base_model, config.model.family)
 
 
 def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
                  cancelled: Callable[[], bool], status: Callable[[str], None]) -> Network:
-    from core.kohya.lora_format import describe_lora, ensure_sd1, load_kohya_into, read_kohya_file
-    from core.models.lora import attach_lora
+    from core.kohya.lora_format import describe_lora, ensure_family, load_kohya_into, read_kohya_file
     from core.models.base_model import load_base_model
+    from core.models.lora import attach_lora
 
-    components = load_base_model(config.model.base_model, vae=config.model.vae,
+    family = run_family(config)
+    components = load_base_model(config.model.base_model, family=config.model.family, vae=config.model.vae,
                                  v_parameterization=config.model.v_parameterization,
                                  cancelled=cancelled, status=status)
     status("attaching LoRA…")
-    handles = attach_lora(components.unet, components.text_encoder, config.network)
+    handles = attach_lora(components, family, config.network)
     if config.network.init_weights:
         state, metadata = read_kohya_file(config.network.init_weights)
-        ensure_sd1(describe_lora(state, metadata), f"network.init_weights ({Path(config.network.init_weights).name})")
-        load_kohya_into(handles, state)
+        ensure_family(describe_lora(state, metadata), family,
+                      f"network.init_weights ({Path(config.network.init_weights).name})")
+        load_kohya_into(handles, family, state)
     if config.training.attention is Attention.EAGER:
         from diffusers.models.attention_processor import AttnProcessor
 
@@ -104,14 +119,15 @@ def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.
     if config.training.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         if config.network.train_text_encoder:
-            text_encoder = components.text_encoder
-            # transformers 5 renamed it; the old name still works but warns.
-            enable = getattr(text_encoder, "activation_checkpointing_enable", None) or \
-                text_encoder.gradient_checkpointing_enable
-            enable()
+            for text_encoder in components.text_encoders.values():
+                # transformers 5 renamed it; the old name still works but warns.
+                enable = getattr(text_encoder, "activation_checkpointing_enable", None) or \
+                    text_encoder.gradient_checkpointing_enable
+                enable()
     # Frozen weights in the training precision, LoRA weights in fp32 (autocast mixes them);
     # the VAE in placement.vae_dtype (half on a GPU, as sd-scripts; fp32 by no_half_vae).
-    for module in (components.unet, components.text_encoder):
+    denoisers = components.denoisers()
+    for module in denoisers.values():
         for param in module.parameters():
             param.data = param.data.to(device, torch.float32 if param.requires_grad else weight_dtype)
         for buffer_name, buffer in list(module.named_buffers()):
@@ -119,26 +135,24 @@ def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.
                 buffer.data = buffer.data.to(device, weight_dtype)
             else:
                 buffer.data = buffer.data.to(device)
-    components.vae.to(device, placement.vae_dtype(config, weight_dtype, device))
+    components.vae.to(device, placement.vae_dtype(config, family, weight_dtype, device))
     components.vae.requires_grad_(False)
     components.vae.eval()
-    trained = {}
-    if config.network.train_unet:
-        trained["unet"] = components.unet
-    if config.network.train_text_encoder:
-        trained["textencoder"] = components.text_encoder
-    for module in (components.unet, components.text_encoder):
-        module.train(module in trained.values())
-    return Network(components, handles, trained)
+    trained = {name: denoisers[name] for name in handles.targets}
+    for name, module in denoisers.items():
+        module.train(name in trained)
+    return Network(family, components, handles, trained)
 
 
 def param_groups(config: TrainConfig, network: Network) -> list[ParamGroup]:
+    """The U-Net's LoRA with unet_lr, the text encoders' with text_encoder_lr."""
     unet_lr, text_lr = group_lrs(config.optimizer)
+    text_encoders = network.family.text_encoder_names
     groups = []
-    if config.network.train_unet:
-        groups.append(ParamGroup("unet", network.handles.unet_params(), unet_lr))
-    if config.network.train_text_encoder:
-        groups.append(ParamGroup("textencoder", network.handles.text_encoder_params(), text_lr))
+    if "unet" in network.handles.targets:
+        groups.append(ParamGroup("unet", network.handles.params(("unet",)), unet_lr))
+    if any(name in network.handles.targets for name in text_encoders):
+        groups.append(ParamGroup("text_encoder", network.handles.params(text_encoders), text_lr))
     return groups
 
 

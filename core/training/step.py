@@ -9,22 +9,24 @@ import torch
 
 from core.config.schema import TrainConfig
 from core.data.pipeline import Batch
+from core.models.components import ModelComponents
+from core.models.family import Family, TextConditioning
 from core.training.loss import min_snr_weights, sample_noise, sample_timesteps, weighted_loss
-from core.training.text import encode, tokenize
 
 
 class StepComputer:
-    def __init__(self, config: TrainConfig, components, device: torch.device,  # noqa: ANN001
+    def __init__(self, config: TrainConfig, family: Family, components: ModelComponents, device: torch.device,
                  generator: torch.Generator, autocast: Callable,
                  prepared: dict[str, torch.nn.Module] | None = None) -> None:
-        """``prepared`` holds what accelerate made of each trained model ("unet",
-        "textencoder"); under DDP it is the wrapper whose forward pass makes backward average
-        the gradients across processes, so a trained model is always called through it."""
+        """``prepared`` holds what accelerate made of each trained component ("unet",
+        "text_encoder", ...); under DDP it is the wrapper whose forward pass makes backward
+        average the gradients across processes, so a trained model is always called through it."""
         self.config = config
+        self.family = family
         self.c = components
         prepared = prepared or {}
         self.unet = prepared.get("unet", components.unet)
-        self.text_encoder = prepared.get("textencoder", components.text_encoder)
+        self.text_encoders = {name: prepared.get(name, module) for name, module in components.text_encoders.items()}
         self.device = device
         self.generator = generator
         self.autocast = autocast
@@ -32,7 +34,7 @@ class StepComputer:
         self.v_prediction = scheduler.config.prediction_type == "v_prediction"
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device)
         self.train_text_encoder = config.network.train_text_encoder
-        self.text_cache = None  # a text_cache.TextStateCache when the captions' states are cached
+        self.text_cache = None  # a text_cache.TextStateCache when the captions' conditioning is cached
 
     @torch.no_grad()
     def latents(self, batch: Batch) -> torch.Tensor:
@@ -44,25 +46,28 @@ class StepComputer:
         noise = torch.randn(distribution.mean.shape, generator=self.generator).to(self.device)
         return (distribution.mean.float() + distribution.std.float() * noise) * self.c.vae_scale_factor
 
-    def text_states(self, captions: list[str]) -> torch.Tensor:
-        """The captions' text-encoder states (call inside autocast, as the step does)."""
-        ids = tokenize(self.c.tokenizer, captions, self.config.training.max_token_length).to(self.device)
+    def text(self, captions: list[str]) -> TextConditioning:
+        """The captions' conditioning, as the family computes it (call inside autocast, as the
+        step does)."""
         with torch.set_grad_enabled(self.train_text_encoder):
-            return encode(self.text_encoder, ids, self.config.model.clip_skip)
+            return self.family.encode_text(self.c, self.text_encoders, captions,
+                                           clip_skip=self.config.model.clip_skip,
+                                           max_token_length=self.config.training.max_token_length,
+                                           device=self.device)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         latents = self.latents(batch)
         training = self.config.training
         with self.autocast():
             if self.text_cache is not None:
-                states = self.text_cache.states(batch.captions, self.device)
+                text = self.text_cache.conditioning(batch.captions, self.device)
             else:
-                states = self.text_states(batch.captions)
+                text = self.text(batch.captions)
             noise = sample_noise(latents, training.noise_offset, self.generator)
             timesteps = sample_timesteps(latents.shape[0], self.c.noise_scheduler.config.num_train_timesteps,
                                          self.generator, self.device)
             noisy = self.c.noise_scheduler.add_noise(latents, noise, timesteps)
-            prediction = self.unet(noisy, timesteps, states).sample
+            prediction = self.unet(noisy, timesteps, **self.family.unet_inputs(text, batch)).sample
         if self.v_prediction:
             target = self.c.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:

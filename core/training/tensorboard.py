@@ -14,6 +14,14 @@ import struct
 import time
 from pathlib import Path
 
+# Parameter groups whose Kohya log tag differs from our component name.
+_KOHYA_GROUP_TAGS = {"text_encoder": "textencoder"}
+
+
+def lr_tag(group: str, prefix: str = "lr/") -> str:
+    """The TensorBoard tag of a group's learning rate: lr/unet, lr/textencoder (as sd-scripts)."""
+    return prefix + _KOHYA_GROUP_TAGS.get(group, group)
+
 
 def _crc32c_table() -> list[int]:
     table = []

@@ -1,4 +1,4 @@
-"""Text-encoder outputs computed once per distinct caption, for runs whose text encoder is
+"""Text-encoder outputs computed once per distinct caption, for runs whose text encoders are
 frozen and whose captions never change (see placement.can_cache_text_states)."""
 
 from __future__ import annotations
@@ -7,15 +7,17 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-EncodeCaptions = Callable[[list[str]], torch.Tensor]
+from core.models.family import TextConditioning
+
+EncodeCaptions = Callable[[list[str]], TextConditioning]
 
 
 class TextStateCache:
-    """Caption -> the states the U-Net attends to. Kept in host memory (SD 1.x: 77 x 768
+    """Caption -> the family's conditioning for it. Kept in host memory (SD 1.x: 77 x 768
     values a caption, so 10,000 captions are ~1.2 GB in fp16, too much to park on the GPU)."""
 
     def __init__(self) -> None:
-        self._states: dict[str, torch.Tensor] = {}
+        self._states: dict[str, TextConditioning] = {}
 
     def __len__(self) -> int:
         return len(self._states)
@@ -34,16 +36,16 @@ class TextStateCache:
                 raise Cancelled()
             chunk = missing[start:start + batch_size]
             with torch.no_grad():
-                states = encode(chunk).detach().to("cpu")
-            for caption, row in zip(chunk, states):
-                self._states[caption] = row.clone()  # its own storage: not a view of the batch
+                encoded = encode(chunk).to("cpu")
+            for caption, row in zip(chunk, encoded.rows()):
+                self._states[caption] = row
         return len(missing)
 
-    def states(self, captions: list[str], device: torch.device) -> torch.Tensor:
-        """The batch's states on ``device``; a caption never cached is a bug in the caller."""
+    def conditioning(self, captions: list[str], device: torch.device) -> TextConditioning:
+        """The batch's conditioning on ``device``; a caption never cached is a bug in the caller."""
         try:
             rows = [self._states[caption] for caption in captions]
         except KeyError as missing:
             raise LookupError(f"caption {missing} has no cached text-encoder states; cache every caption "
                               "of the plan before training") from None
-        return torch.stack(rows).to(device, non_blocking=True)
+        return TextConditioning.stack(rows).to(device)

@@ -14,10 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.data.buckets import BucketError, adjusted_limits
-from core.config.schema import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration, LatentCache, ModelFamily, NetworkType,
+from core.config.schema import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration, LatentCache, NetworkType,
                          OptimizerType, SavePrecision, Scheduler, TrainConfig)
 from core.models.checkpoint_files import SINGLE_FILE_SUFFIXES, ModelLoadError
-from core.models.loaders import check_base_model
+from core.models.family import UnsupportedFamily, families, family_for
 from core.config.optimizer_support import unavailable_message
 from core.system.paths import default_runs_dir
 from core.config.params import param_specs, range_problem
@@ -72,13 +72,13 @@ def _check_paths(config: TrainConfig, total_steps: int | None) -> list[Problem]:
     if not model:
         found.append(Problem("model.base_model", "choose a base model: a .safetensors/.ckpt file, "
                                                  f"a diffusers folder, or {DEMO_MODEL}"))
-    elif model != DEMO_MODEL:
+    elif not any(family.claims(model) for family in families()):
         path = _existing(model)
         if not path.exists():
             found.append(Problem("model.base_model", f"'{model}' does not exist; choose an SD 1.x "
                                                      "checkpoint file or diffusers folder"))
         else:
-            message = _base_model_problem(str(path.resolve()), *_stamp(path))
+            message = _base_model_problem(str(path.resolve()), *_stamp(path), config.model.family)
             if message:
                 found.append(Problem("model.base_model", message))
     for field_path, value, want_dir in (
@@ -104,11 +104,15 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=32)
-def _base_model_problem(path: str, size: int, mtime_ns: int) -> str | None:
+def _base_model_problem(path: str, size: int, mtime_ns: int, family_setting: str) -> str | None:
     """Why the model at ``path`` cannot be trained on, from its header alone; cached by
     size and time so the form, which validates after every edit, reads a file once."""
     try:
-        check_base_model(Path(path))
+        family = family_for(path, family_setting)
+    except UnsupportedFamily:
+        return None  # said on model.family
+    try:
+        family.check_model_file(path)
     except ModelLoadError as error:
         return str(error)
     except OSError as error:
@@ -118,13 +122,6 @@ def _base_model_problem(path: str, size: int, mtime_ns: int) -> str | None:
 
 # ---------------------------------------------------------------- the output folder
 
-# LoRA weights per unit of rank in SD 1.x with core.models.lora's choice of modules (in + out
-# features of each): 192 U-Net and 72 text-encoder modules; LoCon adds the ResNet blocks'
-# 1x1 and Linear layers (per dim) and their 3x3 convolutions (per conv_dim).
-# tests/test_bad_input.py recounts them from the shipped SD 1.5 configs.
-SD1_LORA_PER_DIM = 589_824
-SD1_LOCON_EXTRA_PER_DIM = 82_880
-SD1_LOCON_PER_CONV_DIM = 544_000
 STATE_BYTES_PER_WEIGHT = 20  # fp32 weights and up to four fp32 optimizer buffers (Prodigy)
 STATES_KEPT = 3  # two are kept, and a third exists while it is written
 LOG_BYTES = 16 * 2**20  # metrics, log, plan, config, TensorBoard events
@@ -132,11 +129,10 @@ LOW_SPACE = 2**30  # less than this left after the run is worth a warning
 
 
 def estimate_output_bytes(config: TrainConfig, total_steps: int | None = None) -> tuple[int, str]:
-    """(bytes, how they add up): a generous estimate of what one run writes to its folder."""
+    """(bytes, how they add up): a generous estimate of what one run writes to its folder.
+    Raises UnsupportedFamily for a model family LoRA Kiln cannot train."""
     net, out, train, sample = config.network, config.output, config.training, config.sampling
-    weights = net.dim * SD1_LORA_PER_DIM
-    if net.type is NetworkType.LOCON:
-        weights += net.dim * SD1_LOCON_EXTRA_PER_DIM + net.conv_dim * SD1_LOCON_PER_CONV_DIM
+    weights = family_for(config.model.base_model, config.model.family).lora_weights(net)
     lora = weights * (4 if out.save_precision is SavePrecision.FLOAT else 2)
     steps = total_steps if total_steps is not None else \
         train.max_train_steps if train.duration is Duration.STEPS else None
@@ -188,7 +184,10 @@ def _output_problems(config: TrainConfig, total_steps: int | None) -> list[Probl
         free = shutil.disk_usage(probe).free
     except OSError:
         return []  # the run itself will say what is wrong with the disk
-    need, parts = estimate_output_bytes(config, total_steps)
+    try:
+        need, parts = estimate_output_bytes(config, total_steps)
+    except UnsupportedFamily:  # said on model.family
+        return []
     if free < need:
         return problem(f"only {_size(free)} free for {shown}; this run writes about {_size(need)} "
                        f"({parts}); free some space or choose a folder on another disk")
@@ -215,9 +214,10 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
     model, data, net, opt = config.model, config.dataset, config.network, config.optimizer
     sched, train, out, sample = config.schedule, config.training, config.output, config.sampling
 
-    if model.family is not ModelFamily.SD1:
-        add("model.family", f"{'SDXL' if model.family is ModelFamily.SDXL else 'SD 2.x'} "
-                            "is not supported yet; only SD 1.x can be trained")
+    try:
+        family_for(model.base_model, model.family)
+    except UnsupportedFamily as error:
+        add("model.family", str(error))
     if not data.subsets:
         add("dataset.subsets", "no images: add an image folder")
     elif all(s.is_reg for s in data.subsets):

@@ -1,4 +1,4 @@
-"""Captions to text-encoder states, with CLIP skip and long captions as sd-scripts does them.
+"""CLIP captions to text-encoder states, with CLIP skip and long captions as sd-scripts does them.
 
 A caption of up to ``max_token_length`` tokens (75, 150 or 225) is tokenised to
 ``max_token_length + 2`` ids (BOS, the tokens, EOS and padding) and cut into chunks of 75,

@@ -1,0 +1,193 @@
+"""The model-family seam: what differs between SD 1.x, SDXL and later families.
+
+A family is one object (see :class:`Family`) that knows how to load its models offline,
+turn captions into the conditioning its U-Net takes, which modules get LoRA and what
+Kohya calls them, what a LoRA file of it says about itself, its default resolution and
+bucket step, and how to draw a sample. The engine, the data pipeline, the Kohya format
+and the studies ask the family; none of them tests which family it is.
+
+Families are found by name (the ``model.family`` setting); a built-in model name
+(``builtin:demo``) is claimed by its family, and must agree with the setting. The built-in ones are listed in :data:`BUILT_IN` and
+imported on first use; :func:`register` adds one more (a test's toy family, a plugin).
+Adding a family is adding one module that defines ``FAMILY`` and naming it in BUILT_IN.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from core.config.prompts import SamplePrompt
+    from core.config.schema import NetworkParams, TrainConfig
+    from core.models.components import ModelComponents
+
+# Module path -> (rank, alpha): the LoRA a family puts on one component.
+Targets = dict[str, tuple[int, float]]
+Cancelled = Callable[[], bool] | None
+Status = Callable[[str], None] | None
+
+# The modules that name families, imported when a family is first looked up (so importing
+# core stays cheap). Each defines FAMILY, an object that satisfies Family.
+BUILT_IN: tuple[str, ...] = ("core.models.sd1",)
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """What the text encoders give the U-Net for a batch of captions.
+
+    ``states`` is (batch, tokens, width): the sequence the U-Net attends to. ``pooled`` is
+    (batch, width) for families whose U-Net also takes a pooled text embedding (SDXL), else
+    None. Rows are captions, so a cache can keep one row per caption.
+    """
+
+    states: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> TextConditioning:
+        import torch
+
+        # Asynchronous only towards a GPU: a copy back to the host must be complete before
+        # anyone reads it.
+        non_blocking = torch.device(device).type == "cuda"
+        pooled = None if self.pooled is None else self.pooled.to(device, non_blocking=non_blocking)
+        return TextConditioning(self.states.to(device, non_blocking=non_blocking), pooled)
+
+    def rows(self) -> list[TextConditioning]:
+        """One conditioning per caption, each with its own storage (not a view of the batch)."""
+        pooled = [None] * len(self.states) if self.pooled is None else list(self.pooled)
+        return [TextConditioning(s.clone(), None if p is None else p.clone()) for s, p in zip(self.states, pooled)]
+
+    @staticmethod
+    def stack(rows: Sequence[TextConditioning]) -> TextConditioning:
+        import torch
+
+        pooled = None if rows[0].pooled is None else torch.stack([r.pooled for r in rows])
+        return TextConditioning(torch.stack([r.states for r in rows]), pooled)
+
+
+class Family(Protocol):
+    """One model family. Attributes are constants of the family; methods never keep state."""
+
+    name: str  # the model.family value that selects it: "sd1"
+    label: str  # for people: "SD 1.x"
+    lora_architecture: str  # what core.kohya.lora_format.describe_lora calls its LoRA files
+    text_encoder_names: tuple[str, ...]  # component names, in the order Kohya numbers them
+    default_resolution: int  # the side of the square training resolution presets start from
+    bucket_step: int  # the default bucket resolution step (bucket_reso_steps)
+    vae_fp16_unsafe: bool  # its VAE overflows in fp16: kept in fp32 when training in fp16
+
+    def claims(self, spec: str) -> bool:
+        """Whether ``spec`` is a built-in model of this family (``builtin:demo``)."""
+        ...
+
+    def built_in_models(self) -> tuple[str, ...]:
+        """The built-in model names this family claims."""
+        ...
+
+    def load(self, spec: str, *, vae: str = "", v_parameterization: bool = False,
+             cancelled: Cancelled = None, status: Status = None) -> ModelComponents:
+        """The components of ``spec`` (a file, a folder or a built-in name), offline, in float32
+        on the CPU and in eval mode. Raises core.models.checkpoint_files.ModelLoadError."""
+        ...
+
+    def check_model_file(self, spec: str) -> None:
+        """The checks that read no weights (a header, a folder's configs), for validation:
+        raises ModelLoadError for a file of another kind or family."""
+        ...
+
+    def encode_text(self, components: ModelComponents, encoders: Mapping[str, nn.Module], captions: list[str], *,
+                    clip_skip: int, max_token_length: int, device: torch.device) -> TextConditioning:
+        """The captions' conditioning. ``encoders`` maps each of text_encoder_names to the module
+        to call (under DDP the wrapper of a trained one). Call inside autocast."""
+        ...
+
+    def unet_inputs(self, text: TextConditioning, batch: Any) -> dict[str, Any]:
+        """Keyword arguments of the U-Net call besides the noisy latents and timesteps, for a
+        core.data.pipeline.Batch (SDXL: its size and crop conditioning)."""
+        ...
+
+    def lora_targets(self, component: str, module: nn.Module, network: NetworkParams) -> Targets:
+        """The modules of one component ("unet" or a text encoder name) that get LoRA."""
+        ...
+
+    def lora_weights(self, network: NetworkParams) -> int:
+        """How many LoRA weights ``network`` puts on the full-size model (for the size of its
+        files), counted without loading one."""
+        ...
+
+    def kohya_name(self, component: str, module_path: str) -> str:
+        """The Kohya module name (``lora_unet_...``, ``lora_te_...``) of a module path."""
+        ...
+
+    def lora_metadata(self, config: TrainConfig) -> dict[str, str]:
+        """The family's own LoRA file metadata values: ss_base_model_version, ss_v2 and
+        modelspec.architecture."""
+        ...
+
+    def generate(self, components: ModelComponents, prompt: SamplePrompt, *, clip_skip: int, device: torch.device,
+                 dtype: torch.dtype, max_token_length: int) -> Image.Image:
+        """One sample image with the weights as they are (LoRA included), deterministic for
+        the prompt's seed."""
+        ...
+
+
+class UnsupportedFamily(ValueError):
+    """A model family LoRA Kiln cannot train (yet); the message says which and what to do."""
+
+
+_REGISTERED: dict[str, Family] = {}
+_LOADED_BUILT_INS = False
+
+
+def register(family: Family) -> Family:
+    """Make ``family`` findable by its name and its built-in models; returns it."""
+    _REGISTERED[family.name] = family
+    return family
+
+
+def unregister(name: str) -> None:
+    _REGISTERED.pop(name, None)
+
+
+def families() -> list[Family]:
+    global _LOADED_BUILT_INS
+    if not _LOADED_BUILT_INS:
+        for module in BUILT_IN:
+            family = importlib.import_module(module).FAMILY
+            _REGISTERED.setdefault(family.name, family)
+        _LOADED_BUILT_INS = True
+    return list(_REGISTERED.values())
+
+
+def family_named(name: str) -> Family:
+    """The family whose model.family value is ``name``; UnsupportedFamily for any other."""
+    for family in families():
+        if family.name == str(name):
+            return family
+    labels = {"sd2": "SD 2.x", "sdxl": "SDXL"}
+    trainable = ", ".join(f.label for f in families())
+    raise UnsupportedFamily(f"{labels.get(str(name), str(name))} is not supported yet; LoRA Kiln trains "
+                            f"{trainable}")
+
+
+def family_for(base_model: str, family_setting: str) -> Family:
+    """The family of a run: the model.family setting's, which must also be the family of a
+    built-in base model (UnsupportedFamily says what to change otherwise)."""
+    family = family_named(family_setting)
+    spec = base_model.strip()
+    for other in families():
+        if other is not family and other.claims(spec):
+            raise UnsupportedFamily(f"{spec} is a model of the {other.label} family, but model.family is {family.label}; "
+                                    f"set model.family to {other.name}")
+    return family
+
+
+def built_in_models() -> tuple[str, ...]:
+    return tuple(name for family in families() for name in family.built_in_models())
