@@ -16,9 +16,9 @@ from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QGridLayout, QHBoxLayo
                                QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from core.studies.chart import run_colour
+from core.training.metrics import smooth
 from gui.plots import LivePlot
 from gui.run_list import BackgroundCall, report
-from gui.series import debiased_ema
 
 DEFAULT_SMOOTHING = 0.9
 GROUP_DASHES = {"unet": False, "text_encoder": True}  # one colour per run; the group by line style
@@ -250,7 +250,7 @@ class CompareView(QWidget):
                 self.loss.add_curve(f"{label} (raw)", faint, run.step, run.loss, width=1)
             if self.smoothed_box.isChecked():
                 steps, losses = _finite_pairs(run.step, run.loss)
-                self.loss.add_curve(label, colour, steps, debiased_ema(losses, weight) if len(losses) else losses,
+                self.loss.add_curve(label, colour, steps, np.asarray(smooth(losses.tolist(), weight)),
                                     width=2)
             self.epoch_loss.add_curve(label, colour, run.epoch, run.epoch_loss, symbol="o")
             for plot, groups in ((self.lr, run.lr), (self.dlr, run.dlr)):

@@ -16,7 +16,7 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
-from core.config.presets import PresetError
+from core.studies.queue_runner import QueueRunner
 from core.studies.run_queue import PENDING, RUNNING, QueueError, RunQueue
 from core.training.events import Failed, Finished
 from gui import theme
@@ -40,10 +40,8 @@ class QueuePanel(QWidget):
         super().__init__(parent)
         self.queue = queue
         self._runner = runner
-        self._active = False
+        self._pass: QueueRunner | None = None  # the queue's pass while it trains its items
         self._finish_after_current = False
-        self._current: str | None = None
-        self._ended: list[tuple[str, str]] = []  # (label, status) of the items this queue run ended
         runner.run_finished.connect(self._on_runner_run_finished)
         runner.run_started.connect(self._on_runner_run_started)
         self._build()
@@ -86,7 +84,7 @@ class QueuePanel(QWidget):
     @property
     def running(self) -> bool:
         """True while the queue is training its items."""
-        return self._active
+        return self._pass is not None
 
     def refresh(self) -> None:
         """Show the queue as saved (another process may have changed it)."""
@@ -174,7 +172,7 @@ class QueuePanel(QWidget):
         items = self.queue.sweep_items(sweep_id)
         self._runner.append_log(f"queued a sweep of {len(items)} runs: " + ", ".join(i.label for i in items))
         self.refresh()
-        if start_now and not self._active and not self._runner.is_running():
+        if start_now and not self.running and not self._runner.is_running():
             self.run()
 
     def ask_label(self, default: str) -> str | None:
@@ -195,9 +193,12 @@ class QueuePanel(QWidget):
         self.refresh()
 
     # ---------------------------------------------------------------- running
+    # The rules (what is taken next, what cannot start, what is recorded, when the queue ends)
+    # are core's QueueRunner, the same that `lorakiln queue run` follows; this panel only
+    # starts each run in the tab's worker and hands the runner what the run reported.
     def run(self) -> bool:
         """Train the pending items one after another; False (with a message) when it cannot start."""
-        if self._active:
+        if self.running:
             return False
         message = None
         if self._runner.is_running():
@@ -210,92 +211,58 @@ class QueuePanel(QWidget):
         if message:
             self._runner.show_message("Cannot run the queue", message)
             return False
-        self._active, self._finish_after_current, self._ended = True, False, []
+        self._pass = QueueRunner(self.queue, report=self._log)
         self._runner.append_log("queue: starting")
         self._start_next()
-        return self._active
+        return self.running
 
     def finish_after_current(self) -> None:
         """End the queue once the current run has ended normally."""
-        if self._active:
+        if self.running:
+            self._pass.finish_after_current()
             self._finish_after_current = True
             self._runner.append_log("queue: it ends after the current run")
             self._update_buttons()
 
+    def _log(self, line: str) -> None:
+        self._runner.append_log(f"queue: {line}")
+
     def _start_next(self) -> None:
-        if not self._active:
+        queue_pass = self._pass
+        if queue_pass is None:
             return
-        if self._finish_after_current:
-            self._end("as asked, after that run")
+        try:
+            queued = queue_pass.next_run()
+        except (QueueError, OSError) as error:  # nothing ran: the person pressed Run queue and deserves to know why
+            self._log(f"cannot take the next item from {self.queue.path}: {error}")
+            self._runner.show_message("Cannot run the queue", str(error))
+            queued = None
+        if queued is None:
+            self._end()
             return
-        while True:
-            try:  # marked running for this process in one locked step: `lorakiln queue run` cannot take it too
-                item = self.queue.claim_next()
-            except (QueueError, OSError) as error:
-                self._runner.append_log(f"queue: cannot take the next item from {self.queue.path}: {error}")
-                if not self._ended:  # nothing ran: the person pressed Run queue and deserves to know why
-                    self._runner.show_message("Cannot run the queue", str(error))
-                self._end("the next item could not be taken")
-                return
-            if item is None:
-                self._end("every item has run")
-                return
-            config, problem = self._config_of(item)
-            if config is not None:
-                break
-            self._record(item.id, item.label, "failed", None, problem)
-            self._runner.append_log(f"queue: “{item.label}” cannot start: {problem}")
-        if not self._runner.start_queued(config, item.description, item.label):
-            self._change(lambda: self.queue.mark(item.id, PENDING))
-            self._end("the run could not start")
+        item = queued.item
+        if not self._runner.start_queued(queued.config, item.description, item.label):
+            queue_pass.run_not_started()
+            self._end()
             return
-        self._current = item.id
+        self.refresh()
         self.item_started.emit(item)
         self._update_buttons()
 
-    def _config_of(self, item: Any) -> tuple[Any, str]:
-        from core.training.validation import errors, validate
-
-        try:
-            config = self.queue.config_of(item)
-        except PresetError as error:
-            return None, str(error).replace("\n", " ")
-        found = errors(validate(config))
-        if found:
-            return None, "; ".join(str(problem) for problem in found)
-        return config, ""
-
     def _on_runner_run_started(self, run_dir: str) -> None:
-        # Recorded at once, so an item the app dies during still points at the folder to resume.
-        if self._active and self._current is not None:
-            self._change(lambda: self.queue.mark(self._current, RUNNING, run_dir))
+        if self._pass is not None and self._pass.current is not None:
+            self._pass.run_started(run_dir)
+            self.refresh()
 
     def _on_runner_run_finished(self, result: Finished | Failed) -> None:
-        item_id, self._current = self._current, None
-        if not self._active or item_id is None:
+        queue_pass = self._pass
+        if queue_pass is None or queue_pass.current is None:
             return  # a run started from Start, not from the queue
-        try:
-            item = self.queue.get(item_id)
-            label, sweep_id = item.label, item.sweep_id
-        except QueueError:  # removed from the file by `lorakiln queue` meanwhile
-            label, sweep_id = item_id, None
-        if isinstance(result, Finished):
-            saved = f", saved {result.lora_path}" if result.lora_path else ""
-            status, message = result.reason, f"{result.reason} after {result.steps} steps{saved}"
-        else:
-            status, message = "failed", result.summary
-            self._runner.append_log(f"queue: “{label}” failed: {result.summary}; going on with the next item")
-        self._record(item_id, label, status, result.run_dir, message)
-        if sweep_id:
-            self._announce_sweep_if_done(sweep_id)
-        if status in ("stopped", "cancelled"):
-            self._end(f"the run was {status}")
-        else:
-            QTimer.singleShot(0, self._start_next)  # after the other listeners have seen this run end
-
-    def _record(self, item_id: str, label: str, status: str, run_dir: str | None, message: str) -> None:
-        self._ended.append((label, status if status != "failed" else f"failed: {message}"))
-        self._change(lambda: self.queue.mark(item_id, status, run_dir, message))
+        outcome = queue_pass.run_ended(result)
+        self.refresh()
+        if outcome.sweep_id:
+            self._announce_sweep_if_done(outcome.sweep_id)
+        QTimer.singleShot(0, self._start_next)  # after the other listeners have seen this run end
 
     def _announce_sweep_if_done(self, sweep_id: str) -> None:
         items = self.queue.sweep_items(sweep_id)
@@ -304,14 +271,16 @@ class QueuePanel(QWidget):
             if run_dirs:
                 self.sweep_finished.emit(sweep_id, run_dirs)
 
-    def _end(self, why: str) -> None:
-        self._active = False
+    def _end(self) -> None:
+        queue_pass, self._pass = self._pass, None
         self._finish_after_current = False
+        if queue_pass is None:
+            return
         pending = sum(1 for item in self.queue.items if item.status == PENDING)
-        done = len(self._ended)
+        done = len(queue_pass.outcomes)
         left = f"; {pending} item(s) still pending" if pending else ""
-        self._runner.append_log(f"queue: ended ({why}): {done} item(s) ran{left}")
-        failed = [f"{label}: {status}" for label, status in self._ended if status.startswith("failed")]
+        self._runner.append_log(f"queue: ended ({queue_pass.ended_because}): {done} item(s) ran{left}")
+        failed = [f"{o.label}: failed: {o.message}" for o in queue_pass.outcomes if o.status == "failed"]
         self.refresh()
         self.queue_finished.emit()
         if failed:
@@ -327,7 +296,7 @@ class QueuePanel(QWidget):
         self.down_button.setEnabled(bool(selected) and 0 <= row < self.table.rowCount() - 1)
         self.remove_button.setEnabled(bool(selected) and status != RUNNING)
         self.clear_button.setEnabled(any(item.status not in (PENDING, RUNNING) for item in self.queue.items))
-        if self._active:
+        if self.running:
             self.run_button.setText("Finish after this run")
             self.run_button.setToolTip(FINISH_TIP)
             self.run_button.setEnabled(not self._finish_after_current)
@@ -349,7 +318,7 @@ class QueuePanel(QWidget):
         self.clear_finished()
 
     def _on_run_button_clicked(self) -> None:
-        if self._active:
+        if self.running:
             self.finish_after_current()
         else:
             self.run()

@@ -9,6 +9,8 @@ from typing import Callable
 
 import numpy as np
 
+from core.training.metrics import DebiasedEma
+
 
 class SeriesBuffer:
     """x/y values in preallocated float64 arrays that double when full, so an append is
@@ -81,41 +83,8 @@ class SeriesBuffer:
             setattr(self, name, new)
 
 
-class DebiasedEma:
-    """One step of TensorBoard's smoothing at a time, so a live curve costs O(1) per point."""
-
-    def __init__(self, weight: float) -> None:
-        self.weight = weight
-        self._last = 0.0
-        self._debias = 0.0
-
-    def add(self, value: float) -> float:
-        weight = self.weight
-        self._last = self._last * weight + (1 - weight) * value
-        self._debias = self._debias * weight + (1 - weight)
-        return self._last / self._debias if self._debias else value
-
-    def extend(self, values: np.ndarray) -> np.ndarray:
-        """Feed many values; their smoothed values, as an array."""
-        out = np.empty(len(values), dtype=np.float64)
-        add = self.add
-        for i, value in enumerate(np.asarray(values, dtype=np.float64).tolist()):
-            out[i] = add(value)
-        return out
-
-    def reset(self, weight: float | None = None) -> None:
-        if weight is not None:
-            self.weight = weight
-        self._last = self._debias = 0.0
-
-
-def debiased_ema(values: np.ndarray, weight: float) -> np.ndarray:
-    """The whole-array form (the same numbers as core.training.metrics.smooth)."""
-    return DebiasedEma(weight).extend(values)
-
-
 class SmoothedSeries:
-    """A raw series and its debiased EMA, appended together."""
+    """A raw series and its TensorBoard-smoothed twin (core's ``DebiasedEma``), appended together."""
 
     def __init__(self, weight: float = 0.9, capacity: int = 1024) -> None:
         self.raw = SeriesBuffer(capacity)
@@ -137,13 +106,13 @@ class SmoothedSeries:
         ema = DebiasedEma(weight)
         _, ys = self.raw.view()
         if len(ys):
-            self.smoothed.replace_y(ema.extend(ys))
+            self.smoothed.replace_y(np.fromiter((ema.add(y) for y in ys.tolist()), np.float64, len(ys)))
         self._ema = ema
 
     def clear(self) -> None:
         self.raw.clear()
         self.smoothed.clear()
-        self._ema.reset()
+        self._ema = DebiasedEma(self._ema.weight)
 
     def __len__(self) -> int:
         return len(self.raw)

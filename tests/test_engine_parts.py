@@ -9,7 +9,8 @@ import pytest
 from core.config.schema import TrainConfig
 from core.training.run_folder import MetricsWriter, RunSummary, create_run_dir, read_metrics, read_summary, write_config
 from core.training.control import Cancelled, Control
-from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds, format_duration, smooth
+from core.training.metrics import (DebiasedEma, EpochWindowAverage, Throughput, eta_seconds, format_duration,
+                                   smooth)
 from core.training.tensorboard import EventWriter, crc32c
 
 
@@ -50,6 +51,13 @@ def test_eta_and_its_format():
 def test_smoothing_is_debiased_like_tensorboard():
     assert smooth([1.0, 1.0, 1.0], 0.9) == pytest.approx([1.0, 1.0, 1.0])
     assert smooth([0.0, 10.0], 0.0) == [0.0, 10.0]
+    # by hand: (0.5·2)/0.5, (0.5·1 + 0.5·0)/0.75, (0.5·0.5 + 0.5·4)/0.875
+    assert smooth([2.0, 0.0, 4.0], 0.5) == pytest.approx([2.0, 2 / 3, 18 / 7])
+
+
+def test_a_live_curve_is_smoothed_one_value_at_a_time_to_the_same_numbers():
+    ema = DebiasedEma(0.5)
+    assert [ema.add(value) for value in (2.0, 0.0, 4.0)] == pytest.approx([2.0, 2 / 3, 18 / 7])
 
 
 def test_pause_blocks_until_resume_and_stop_releases_a_pause():

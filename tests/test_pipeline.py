@@ -13,7 +13,7 @@ from PIL import Image
 from core.data.batching import epoch_batches
 from core.config.schema import DatasetParams, Duration, SubsetParams, TrainingParams
 from core.data.images import ImageLoadError
-from core.data.pipeline import Batch, BucketBatchDataset, EpochLoader, loader_workers, make_loader
+from core.data.pipeline import Batch, BucketBatchDataset, EpochLoader, loader_workers
 from core.data.samples import load_pixels, samples
 from core.data.dataset_plan import DatasetPlan
 from core.data.plan import plan_dataset
@@ -137,7 +137,11 @@ def test_samples_take_their_subsets_options(plan: DatasetPlan) -> None:
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_a_data_loader_yields_the_datasets_batches(plan: DatasetPlan, num_workers: int) -> None:
     dataset = BucketBatchDataset(plan, batch_size=2, seed=3)
-    loaded = list(make_loader(dataset, num_workers=num_workers))
+    loader = EpochLoader(dataset, num_workers=num_workers)
+    try:
+        loaded = list(loader.epoch(0, range(len(dataset))))
+    finally:
+        loader.close()
     assert len(loaded) == len(dataset)
     assert all(isinstance(batch, Batch) for batch in loaded)
     direct = dataset[4]
@@ -175,8 +179,10 @@ def test_a_damaged_image_met_in_a_loader_worker_is_still_named(tmp_path: Path) -
     # survive that, or a damaged image would reach the person as a bare RuntimeError.
     bad = garbage_png(tmp_path / "train" / "bad.png", (128, 128))
     dataset = BucketBatchDataset(_plan([SubsetParams(image_dir=str(tmp_path / "train"))]), batch_size=1, seed=0)
+    loader = EpochLoader(dataset, num_workers=1)
     with pytest.raises(ImageLoadError, match="damaged") as caught:
-        list(make_loader(dataset, num_workers=1))
+        list(loader.epoch(0, range(len(dataset))))
+    loader.close()
     assert str(caught.value).startswith(f"cannot load image {bad}: the file is damaged")  # no traceback
 
 

@@ -108,6 +108,42 @@ def test_an_item_whose_settings_no_longer_hold_fails_and_the_queue_goes_on(qtbot
     assert tab.messages and tab.messages[-1][0] == "Queued runs failed" and "gone" in tab.messages[-1][1]
 
 
+def test_the_app_and_lorakiln_queue_fail_items_that_cannot_start_alike_and_train_none(qtbot, tab, tmp_path,
+                                                                                     queue_file, capsys, monkeypatch):
+    import json
+    import shutil
+
+    from core.cli.main import main
+    from core.training import engine
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an item that cannot start was handed to the engine")
+
+    monkeypatch.setattr(engine, "Trainer", no_training)
+    tab.queue.add(tiny_config(tmp_path / "gone", steps=3), "gone")
+    tab.queue.add(tab.project.snapshot(), "renamed key")
+    document = json.loads(queue_file.read_text())
+    document["items"][1]["config_toml"] = "[network]\ndimm = 4\n"  # written by a LoRA Kiln that had it
+    queue_file.write_text(json.dumps(document))
+    shutil.rmtree(tmp_path / "gone" / "data")  # its dataset disappeared after queueing
+    cli_file = tmp_path / "cli-queue.json"
+    cli_file.write_text(queue_file.read_text())  # the same queue, for `lorakiln queue run`
+    tab.queue.reload()
+
+    assert main(["queue", "run", "--queue-file", str(cli_file)]) == 1
+    with qtbot.waitSignal(tab.queue_panel.queue_finished, timeout=RUN_TIMEOUT_MS):
+        tab.queue_panel.run()
+
+    by_app, by_cli = RunQueue.load(queue_file).items, RunQueue.load(cli_file).items
+    assert [(i.status, i.message, i.run_dir) for i in by_app] == [(i.status, i.message, i.run_dir) for i in by_cli]
+    assert [i.status for i in by_app] == ["failed", "failed"] and not tab.is_running()
+    assert "dataset.subsets[0].image_dir" in by_app[0].message and "network.dimm: unknown key" in by_app[1].message
+    printed, logged = capsys.readouterr().err, tab.log.toPlainText()
+    for item in by_app:
+        assert f"queue: “{item.label}” cannot start: {item.message}" in printed
+        assert f"queue: “{item.label}” cannot start: {item.message}" in logged
+
+
 @pytest.mark.slow
 def test_a_queue_of_two_tiny_runs_trains_both_in_order(qtbot, tab, tmp_path, queue_file):
     panel = tab.queue_panel

@@ -13,7 +13,8 @@ import pytest
 
 from core.cli.main import main
 from core.config.presets import dumps_preset
-from core.studies.run_queue import QueueError, RunQueue, run_queue
+from core.studies.queue_runner import run_queue
+from core.studies.run_queue import QueueError, RunQueue
 from core.studies.sweep import SweepError, parse_vary, read_sweep_record
 from core.training.control import Control
 from core.training.events import Failed, Finished, ListSink, RunStarted
@@ -446,3 +447,24 @@ def test_an_interrupted_item_whose_run_saved_a_state_is_advised_to_resume_from_i
     queue.path.write_text(json.dumps(document))
     message = RunQueue.load(queue.path).items[0].message
     assert f'lorakiln train --resume "{run}"' in message and "step 3" in message
+
+
+def test_queue_command_fails_an_item_that_no_longer_validates_with_its_field_messages_and_trains_nothing_of_it(
+        tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from core.training import engine
+
+    fake = _FakeTrainer.script()
+    monkeypatch.setattr(engine, "Trainer", fake)
+    queue = RunQueue.load(tmp_path / "q.json")
+    queue.add(_named(tiny_config(tmp_path / "gone"), "gone"), label="gone")
+    queue.add(_named(tiny_config(tmp_path), "fine"), label="fine")
+    shutil.rmtree(tmp_path / "gone" / "data")  # its dataset disappeared after queueing
+    assert main(["queue", "run", "--queue-file", str(queue.path)]) == 1
+    gone, fine = RunQueue.load(queue.path).items
+    assert (gone.status, gone.run_dir) == ("failed", None) and "dataset.subsets[0].image_dir" in gone.message
+    assert fine.status == "completed" and [t.config.output.output_name for t in fake.made] == ["fine"]
+    printed = capsys.readouterr()
+    assert f"queue: “gone” cannot start: {gone.message}" in printed.err
+    assert f"gone: failed - {gone.message}" in printed.out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from core.config.schema import TrainConfig
 from core.studies.run_queue import RunQueue
+from tests.engine_fixtures import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 # The module the processes import the queue from (a check against an older copy swaps it).
@@ -54,9 +55,12 @@ sys.exit(main(sys.argv[3:]))
 
 # argv: queue file, gate folder, this process's name.
 RUNNER = """
-import sys, time
+import importlib, sys, time
 from pathlib import Path
-from {module} import QueueError, RunQueue, run_queue
+
+sys.modules["core.studies.run_queue"] = importlib.import_module("{module}")
+from {module} import QueueError, RunQueue
+from core.studies.queue_runner import run_queue
 from core.training.control import Control
 from core.training.events import Finished, ListSink
 
@@ -142,8 +146,8 @@ def test_two_runners_at_once_train_every_item_exactly_once(tmp_path):
     queue_file, gate = tmp_path / "queue.json", tmp_path / "gate"
     queue = RunQueue.load(queue_file)
     names = [f"item{n}" for n in range(6)]
+    config = tiny_config(tmp_path)  # one that validates: the runner checks it before the stand-in trainer runs
     for name in names:
-        config = TrainConfig()  # the stand-in trainer reads only its name
         config.output.output_name = name
         queue.add(config)
     script = _script(RUNNER)

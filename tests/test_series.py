@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core.training.metrics import smooth
-from gui.series import DebiasedEma, SeriesBuffer, SmoothedSeries, Throttle, debiased_ema
+from gui.series import SeriesBuffer, SmoothedSeries, Throttle
 
 
 def test_a_buffer_grows_by_doubling_and_keeps_every_point():
@@ -43,15 +43,6 @@ def test_clear_empties_the_buffer():
     buffer.extend(range(10), range(10))
     buffer.clear()
     assert len(buffer) == 0 and buffer.last() is None and len(buffer.view()[0]) == 0
-
-
-def test_the_incremental_ema_equals_tensorboard_smoothing():
-    values = np.random.default_rng(0).normal(1.0, 0.3, 500)
-    ema = DebiasedEma(0.9)
-    incremental = [ema.add(v) for v in values]
-    assert np.allclose(incremental, smooth(values.tolist(), 0.9))
-    assert np.allclose(debiased_ema(values, 0.6), smooth(values.tolist(), 0.6))
-    assert debiased_ema(values, 0.0).tolist() == pytest.approx(values.tolist())
 
 
 def test_a_smoothed_series_recomputes_once_when_the_weight_changes_then_continues():

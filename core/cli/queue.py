@@ -10,7 +10,8 @@ from typing import Any
 
 from core.cli.check import add_preset_arguments, load_with_overrides
 from core.config.presets import PresetError
-from core.studies.run_queue import ENDED, QueueError, QueueItem, RunQueue, run_queue
+from core.studies.queue_runner import run_queue
+from core.studies.run_queue import ENDED, QueueError, QueueItem, RunQueue
 from core.studies.sweep import SweepError, parse_vary
 from core.training.validation import errors, validate
 
@@ -115,7 +116,8 @@ def _run(queue: RunQueue) -> int:
         return 0
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        ran = run_queue(queue, make_sink, make_control, stop_after_current=lambda: current["end_queue"])
+        ran = run_queue(queue, make_sink, make_control, stop_after_current=lambda: current["end_queue"],
+                        report=lambda line: print(f"queue: {line}", file=sys.stderr, flush=True))
     finally:
         signal.signal(signal.SIGINT, previous)
     print()

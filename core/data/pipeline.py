@@ -160,17 +160,6 @@ def _pass_through(batch: Batch) -> Batch:
     return batch
 
 
-def make_loader(dataset: BucketBatchDataset, num_workers: int = 0,
-                indices: Sequence[int] | None = None) -> torch.utils.data.DataLoader:
-    """A loader that yields the dataset's Batch objects in order, one per step.
-
-    ``indices`` picks which batches of the epoch, in that order: a process's share in a
-    multi-GPU run, or the rest of an epoch when a run resumes in the middle of it.
-    """
-    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, sampler=indices,
-                                       num_workers=num_workers, collate_fn=_pass_through)
-
-
 class _EpochOrder(torch.utils.data.Sampler):
     """(epoch, index) pairs of the epoch being trained; changed between epochs."""
 

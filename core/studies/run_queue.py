@@ -6,7 +6,8 @@ lock file beside it (``queue.json.lock``): take the lock, read the file as it is
 the change, save atomically, release. So two processes adding at once both keep their item,
 and a runner takes the next item by marking it running, stamped with its process, in one
 such step: two runners never train the same item. Each item holds a full snapshot of its
-configuration, so editing the project afterwards does not change what is queued.
+configuration, so editing the project afterwards does not change what is queued. Running the
+items is ``core.studies.queue_runner``'s job.
 """
 
 from __future__ import annotations
@@ -21,18 +22,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from core.system.atomic import write_text_atomic
 from core.config.schema import TrainConfig
 from core.system.paths import user_data_dir
-from core.config.presets import PresetError, dumps_preset, loads_preset
+from core.config.presets import dumps_preset, loads_preset
 from core.system.processes import ALIVE, process_state, this_process
 from core.studies.sweep import SweepSpec, sweep_configs, write_sweep_record
-from core.training.control import Control
-from core.training.events import Event, Failed, Finished, MultiSink, RunStarted, Sink
 
 log = logging.getLogger("lorakiln.queue")
 
@@ -393,90 +392,3 @@ class RunQueue:
             sweep["record"] = str(write_sweep_record(run_dirs[0].parent, spec, run_dirs))
         except (OSError, KeyError, TypeError) as err:  # the runs themselves are safe; only the index is missing
             log.warning("could not write the record of sweep %s: %s", sweep_id, err)
-
-
-# ---------------------------------------------------------------------- running
-
-
-class _ItemRecorder:
-    """Records the run folder as soon as the engine creates it, so an item interrupted by a
-    crash still points at the folder to resume."""
-
-    def __init__(self, queue: RunQueue, item_id: str) -> None:
-        self.queue, self.item_id = queue, item_id
-
-    def emit(self, event: Event) -> None:
-        if isinstance(event, RunStarted) and event.run_dir:
-            self.queue.mark(self.item_id, RUNNING, run_dir=event.run_dir)
-
-
-def _default_trainer(config: TrainConfig, sink: Sink, control: Control, description: str = "") -> Any:
-    from core.training.engine import Trainer
-
-    return Trainer(config, sink, control, description=description)
-
-
-def run_queue(queue: RunQueue, sink_factory: Callable[[QueueItem], Sink],
-              control_factory: Callable[[QueueItem], Control],
-              stop_after_current: Callable[[], bool] = lambda: False,
-              trainer_factory: Callable[..., Any] = _default_trainer) -> list[QueueItem]:
-    """Train the pending items in order; returns the items this call ran, as they ended.
-
-    Each item is claimed before it runs (``RunQueue.claim_next``), so a second process running
-    the same queue never trains it too. Raises QueueError when another live process is running
-    the queue before this call took any item; if one takes over between two of this call's
-    runs, this call ends there. Each item gets a fresh trainer, sink and control
-    (``*_factory(item)``), so nothing of one run is carried into the next. A failed item is
-    recorded and the queue goes on; a run the person stopped or cancelled ends the queue;
-    ``stop_after_current()`` is asked after each run. ``trainer_factory(config, sink, control,
-    description=...)`` returns an object whose ``run()`` returns the engine's Finished or
-    Failed event (tests pass a fake one).
-    """
-    ran: list[str] = []
-    while not (ran and stop_after_current()):
-        try:
-            item = queue.claim_next()
-        except QueueError as err:
-            if not ran:
-                raise
-            log.warning("queue: ending after %d run(s): %s", len(ran), err)
-            break
-        if item is None:
-            break
-        ran.append(item.id)
-        if _run_item(queue, item, sink_factory, control_factory, trainer_factory) in ("stopped", "cancelled"):
-            break
-    return [item for item in queue.items if item.id in ran]
-
-
-def _run_item(queue: RunQueue, item: QueueItem, sink_factory: Callable[[QueueItem], Sink],
-              control_factory: Callable[[QueueItem], Control], trainer_factory: Callable[..., Any]) -> str:
-    """Run an item this process has claimed, and record how it ended."""
-    try:
-        config = queue.config_of(item)
-    except PresetError as err:
-        queue.mark(item.id, "failed", message=str(err))
-        return "failed"
-    sink = MultiSink(_ItemRecorder(queue, item.id), sink_factory(item))
-    try:
-        result = trainer_factory(config, sink, control_factory(item), description=item.description).run()
-    except Exception as err:  # noqa: BLE001 - the engine reports its own failures; this is a last guard
-        queue.mark(item.id, "failed", message=f"{type(err).__name__}: {err}")
-        return "failed"
-    except BaseException:  # Ctrl+C or exit in the middle of a run: resumable, not failed
-        try:
-            run_dir = queue.get(item.id).run_dir
-        except QueueError:
-            run_dir = item.run_dir
-        queue.mark(item.id, "interrupted", message=f"interrupted while training; {how_to_continue(run_dir)}")
-        raise
-    if isinstance(result, Failed):
-        queue.mark(item.id, "failed", run_dir=result.run_dir, message=result.summary)
-        return "failed"
-    if isinstance(result, Finished):
-        queue.mark(item.id, result.reason, run_dir=result.run_dir or None,
-                   message=f"{result.steps} steps in {result.wall_seconds:.0f} s")
-        return result.reason
-    # Not the main process of a multi-GPU launch: the main process reports the outcome.
-    queue.mark(item.id, "failed", message="the run reported no result")
-    return "failed"

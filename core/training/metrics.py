@@ -1,10 +1,11 @@
-"""Pure helpers for the numbers shown while training: running loss, throughput, ETA."""
+"""Pure helpers for the numbers shown while training: running loss, smoothing, throughput, ETA."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections import deque
+from collections.abc import Iterable
 
 
 class EpochWindowAverage:
@@ -76,11 +77,26 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def smooth(values: list[float], weight: float) -> list[float]:
-    """TensorBoard's debiased exponential moving average (weight 0 = raw, 0.99 = very smooth)."""
-    out, last, debias = [], 0.0, 0.0
-    for value in values:
-        last = last * weight + (1 - weight) * value
-        debias = debias * weight + (1 - weight)
-        out.append(last / debias if debias else value)
-    return out
+class DebiasedEma:
+    """TensorBoard's loss smoothing (weight 0 = raw, 0.99 = very smooth): an exponential moving
+    average divided by the share of weight its zero start leaves out, so the first points are
+    not pulled towards 0. One value at a time, so a live curve costs O(1) a point; the one
+    implementation the app's plots and ``smooth`` share."""
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self._last = 0.0
+        self._debias = 0.0
+
+    def add(self, value: float) -> float:
+        """The smoothed value of the curve up to and including ``value``."""
+        weight = self.weight
+        self._last = self._last * weight + (1 - weight) * value
+        self._debias = self._debias * weight + (1 - weight)
+        return self._last / self._debias if self._debias else value
+
+
+def smooth(values: Iterable[float], weight: float) -> list[float]:
+    """A whole curve smoothed as ``DebiasedEma`` does it, value by value."""
+    ema = DebiasedEma(weight)
+    return [ema.add(float(value)) for value in values]
