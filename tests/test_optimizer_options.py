@@ -27,7 +27,7 @@ NOT_ARGUMENTS = {"type", "unet_lr", "text_encoder_lr", "extra_args"}
 
 def _optimizer(kind: OptimizerType, **changes) -> torch.optim.Optimizer:
     groups = [ParamGroup("unet", [torch.nn.Parameter(torch.ones(3))], SETTINGS["learning_rate"]),
-              ParamGroup("textencoder", [torch.nn.Parameter(torch.ones(2))], SETTINGS["learning_rate"])]
+              ParamGroup("text_encoder", [torch.nn.Parameter(torch.ones(2))], SETTINGS["learning_rate"])]
     return build_optimizer(groups, OptimizerParams(type=kind, **{**SETTINGS, **changes}))
 
 
@@ -42,7 +42,7 @@ def test_the_tables_name_every_optimizer_setting_of_the_schema():
 @pytest.mark.parametrize("kind", list(WHERE), ids=lambda kind: kind.value)
 def test_each_setting_reaches_every_parameter_group(kind):
     optimizer = _optimizer(kind)
-    assert [g["name"] for g in optimizer.param_groups] == ["unet", "textencoder"]
+    assert [g["name"] for g in optimizer.param_groups] == ["unet", "text_encoder"]
     for group in optimizer.param_groups:
         for name, key in WHERE[kind].items():
             if key is not None:

@@ -15,7 +15,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from core.config.schema import LatentCache
-from core.models.demo import build_demo_model
+from core.models.base_model import build_demo_model
 from core.training.engine import Trainer
 from core.training.events import Finished, ListSink, StepMetrics
 from tests.engine_fixtures import tiny_config
@@ -168,7 +168,7 @@ def test_the_unet_attends_to_the_clip_skip_layer_through_the_final_norm(tmp_path
     ids, states = calls.text[0], calls.unet[0]["states"]
     # The text-encoder LoRA starts at zero (its up weights are zeros), so the first step's
     # encoder is the base demo encoder, rebuilt here from the same seed.
-    encoder = build_demo_model(0).text_encoder
+    encoder = build_demo_model(0).text_encoders["text_encoder"]
     with torch.no_grad():
         output = encoder(ids, output_hidden_states=True)
         expected = getattr(encoder, "text_model", encoder).final_layer_norm(output.hidden_states[-clip_skip])
@@ -266,7 +266,7 @@ def _text_encoder_grads(tmp_path, checkpointing: bool) -> tuple[list[torch.Tenso
         handle.remove()
     assert checkpointed and all(c is checkpointing for c in checkpointed)  # on (or off) where it matters
     [grads] = steps.grads
-    text_group = next(name for name in grads if name.startswith("text"))  # "textencoder" / "text_encoder"
+    text_group = next(name for name in grads if name == "text_encoder")
     return grads[text_group], load_file(result.lora_path)
 
 
