@@ -18,6 +18,14 @@ def test_the_running_loss_is_the_mean_of_the_last_epochs_worth_of_steps():
     assert [average.add(v) for v in (3.0, 6.0, 9.0, 12.0)] == [3.0, 4.5, 6.0, 9.0]
 
 
+def test_the_running_loss_window_shows_its_values_and_the_latest_one():
+    average = EpochWindowAverage(window=3)
+    assert average.values == [] and average.last is None
+    for value in (3.0, 6.0, 9.0, 12.0):
+        average.add(value)
+    assert average.values == [6.0, 9.0, 12.0] and average.last == 12.0
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
