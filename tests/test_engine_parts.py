@@ -1,6 +1,7 @@
 """The engine's plain parts: control, running loss, throughput, ETA, run folders, TensorBoard files."""
 
 import json
+import logging
 import threading
 import time
 
@@ -130,3 +131,17 @@ def test_tensorboard_reads_our_event_files(tmp_path):
     assert set(events.Tags()["scalars"]) == {"loss/current", "lr/d*lr/unet"}
     assert [(e.step, e.value) for e in events.Scalars("loss/current")] == [(1, 0.25), (2, 0.125)]
     assert events.Scalars("lr/d*lr/unet")[0].value == pytest.approx(1e-5)
+
+
+def test_the_run_log_starts_with_the_lines_logged_before_the_run_folder_existed(tmp_path):
+    from core.training.run_log import RunLog
+
+    run_log, early = RunLog(), logging.getLogger("lorakiln.run")
+    run_log.buffer()
+    early.info("planning the dataset")
+    run_log.open(tmp_path / "log.txt")
+    early.info("training")
+    run_log.close_file()
+    early.info("after the run")
+    lines = (tmp_path / "log.txt").read_text(encoding="utf-8").splitlines()
+    assert [line.split(" INFO ")[1] for line in lines] == ["planning the dataset", "training"]
