@@ -1,6 +1,7 @@
 """The engine's plain parts: control, running loss, throughput, ETA, run folders, TensorBoard files."""
 
 import json
+import logging
 import threading
 import time
 
@@ -17,6 +18,14 @@ from core.training.tensorboard import EventWriter, crc32c
 def test_the_running_loss_is_the_mean_of_the_last_epochs_worth_of_steps():
     average = EpochWindowAverage(window=3)
     assert [average.add(v) for v in (3.0, 6.0, 9.0, 12.0)] == [3.0, 4.5, 6.0, 9.0]
+
+
+def test_the_running_loss_window_shows_its_values_and_the_latest_one():
+    average = EpochWindowAverage(window=3)
+    assert average.values == [] and average.last is None
+    for value in (3.0, 6.0, 9.0, 12.0):
+        average.add(value)
+    assert average.values == [6.0, 9.0, 12.0] and average.last == 12.0
 
 
 class FakeClock:
@@ -130,3 +139,17 @@ def test_tensorboard_reads_our_event_files(tmp_path):
     assert set(events.Tags()["scalars"]) == {"loss/current", "lr/d*lr/unet"}
     assert [(e.step, e.value) for e in events.Scalars("loss/current")] == [(1, 0.25), (2, 0.125)]
     assert events.Scalars("lr/d*lr/unet")[0].value == pytest.approx(1e-5)
+
+
+def test_the_run_log_starts_with_the_lines_logged_before_the_run_folder_existed(tmp_path):
+    from core.training.run_log import RunLog
+
+    run_log, early = RunLog(), logging.getLogger("lorakiln.run")
+    run_log.buffer()
+    early.info("planning the dataset")
+    run_log.open(tmp_path / "log.txt")
+    early.info("training")
+    run_log.close_file()
+    early.info("after the run")
+    lines = (tmp_path / "log.txt").read_text(encoding="utf-8").splitlines()
+    assert [line.split(" INFO ")[1] for line in lines] == ["planning the dataset", "training"]

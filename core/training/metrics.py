@@ -25,6 +25,15 @@ class EpochWindowAverage:
         return self.mean
 
     @property
+    def values(self) -> list[float]:
+        """The losses in the window, oldest first (saved with the training state)."""
+        return list(self._values)
+
+    @property
+    def last(self) -> float | None:
+        return self._values[-1] if self._values else None
+
+    @property
     def mean(self) -> float:
         # Re-sum now and then would guard drift; the window is small enough that float
         # error stays far below what a plot shows, but recompute exactly when cheap.
