@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import tomli_w
 
 import core.models.sd15_files
 from core.models.base_model import build_demo_model
-from core.models.demo import write_demo_config_dir
+from tests.tiny_sd import write_demo_config_dir
 from core.config.presets import save_preset
 from core.training.engine import Trainer
 from core.training.events import Finished, ListSink

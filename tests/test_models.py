@@ -24,7 +24,7 @@ from core.models.base_model import (
     inspect_checkpoint,
     load_base_model,
 )
-from core.models.demo import write_demo_config_dir
+from tests.tiny_sd import write_demo_config_dir
 from core.models.sd15_files import sd15_config_dir
 from tests.ldm_checkpoint import (
     ldm_state_dict,

@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from core.models.demo import DEMO_TEXT_ENCODER_CONFIG, DEMO_UNET_CONFIG, DEMO_VAE_CONFIG
 from core.models.sd15_files import sd15_config_dir
 
 TINY_CONTEXT_DIM = 32
@@ -81,3 +82,34 @@ def sd1_attach(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, network:
                                  tokenizers={}, noise_scheduler=None, vae_scale_factor=0.18215, source="test",
                                  is_demo=True)
     return attach_lora(components, FAMILY, network)
+
+
+def write_demo_config_dir(folder: str | Path) -> Path:
+    """Write a weightless config folder of the demo's shapes (the layout of resources/sd15).
+
+    ``from_single_file`` builds modules from the config it is given, so an original-layout
+    file of demo-sized weights needs this folder as ``config_dir`` instead of the SD 1.5 one.
+    """
+    import shutil
+
+    from core.models.sd15_files import tokenizer_dir
+
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    # Only config.json files: no module is built, so this is quick and draws no random numbers.
+    _write_model_config(root / "unet", "UNet2DConditionModel", DEMO_UNET_CONFIG)
+    _write_model_config(root / "vae", "AutoencoderKL", DEMO_VAE_CONFIG)
+    text_config = CLIPTextConfig(**DEMO_TEXT_ENCODER_CONFIG)
+    text_config.architectures = ["CLIPTextModel"]
+    text_config.save_pretrained(str(root / "text_encoder"))
+    shutil.copytree(sd15_config_dir() / "scheduler", root / "scheduler", dirs_exist_ok=True)
+    shutil.copytree(tokenizer_dir(), root / "tokenizer", dirs_exist_ok=True)
+    shutil.copyfile(sd15_config_dir() / "model_index.json", root / "model_index.json")
+    return root
+
+
+def _write_model_config(folder: Path, class_name: str, config: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    full = dict(config)
+    full["_class_name"] = class_name  # what diffusers' save_config writes, minus its version
+    (folder / "config.json").write_text(json.dumps(full, indent=2), encoding="utf-8")

@@ -10,11 +10,9 @@ caller's global torch RNG is left exactly as it was.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from core.models.sd15_files import BOS_TOKEN_ID, CLIP_MAX_LENGTH, EOS_TOKEN_ID, load_tokenizer, tokenizer_dir
+from core.models.sd15_files import BOS_TOKEN_ID, CLIP_MAX_LENGTH, EOS_TOKEN_ID, load_tokenizer
 
 # Same block types as resources/sd15/unet/config.json, at 32/32/64/64 channels; groups of 32
 # divide every width. diffusers' "attention_head_dim" is the head count for SD 1.x: 2 heads
@@ -97,36 +95,3 @@ def build_demo_modules(seed: int = 0) -> tuple[Any, Any, Any, Any]:
     for module in (unet, vae, text_encoder):
         module.eval()  # as from_pretrained hands models back; training code switches modes
     return unet, vae, text_encoder, load_tokenizer()
-
-
-def write_demo_config_dir(folder: str | Path) -> Path:
-    """Write a weightless config folder of the demo's shapes (the layout of resources/sd15).
-
-    ``from_single_file`` builds modules from the config it is given, so an original-layout
-    file of demo-sized weights needs this folder as ``config_dir`` instead of the SD 1.5 one.
-    """
-    import shutil
-
-    from transformers import CLIPTextConfig
-
-    from core.models.sd15_files import sd15_config_dir
-
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    # Only config.json files: no module is built, so this is quick and draws no random numbers.
-    _write_model_config(root / "unet", "UNet2DConditionModel", DEMO_UNET_CONFIG)
-    _write_model_config(root / "vae", "AutoencoderKL", DEMO_VAE_CONFIG)
-    text_config = CLIPTextConfig(**DEMO_TEXT_ENCODER_CONFIG)
-    text_config.architectures = ["CLIPTextModel"]
-    text_config.save_pretrained(str(root / "text_encoder"))
-    shutil.copytree(sd15_config_dir() / "scheduler", root / "scheduler", dirs_exist_ok=True)
-    shutil.copytree(tokenizer_dir(), root / "tokenizer", dirs_exist_ok=True)
-    shutil.copyfile(sd15_config_dir() / "model_index.json", root / "model_index.json")
-    return root
-
-
-def _write_model_config(folder: Path, class_name: str, config: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    full = dict(config)
-    full["_class_name"] = class_name  # what diffusers' save_config writes, minus its version
-    (folder / "config.json").write_text(json.dumps(full, indent=2), encoding="utf-8")
