@@ -236,7 +236,8 @@ def test_a_batch_pins_every_tensor_it_holds(plan: DatasetPlan, monkeypatch: pyte
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(tuple(self.shape)) or self)
     batch = BucketBatchDataset(plan, batch_size=2, seed=5)[0]
     again = batch.pin_memory()
-    assert pinned == [tuple(batch.loss_weights.shape), tuple(batch.pixels.shape)]
+    assert pinned == [tuple(batch.loss_weights.shape), tuple(batch.pixels.shape),
+                      tuple(batch.size_conditioning.shape)]
     assert again.keys == batch.keys and again.latents is None
 
 

@@ -4,6 +4,8 @@ A cache entry's key is a hash of everything its latents depend on: the file (pat
 modification time and size as scanned), how it was bucketed (bucket, resized size, crop
 box), whether it was mirrored, and which VAE encoded it. Change any of those and the key
 changes, so stale latents are never used; they are simply not found.
+Nothing else is stored beside the latents: SDXL's size and crop conditioning follows from
+the plan alone (the image's size and bucket, see core.data.size_conditioning).
 
 An entry found on disk is trusted only after checks that cost no more than its header:
 a regular file (a FIFO or device is never opened: opening a FIFO for reading waits for a

@@ -23,6 +23,7 @@ from core.data.images import random_crop_offset
 from core.data.dataset_plan import DatasetPlan
 from core.data.latent_cache import LatentCache
 from core.data.samples import Sample, load_pixels, samples
+from core.data.size_conditioning import training_time_ids
 
 Bucket = tuple[int, int]
 
@@ -40,13 +41,21 @@ class Batch:
     pixels: torch.Tensor | None  # [B, 3, H, W] in [-1, 1]; None when latents come from a cache
     latents: torch.Tensor | None  # [B, C, H/8, W/8] from the cache (C = 4 for SD), else None
     flipped: list[bool]
+    # [B, 6] float32 rows (original h, w, crop top, left, target h, w): SDXL's size and crop
+    # conditioning as sd-scripts computes it (core.data.size_conditioning). Always filled, as
+    # it costs nothing; a family without it ignores it. None only in batches made elsewhere.
+    size_conditioning: torch.Tensor | None = None
 
     def pin_memory(self) -> Batch:
         """The batch in page-locked memory (the loader calls this with pin_memory=True), so
         its copy to the GPU can run asynchronously (non_blocking=True)."""
         return replace(self, loss_weights=self.loss_weights.pin_memory(),
-                       pixels=None if self.pixels is None else self.pixels.pin_memory(),
-                       latents=None if self.latents is None else self.latents.pin_memory())
+                       pixels=_pinned(self.pixels), latents=_pinned(self.latents),
+                       size_conditioning=_pinned(self.size_conditioning))
+
+
+def _pinned(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.pin_memory()
 
 
 def _members(plan: DatasetPlan) -> dict[Bucket, list[str]]:
@@ -112,11 +121,20 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         pixels = latents = None
         if self.latent_cache is None:
             pixels = torch.stack([load_pixels(s, o, f) for s, o, f in zip(chosen, offsets, flipped)])
+            trained, scale = pixels, 1
         else:
             latents = torch.stack([self._cached(s, f) for s, f in zip(chosen, flipped)])
+            trained, scale = latents, self.latent_cache.downscale
+        # The target size is read off what is trained, as sd-scripts does (latents: times 8).
+        # The rest needs only the plan (a random crop's offset does not count, as in sd-scripts),
+        # so cached latents need nothing stored beside them.
+        target = (trained.shape[-1] * scale, trained.shape[-2] * scale)
+        size_conditioning = torch.tensor(
+            [training_time_ids(s.record.size, s.assignment.bucket, f, target) for s, f in zip(chosen, flipped)],
+            dtype=torch.float32)
         return Batch(bucket=bucket, keys=[s.key for s in chosen], captions=captions,
                      loss_weights=torch.tensor([s.loss_weight for s in chosen], dtype=torch.float32),
-                     pixels=pixels, latents=latents, flipped=flipped)
+                     pixels=pixels, latents=latents, flipped=flipped, size_conditioning=size_conditioning)
 
     def _cached(self, sample: Sample, flipped: bool) -> torch.Tensor:
         assert self.latent_cache is not None
