@@ -37,6 +37,7 @@ VIEW_HINTS: dict[str, ViewHint] = {
                                      file_filter="LoRA files (*.safetensors);;All files (*)"),
     "optimizer.unet_lr": ViewHint(placeholder="same as learning rate"),
     "optimizer.text_encoder_lr": ViewHint(placeholder="same as learning rate"),
+    "optimizer.text_encoder_2_lr": ViewHint(placeholder="same as text-encoder LR"),
     "optimizer.extra_args": ViewHint(placeholder="name=value name=value"),
     "output.output_dir": ViewHint(placeholder="LoRA Kiln's runs folder"),
 }

@@ -202,7 +202,7 @@ def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["p.toml"]  # no temporary file left
 
 
-@pytest.mark.parametrize("name", ["demo", "sd15-lora-8gb", "sd15-prodigy"])
+@pytest.mark.parametrize("name", ["demo", "sd15-lora-8gb", "sd15-prodigy", "sdxl-lora-8gb", "sdxl-prodigy"])
 def test_builtin_presets_load(name):
     loaded = load_preset(presets.find_preset(name))
     assert loaded.description

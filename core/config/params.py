@@ -38,16 +38,24 @@ class ParamInfo:
     # The argument name in kohya_ss / sd-scripts, where one maps one-to-one.
     kohya: str | None = None
     step: float | None = None  # what the arrows of a number field add (default: 1, 64 for pixels)
+    # The model families (ModelFamily values) the field means something for; empty: all.
+    # A view shows the field only for these, and validation warns when it is set for another.
+    families: tuple[str, ...] = ()
+
+    def applies_to(self, family: str) -> bool:
+        """True when the field means something for models of ``family`` (a ModelFamily value)."""
+        return not self.families or str(family) in self.families
 
 
 def param(default: Any = dataclasses.MISSING, *, label: str, help: str, unit: str = "",
           minimum: float | None = None, maximum: float | None = None,
           path: PathKind = PathKind.NONE, multiline: bool = False, advanced: bool = False,
-          kohya: str | None = None, step: float | None = None,
+          kohya: str | None = None, step: float | None = None, families: tuple[str, ...] = (),
           default_factory: Any = dataclasses.MISSING) -> Any:
     """Declare a schema field: its default and everything a view needs to show it."""
     info = ParamInfo(label=label, help=help, unit=unit, minimum=minimum, maximum=maximum,
-                     path=path, multiline=multiline, advanced=advanced, kohya=kohya, step=step)
+                     path=path, multiline=multiline, advanced=advanced, kohya=kohya, step=step,
+                     families=tuple(str(f) for f in families))
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata={"param": info})
     return field(default=default, metadata={"param": info})

@@ -27,6 +27,12 @@ class LatentCache(enum.StrEnum):
     DISK = "disk"
 
 
+class TextEncoderCache(enum.StrEnum):
+    OFF = "off"
+    MEMORY = "memory"
+    DISK = "disk"
+
+
 class NetworkType(enum.StrEnum):
     LORA = "LoRA"
     LOCON = "LoCon"
@@ -202,6 +208,13 @@ class DatasetParams:
     latent_cache: LatentCache = param(
         LatentCache.OFF, label="Latent cache",
         help="Encode each image once with the VAE, in memory or on disk, instead of every step.")
+    text_encoder_cache: TextEncoderCache = param(
+        TextEncoderCache.MEMORY, label="Text-encoder output cache", advanced=True,
+        help="Encode each caption once with the text encoders instead of every step (sd-scripts' "
+             "cache_text_encoder_outputs), which lets SDXL leave its encoders off the GPU. Only "
+             "possible when no text encoder is trained and captions never change (no shuffle or "
+             "dropout): 'memory' caches whenever that holds; 'disk' keeps the outputs beside the "
+             "images for later runs and requires it; 'off' encodes every step.")
     vae_batch_size: int = param(
         1, label="VAE batch size", minimum=1, maximum=256, advanced=True, kohya="vae_batch_size",
         help="Images the VAE encodes at once while caching latents (sd-scripts' default 1). "
@@ -236,7 +249,17 @@ class NetworkParams:
         help="Dropout on the LoRA modules' hidden activations.")
     train_unet: bool = param(True, label="Train U-Net", help="Train LoRA modules in the U-Net.")
     train_text_encoder: bool = param(
-        True, label="Train text encoder", help="Train LoRA modules in the CLIP text encoder.")
+        True, label="Train text encoder",
+        help="Train LoRA modules in the CLIP text encoder (SDXL: in both of its encoders, unless "
+             "one is switched off below).")
+    train_text_encoder_1: bool = param(
+        True, label="Train text encoder 1 (CLIP ViT-L)", advanced=True, families=(ModelFamily.SDXL,),
+        help="SDXL: with 'Train text encoder' on, put LoRA modules on the first encoder "
+             "(lora_te1_*); off trains the second one only.")
+    train_text_encoder_2: bool = param(
+        True, label="Train text encoder 2 (OpenCLIP ViT-bigG)", advanced=True, families=(ModelFamily.SDXL,),
+        help="SDXL: with 'Train text encoder' on, put LoRA modules on the second encoder "
+             "(lora_te2_*); off trains the first one only.")
     init_weights: str = param(
         "", label="Start from LoRA", path=PathKind.FILE, advanced=True, kohya="network_weights",
         help="An existing Kohya-format LoRA file to continue training from.")
@@ -256,7 +279,12 @@ class OptimizerParams:
         help="Learning rate of the U-Net modules; empty means the base learning rate.")
     text_encoder_lr: float | None = param(
         None, label="Text-encoder LR", minimum=0.0, maximum=10.0, kohya="text_encoder_lr",
-        help="Learning rate of the text-encoder modules; empty means the base learning rate.")
+        help="Learning rate of the text-encoder modules; empty means the base learning rate. "
+             "SDXL: of the first encoder, and of the second unless it has its own.")
+    text_encoder_2_lr: float | None = param(
+        None, label="Text-encoder 2 LR", minimum=0.0, maximum=10.0, families=(ModelFamily.SDXL,),
+        help="SDXL: learning rate of the second text encoder's modules (sd-scripts' "
+             "learning_rate_te2); empty means the text-encoder LR.")
     weight_decay: float = param(
         0.01, label="Weight decay", minimum=0.0, maximum=10.0, advanced=True,
         help="Decoupled weight decay (AdamW, Lion, Prodigy with decouple).")
@@ -306,6 +334,27 @@ class ScheduleParams:
     power: float = param(
         1.0, label="Power", minimum=0.0, maximum=100.0, advanced=True,
         kohya="lr_scheduler_power", help="Exponent of the polynomial scheduler.")
+
+
+def trained_text_encoders(network: NetworkParams, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Which of a family's text encoders (``names``, in Kohya's order) get LoRA: all of them
+    with network.train_text_encoder, less the first or second where switched off."""
+    if not network.train_text_encoder:
+        return ()
+    switches = (network.train_text_encoder_1, network.train_text_encoder_2)
+    if len(names) != len(switches):  # one encoder (SD 1.x): the fine choice does not apply
+        return names
+    return tuple(name for name, on in zip(names, switches) if on)
+
+
+def text_encoder_lrs(opt: OptimizerParams, names: tuple[str, ...]) -> dict[str, float]:
+    """Each text encoder's learning rate: text_encoder_lr, else the base learning rate; the
+    second of two encoders takes text_encoder_2_lr when it is set."""
+    rate = opt.learning_rate if opt.text_encoder_lr is None else opt.text_encoder_lr
+    rates = dict.fromkeys(names, rate)
+    if len(names) == 2 and opt.text_encoder_2_lr is not None:
+        rates[names[1]] = opt.text_encoder_2_lr
+    return rates
 
 
 # sd-scripts' choices for --max_token_length: one, two or three chunks of 75 caption tokens.

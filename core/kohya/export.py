@@ -1,10 +1,11 @@
 """Export a configuration as sd-scripts' config TOML and dataset config TOML.
 
-The same training run by ``accelerate launch train_network.py --config_file config.toml``.
+The same training run by ``accelerate launch train_network.py --config_file config.toml``
+(``sdxl_train_network.py`` for an SDXL model).
 Argument names come from the schema's ``kohya=`` names (the same ones the importer reads);
 only what has no one-to-one name is written here by hand: the network module and its
 arguments, the optimizer's arguments, the warmup, the training length, the latent cache,
-attention, checkpoints kept, sample prompts and logging.
+attention, checkpoints kept, sample prompts, logging and SDXL's text-encoder options.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tomli_w
 from core import __version__
 from core.system.atomic import write_text_atomic
 from core.config.schema import (GROUPS, Attention, Duration, LatentCache, ModelFamily, NetworkType, SubsetParams,
-                         TrainConfig)
+                                TextEncoderCache, TrainConfig)
 from core.data.scan import DatasetError, kohya_subsets
 from core.kohya.import_dataset import DATASET_KEYS, SUBSET_KEYS
 from core.config.params import PathKind, param_specs
@@ -46,8 +47,13 @@ class KohyaExport:
     notes: list[str] = field(default_factory=list)
 
 
+def script_name(config: TrainConfig) -> str:
+    """The sd-scripts script that trains ``config``'s LoRA."""
+    return "sdxl_train_network.py" if config.model.family is ModelFamily.SDXL else "train_network.py"
+
+
 def export_kohya(config: TrainConfig, out_dir: Path | None = None) -> tuple[str, str]:
-    """(config TOML, dataset config TOML) for sd-scripts' train_network.py."""
+    """(config TOML, dataset config TOML) for sd-scripts' train_network.py (SDXL: sdxl_train_network.py)."""
     exported = build_export(config, out_dir)
     return exported.config_toml, exported.dataset_toml
 
@@ -59,8 +65,9 @@ def build_export(config: TrainConfig, out_dir: Path | None = None) -> KohyaExpor
     prompts = _prompts_text(config)
     sections = _config_sections(config, folder, notes, has_prompts=bool(prompts))
     dataset = _dataset_doc(config, notes)
-    config_toml = _header("sd-scripts train_network.py config", notes) + \
-        "# Run: accelerate launch train_network.py --config_file config.toml\n" + \
+    script = script_name(config)
+    config_toml = _header(f"sd-scripts {script} config", notes) + \
+        f"# Run: accelerate launch {script} --config_file config.toml\n" + \
         "# (sd-scripts reads the sections below as plain argument names.)\n\n" + tomli_w.dumps(sections)
     dataset_toml = _header("sd-scripts dataset config", []) + "\n" + tomli_w.dumps(dataset)
     return KohyaExport(config_toml, dataset_toml, prompts, notes)
@@ -161,7 +168,7 @@ def _length(config: TrainConfig, sections: dict[str, dict[str, Any]], notes: lis
     if config.model.family is ModelFamily.SD2:
         sections["model"]["v2"] = True
     elif config.model.family is ModelFamily.SDXL:
-        notes.append("an SDXL model: run sdxl_train_network.py instead of train_network.py")
+        _sdxl(config, sections, notes)
     data = sections["dataset"]
     data["cache_latents"] = config.dataset.latent_cache is not LatentCache.OFF
     data["cache_latents_to_disk"] = config.dataset.latent_cache is LatentCache.DISK
@@ -171,6 +178,32 @@ def _length(config: TrainConfig, sections: dict[str, dict[str, Any]], notes: lis
     if out.keep_last_n and out.save_every_n_steps:
         # sd-scripts keeps step checkpoints by age in steps, not by count.
         sections["output"]["save_last_n_steps"] = out.keep_last_n * out.save_every_n_steps
+
+
+def _sdxl(config: TrainConfig, sections: dict[str, dict[str, Any]], notes: list[str]) -> None:
+    """sdxl_train_network.py's own arguments, and what its networks.lora cannot do."""
+    net, opt, data = config.network, config.optimizer, config.dataset
+    notes.append("an SDXL model: run sdxl_train_network.py (not train_network.py)")
+    if config.model.clip_skip == 1:  # sd-scripts warns about any clip_skip in SDXL training
+        sections["model"].pop("clip_skip", None)
+    trains_encoders = net.train_text_encoder and (net.train_text_encoder_1 or net.train_text_encoder_2)
+    fixed = all(not (s.shuffle_caption or s.caption_dropout_rate or s.caption_tag_dropout_rate)
+                for s in data.subsets)
+    if data.text_encoder_cache is not TextEncoderCache.OFF and not trains_encoders and fixed:
+        # sd-scripts refuses the cache otherwise; LoRA Kiln's memory cache is "when possible".
+        sections["dataset"]["cache_text_encoder_outputs"] = True
+        if data.text_encoder_cache is TextEncoderCache.DISK:
+            sections["dataset"]["cache_text_encoder_outputs_to_disk"] = True
+    if net.train_text_encoder and net.train_text_encoder_1 != net.train_text_encoder_2:
+        notes.append(f"network.train_text_encoder_{1 if net.train_text_encoder_1 else 2}: LoRA Kiln trains one "
+                     "SDXL text encoder only; sd-scripts' networks.lora trains both or neither (both here)")
+    elif net.train_text_encoder and not net.train_text_encoder_1:
+        sections["network"]["network_train_unet_only"] = True  # both switched off
+        sections["optimizer"].pop("text_encoder_lr", None)
+    if trains_encoders and opt.text_encoder_2_lr is not None and opt.text_encoder_2_lr != \
+            (opt.learning_rate if opt.text_encoder_lr is None else opt.text_encoder_lr):
+        notes.append(f"optimizer.text_encoder_2_lr ({opt.text_encoder_2_lr:g}) is not written: sd-scripts' "
+                     "networks.lora trains both SDXL text encoders at text_encoder_lr")
 
 
 def _files(config: TrainConfig, sections: dict[str, dict[str, Any]], folder: Path | None,

@@ -78,10 +78,7 @@ SD_SCRIPTS_DEFAULTS: dict[str, Any] = {
 }
 
 _REASON_GROUPS: dict[str, tuple[str, ...]] = {
-    "SDXL option": (
-        "sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae",
-        "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk",
-        "learning_rate_te1", "learning_rate_te2", "block_lr"),
+    "SDXL option not implemented in LoRA Kiln (sdxl_train.py's block-wise rates)": ("block_lr",),
     "FLUX option": (
         "flux1_checkbox", "flux1_cache_text_encoder_outputs",
         "flux1_cache_text_encoder_outputs_to_disk", "ae", "clip_l", "t5xxl", "discrete_flow_shift",
@@ -163,8 +160,6 @@ _CONDITIONS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool], s
      "only used with the huber or smooth_l1 loss"),
     (("multires_noise_discount", "multires_noise_iterations"),
      lambda raw: raw.get("noise_offset_type") == "Multires", "only used with noise_offset_type Multires"),
-    (("sdxl_cache_text_encoder_outputs", "sdxl_no_half_vae"), lambda raw: raw.get("sdxl") is True,
-     "only used for SDXL models"),
     (_REASON_GROUPS["FLUX option"][1:], lambda raw: raw.get("flux1_checkbox") is True,
      "only used for FLUX models"),
     (("dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic"),

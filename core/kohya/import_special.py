@@ -14,6 +14,7 @@ from core.config.schema import NetworkType, OptimizerParams
 from core.kohya.import_common import DIRECT, KOHYA_SS
 from core.kohya.import_dataset import ARGUMENTS as DATASET_ARGUMENTS
 from core.kohya.import_misc import MISC_HANDLERS, flag, set_field
+from core.kohya.import_sdxl import SDXL_HANDLERS
 from core.config.params import param_specs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -226,6 +227,8 @@ def _learning_rates(ctx: ImportContext) -> None:
             if ctx.has(name):
                 ctx.arg_ignored(name, "0 means not set in kohya_ss: the base learning rate applies")
     else:
+        if ctx.has("text_encoder_lr") and isinstance(ctx.value("text_encoder_lr"), list):
+            _rate_list(ctx)
         for name in ("unet_lr", "text_encoder_lr"):
             if ctx.has(name):
                 ctx.arg_direct(name, opt, name, f"optimizer.{name}")
@@ -236,10 +239,29 @@ def _learning_rates(ctx: ImportContext) -> None:
             ctx.arg_mapped(name, f"network.{field_name}")
 
 
+def _rate_list(ctx: ImportContext) -> None:
+    # sd-scripts' text_encoder_lr may be a list (one rate per text encoder), but its
+    # networks.lora, the LoRA of SD 1.x and SDXL, uses the first value for every encoder.
+    rates = ctx.value("text_encoder_lr")
+    if not rates:
+        ctx.arg_ignored("text_encoder_lr", keys.OFF)
+        return
+    error = set_field(ctx, ctx.config.optimizer, "text_encoder_lr", rates[0], "optimizer.text_encoder_lr")
+    if error:
+        ctx.arg_unsupported("text_encoder_lr", error)
+        return
+    ctx.arg_mapped("text_encoder_lr", "optimizer.text_encoder_lr")
+    if any(not keys.same_value(rate, rates[0]) for rate in rates[1:]):
+        ctx.warn(f"text_encoder_lr = {rates!r}: sd-scripts' networks.lora trains every text encoder at the "
+                 f"first rate ({rates[0]}), and so does the import; set optimizer.text_encoder_2_lr to "
+                 "give SDXL's second encoder its own")
+
+
 _SPECIAL: tuple[tuple[tuple[str, ...], Callable[[ImportContext], None]], ...] = (
     (("LoRA_type", "network_module", "network_args", "conv_dim", "conv_alpha", "network_alpha"), _network),
     (("optimizer_type", "use_8bit_adam", "optimizer_args"), _optimizer),
     (("unet_lr", "text_encoder_lr", "network_train_unet_only", "network_train_text_encoder_only"),
      _learning_rates),
     *MISC_HANDLERS,
+    *SDXL_HANDLERS,  # after MISC_HANDLERS' model family
 )

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-from core.config.schema import SubsetParams, TrainConfig
+from core.config.schema import SubsetParams, TextEncoderCache, TrainConfig
 from core.models.family import Family
 
 CPU = torch.device("cpu")
@@ -70,5 +70,7 @@ def caption_is_fixed(options: SubsetParams) -> bool:
 
 def can_cache_text_states(config: TrainConfig, subsets: list[SubsetParams]) -> bool:
     """Text-encoder outputs can be computed once per caption (as sd-scripts'
-    cache_text_encoder_outputs) when the encoder is not trained and every caption is fixed."""
-    return not config.network.train_text_encoder and all(caption_is_fixed(s) for s in subsets)
+    cache_text_encoder_outputs) when the encoder is not trained and every caption is fixed,
+    unless dataset.text_encoder_cache is off."""
+    return config.dataset.text_encoder_cache is not TextEncoderCache.OFF and \
+        not config.network.train_text_encoder and all(caption_is_fixed(s) for s in subsets)

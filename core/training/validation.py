@@ -15,9 +15,10 @@ from pathlib import Path
 
 from core.data.buckets import BucketError, adjusted_limits
 from core.config.schema import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration, LatentCache, NetworkType,
-                         OptimizerType, SavePrecision, Scheduler, TrainConfig)
+                         OptimizerType, SavePrecision, Scheduler, TextEncoderCache, TrainConfig,
+                         text_encoder_lrs, trained_text_encoders)
 from core.models.checkpoint_files import SINGLE_FILE_SUFFIXES, ModelLoadError
-from core.models.family import UnsupportedFamily, families, family_for
+from core.models.family import UnsupportedFamily, families, family_for, family_named
 from core.config.optimizer_support import unavailable_message
 from core.system.paths import default_runs_dir
 from core.config.params import param_specs, range_problem
@@ -70,8 +71,7 @@ def _check_paths(config: TrainConfig, total_steps: int | None) -> list[Problem]:
     found = []
     model = config.model.base_model
     if not model:
-        found.append(Problem("model.base_model", "choose a base model: a .safetensors/.ckpt file, "
-                                                 f"a diffusers folder, or {DEMO_MODEL}"))
+        found.append(Problem("model.base_model", _choose_base_model(config.model.family)))
     elif not any(family.claims(model) for family in families()):
         path = _existing(model)
         if not path.exists():
@@ -93,6 +93,18 @@ def _check_paths(config: TrainConfig, total_steps: int | None) -> list[Problem]:
         else:
             found += _path_problem(f"dataset.subsets[{i}].image_dir", subset.image_dir, True)
     return found + _output_problems(config, total_steps)
+
+
+def _choose_base_model(family_setting: str) -> str:
+    """What to choose for an empty base model: a model of the set family (a preset for SDXL
+    names no model, and the SD 1.x demo model would not fit it)."""
+    try:
+        family = family_named(family_setting)
+    except UnsupportedFamily:
+        return f"choose a base model: a .safetensors/.ckpt file, a diffusers folder, or {DEMO_MODEL}"
+    built_in = ", or " + " or ".join(family.built_in_models()) if family.built_in_models() else ""
+    return (f"choose a base model of the {family.label} family (model.family = {family.name}): "
+            f"a .safetensors/.ckpt file or a diffusers folder{built_in}")
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -208,6 +220,42 @@ def _path_problem(field_path: str, value: str, want_dir: bool | None) -> list[Pr
     return []
 
 
+def _other_family_fields(config: TrainConfig, family: str) -> list[Problem]:
+    """Fields of another model family (SDXL's second text encoder, say) changed from their
+    default: harmless, but the user probably expects them to act."""
+    found = []
+    for group in GROUPS:
+        obj = getattr(config, group)
+        for spec in param_specs(type(obj)):
+            if not spec.info.applies_to(family) and getattr(obj, spec.name) != spec.default:
+                names = " or ".join(f.upper() if f == "sdxl" else f for f in spec.info.families)
+                found.append(Problem(f"{group}.{spec.name}", f"only used for {names} models; this one is "
+                                                             f"{family}, so it has no effect", WARNING))
+    return found
+
+
+def _text_encoder_cache_problems(config: TrainConfig, text_encoders: tuple[str, ...]) -> list[Problem]:
+    """A disk cache of text-encoder outputs is asked for explicitly, so what prevents it is an
+    error, as sd-scripts' cache_text_encoder_outputs asserts (the memory cache is 'when possible')."""
+    if config.dataset.text_encoder_cache is not TextEncoderCache.DISK:
+        return []
+    found = []
+    if text_encoders:
+        found.append(Problem("dataset.text_encoder_cache", "text-encoder outputs cannot be cached while a "
+                                                           "text encoder trains: turn off network.train_text_encoder "
+                                                           "(U-Net only) or set the cache to memory or off"))
+    for i, subset in enumerate(config.dataset.subsets):  # placement.caption_is_fixed, without torch
+        options = [name for name, on in (("shuffle_caption", subset.shuffle_caption),
+                                         ("caption_dropout_rate", subset.caption_dropout_rate > 0),
+                                         ("caption_tag_dropout_rate", subset.caption_tag_dropout_rate > 0)) if on]
+        if options:
+            found.append(Problem(f"dataset.subsets[{i}].{options[0]}",
+                                 f"{', '.join(options)} change the caption every epoch, so its text-encoder "
+                                 "outputs cannot be cached on disk; turn them off or set "
+                                 "dataset.text_encoder_cache to memory or off"))
+    return found
+
+
 def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Problem]:
     found: list[Problem] = []
     add = lambda path, message, severity=ERROR: found.append(Problem(path, message, severity))  # noqa: E731
@@ -215,9 +263,14 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
     sched, train, out, sample = config.schedule, config.training, config.output, config.sampling
 
     try:
-        family_for(model.base_model, model.family)
+        family = family_for(model.base_model, model.family)
     except UnsupportedFamily as error:
         add("model.family", str(error))
+        family_name, encoder_names = str(model.family), ("text_encoder",)
+    else:
+        family_name, encoder_names = family.name, family.text_encoder_names
+    found += _other_family_fields(config, family_name)
+    text_encoders = trained_text_encoders(net, encoder_names)
     if not data.subsets:
         add("dataset.subsets", "no images: add an image folder")
     elif all(s.is_reg for s in data.subsets):
@@ -248,8 +301,12 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
         if s.keep_tokens and not s.shuffle_caption:
             add(f"dataset.subsets[{i}].keep_tokens", "has no effect unless shuffle caption is on", WARNING)
 
-    if not net.train_unet and not net.train_text_encoder:
+    if not net.train_unet and not text_encoders:
         add("network.train_unet", "nothing to train: turn on the U-Net, the text encoder, or both")
+    elif net.train_text_encoder and not text_encoders:
+        add("network.train_text_encoder", "both text encoders are switched off (train text encoder 1 "
+                                          "and 2), so only the U-Net trains", WARNING)
+    found += _text_encoder_cache_problems(config, text_encoders)
     if net.type is NetworkType.LORA and (net.conv_dim != 1 or net.conv_alpha != 1.0):
         add("network.conv_dim", "conv dim and conv alpha are only used by LoCon", WARNING)
     if net.alpha > net.dim:
@@ -260,19 +317,24 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
     if missing:
         add("optimizer.type", missing)
     if opt.type.adapts_lr:
-        for field_name in ("learning_rate", "unet_lr", "text_encoder_lr"):
+        for field_name in ("learning_rate", "unet_lr", "text_encoder_lr", "text_encoder_2_lr"):
             value = getattr(opt, field_name)
             if value is not None and 0 < value < 0.1:
                 add(f"optimizer.{field_name}", f"{opt.type.value} finds its own step size; its learning "
                                                f"rate is a multiplier, usually 1.0 (not {value:g})", WARNING)
-    if opt.type.adapts_lr and net.train_unet and net.train_text_encoder:
-        unet_lr = opt.learning_rate if opt.unet_lr is None else opt.unet_lr
-        text_lr = opt.learning_rate if opt.text_encoder_lr is None else opt.text_encoder_lr
-        if unet_lr != text_lr and 0 not in (unet_lr, text_lr):
-            add("optimizer.text_encoder_lr", f"{opt.type.value} needs the same learning rate for the U-Net "
-                                             f"({unet_lr:g}) and the text encoder ({text_lr:g}), or 0 for one")
-    rates = [opt.learning_rate if opt.unet_lr is None else opt.unet_lr] if net.train_unet else []
-    rates += [opt.learning_rate if opt.text_encoder_lr is None else opt.text_encoder_lr] if net.train_text_encoder else []
+    unet_lr = opt.learning_rate if opt.unet_lr is None else opt.unet_lr
+    encoder_lrs = {name: rate for name, rate in text_encoder_lrs(opt, encoder_names).items()
+                   if name in text_encoders}
+    if opt.type.adapts_lr:
+        named = ([("the U-Net", "optimizer.unet_lr", unet_lr)] if net.train_unet else []) + [
+            (f"text encoder {i + 1}" if len(encoder_names) > 1 else "the text encoder",
+             "optimizer.text_encoder_2_lr" if i == 1 else "optimizer.text_encoder_lr", encoder_lrs[name])
+            for i, name in enumerate(encoder_names) if name in encoder_lrs]
+        used = [item for item in named if item[2] != 0]
+        if len({rate for _, _, rate in used}) > 1:
+            add(used[-1][1], f"{opt.type.value} needs one learning rate for everything it trains (or 0 to "
+                             "freeze a part); got " + ", ".join(f"{what} {rate:g}" for what, _, rate in used))
+    rates = ([unet_lr] if net.train_unet else []) + list(encoder_lrs.values())
     if rates and all(r == 0 for r in rates):
         add("optimizer.learning_rate", "every learning rate is 0: nothing would change")
     if opt.type is not OptimizerType.PRODIGY and opt.type is not OptimizerType.DADAPT_ADAM and opt.growth_rate != float("inf"):
