@@ -39,11 +39,11 @@ _TE_ROOT = "text_model."
 # out features of each): 722 U-Net modules, 72 in encoder 1 and 192 in encoder 2; LoCon adds
 # the ResNet blocks' Linear and 1x1 layers (per dim) and their 3x3 convolutions, down- and
 # upsamplers (per conv_dim). tests/test_sdxl_keys.py recounts them on the meta device.
-UNET_PER_DIM = 2_666_240
-TEXT_ENCODER_PER_DIM = 442_368
-TEXT_ENCODER_2_PER_DIM = 1_966_080
-LOCON_EXTRA_PER_DIM = 76_800
-LOCON_PER_CONV_DIM = 224_000
+UNET_PER_DIM = 2_659_840
+TEXT_ENCODER_PER_DIM = 165_888
+TEXT_ENCODER_2_PER_DIM = 737_280
+LOCON_EXTRA_PER_DIM = 58_560
+LOCON_PER_CONV_DIM = 355_840
 
 
 class SDXLFamily:
