@@ -46,7 +46,7 @@ def _zeros(*shape: int) -> np.ndarray:
 @pytest.mark.parametrize("name, tensors, expected", [
     ("xl.safetensors", {"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight":
                         _zeros(4, 8), UNET_IN: _zeros(8, 4, 3, 3)},
-     "xl.safetensors is an SDXL checkpoint: SDXL is not supported yet; choose an SD 1.x model"),
+     "xl.safetensors has no text encoder 2 (OpenCLIP bigG) weights"),
     ("v2.safetensors", {"cond_stage_model.model.token_embedding.weight": _zeros(4, 8), UNET_IN: _zeros(8, 4, 3, 3)},
      "v2.safetensors is an SD 2.x checkpoint"),
     ("style.safetensors", {"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": _zeros(4, 32),
@@ -93,7 +93,7 @@ def test_a_truncated_safetensors_model_is_named_with_what_is_missing(tmp_path):
                                "at the end); download it again")
 
 
-def test_a_missing_model_and_an_sdxl_folder_are_named(tmp_path):
+def test_a_missing_model_and_an_sdxl_folder_under_sd1_are_named(tmp_path):
     config = _config(tmp_path)
     config.model.base_model = str(tmp_path / "gone.safetensors")
     assert [p.message for p in _problems(config, "model.base_model")] == [
@@ -101,9 +101,9 @@ def test_a_missing_model_and_an_sdxl_folder_are_named(tmp_path):
     folder = tmp_path / "sdxl-base"
     (folder / "unet").mkdir(parents=True)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}), "utf-8")
-    config.model.base_model = str(folder)
-    assert [p.message for p in _problems(config, "model.base_model")] == [
-        "sdxl-base is an SDXL checkpoint: SDXL is not supported yet; choose an SD 1.x model"]
+    config.model.base_model, config.model.family = str(folder), "sd1"
+    assert [p.message for p in _problems(config, "model.family")] == [
+        "sdxl-base is an SDXL model, but model.family is SD 1.x; set model.family to sdxl or auto"]
 
 
 def test_a_model_file_header_is_read_once_until_the_file_changes(tmp_path, monkeypatch):

@@ -28,8 +28,8 @@ def toy() -> Iterator[object]:
 def test_sd1_is_built_in_and_the_other_settings_are_refused_with_what_trains() -> None:
     assert [f.name for f in families()][:1] == ["sd1"]
     assert family_for(DEMO_MODEL, "sd1") is family_named("sd1")
-    with pytest.raises(UnsupportedFamily, match="SDXL is not supported yet; LoRA Kiln trains SD 1.x"):
-        family_named(ModelFamily.SDXL)
+    with pytest.raises(UnsupportedFamily, match="SD 2.x is not supported yet; LoRA Kiln trains SD 1.x and SDXL"):
+        family_named(ModelFamily.SD2)
 
 
 def test_a_built_in_model_of_another_family_is_named_when_the_setting_disagrees(toy) -> None:  # noqa: ANN001

@@ -308,7 +308,7 @@ CLIP_POS = "cond_stage_model.transformer.text_model.embeddings.position_embeddin
 @pytest.mark.parametrize("name, tensors, kind, message", [
     ("xl.safetensors", {"conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight":
                         torch.zeros(4, 8), UNET_IN: torch.zeros(8, 4, 3, 3)},
-     "sdxl", "is an SDXL checkpoint: SDXL is not supported yet"),
+     "sdxl", "xl.safetensors has no text encoder 2 (OpenCLIP bigG) weights"),
     ("sd2.safetensors", {"cond_stage_model.model.token_embedding.weight": torch.zeros(4, 8),
                          UNET_IN: torch.zeros(8, 4, 3, 3)}, "sd2", "SD 2.x is not supported yet"),
     ("sd2-shape.safetensors", {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":

@@ -101,11 +101,11 @@ def test_training_nothing_is_refused(tmp_path):
     assert _paths(validate(config)) == ["network.train_unet"]
 
 
-def test_sdxl_is_not_supported_yet(tmp_path):
+def test_sd2_is_not_supported_yet(tmp_path):
     config = _valid(tmp_path)
-    config.model.family = ModelFamily.SDXL
+    config.model.family = ModelFamily.SD2
     [problem] = errors(validate(config))
-    assert problem.message.startswith("SDXL is not supported yet")
+    assert problem.message.startswith("SD 2.x is not supported yet")
 
 
 def test_missing_paths_are_named(tmp_path):

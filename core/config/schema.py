@@ -16,6 +16,7 @@ DEMO_MODEL = "builtin:demo-model"
 
 
 class ModelFamily(enum.StrEnum):
+    AUTO = "auto"  # from the base model file or folder (core.models.family.family_for)
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
@@ -105,8 +106,9 @@ class ModelParams:
         help="The Stable Diffusion checkpoint to train on: a .safetensors or .ckpt file, a "
              f"diffusers folder, or '{DEMO_MODEL}' for the tiny built-in demo model.")
     family: ModelFamily = param(
-        ModelFamily.SD1, label="Model family",
-        help="Architecture of the base model. Only SD 1.x can be trained in this version.")
+        ModelFamily.AUTO, label="Model family",
+        help="Architecture of the base model: auto reads it from the model file or folder; "
+             "sd1 (SD 1.x) and sdxl (SDXL) train, and are checked against the file.")
     v_parameterization: bool = param(
         False, label="V-parameterization", advanced=True, kohya="v_parameterization",
         help="Train with the v-prediction objective. Only for models trained that way.")

@@ -42,12 +42,12 @@ def build_demo_model(seed: int = 0, *, v_parameterization: bool = False) -> Mode
     return FAMILY.build_demo(seed, v_parameterization=v_parameterization)
 
 
-def load_base_model(spec: str, *, family: str = "sd1", vae: str = "", v_parameterization: bool = False,
+def load_base_model(spec: str, *, family: str = "auto", vae: str = "", v_parameterization: bool = False,
                     cancelled: Cancelled = None, status: Status = None,
                     config_dir: Path | None = None) -> ModelComponents:
     """Load ``spec``: a built-in model (DEMO_MODEL), a diffusers folder, or a
     .safetensors/.ckpt/.pt file, as the family that claims it or ``family`` (the
-    model.family setting) loads it.
+    model.family setting; "auto" reads it from the file) loads it.
 
     ``vae`` replaces the model's VAE (a file in either layout, or a diffusers folder).
     ``config_dir`` is the weightless config folder single files are built from (default:

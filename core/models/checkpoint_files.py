@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import struct
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -200,6 +201,101 @@ def classify_keys(shapes: dict[str, tuple[int, ...]]) -> str:
     if _UNET + "input_blocks.0.0.weight" in shapes and has_clip:
         return "sd1"
     return "unknown"
+
+
+# Tensor names only the transformer families have (SAI single files, Black Forest Labs' and
+# diffusers' layouts): SD3's MMDiT joint blocks, Flux's double and single stream blocks.
+_SD3_MARKERS = ("joint_blocks.", "context_embedder.", "text_encoders.t5xxl.")
+_FLUX_MARKERS = ("double_blocks.", "single_blocks.", "single_transformer_blocks.")
+# Addition-embedding input width of the SDXL refiner: pooled 1280 + 5 time ids x 256
+# (it adds an aesthetic score to size and crop); the base takes 1280 + 6 x 256 = 2816.
+_REFINER_ADM_WIDTH = 2560
+_SDXL_CONTEXT = 2048
+
+
+def model_kind(shapes: dict[str, tuple[int, ...]]) -> str:
+    """classify_keys, told finer for the files that must be refused with their name: also
+    'sdxl_refiner', 'sd3', 'flux' and 'sdxl_lora' (a LoRA of SDXL)."""
+    kind = classify_keys(shapes)
+    keys = shapes.keys()
+    if kind == "lora":
+        return "sdxl_lora" if _is_sdxl_lora(shapes) else "lora"
+    if any(marker in k for k in keys for marker in _SD3_MARKERS):
+        return "sd3"
+    if any(marker in k for k in keys for marker in _FLUX_MARKERS):
+        return "flux"
+    if kind == "sdxl":
+        adm = shapes.get(_UNET + "label_emb.0.0.weight")
+        only_open_clip = any(k.startswith("conditioner.embedders.0.model.") for k in keys)
+        if only_open_clip or (adm is not None and len(adm) == 2 and adm[1] == _REFINER_ADM_WIDTH):
+            return "sdxl_refiner"
+    return kind
+
+
+def _is_sdxl_lora(shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Kohya's lora_te1_/lora_te2_ prefixes, diffusers' text_encoder_2, or a cross-attention
+    key projection that reads SDXL's 2048-wide context."""
+    for key, shape in shapes.items():
+        if key.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te2.")):
+            return True
+        if ("attn2_to_k" in key or "attn2.to_k" in key) and ("lora_down" in key or "lora_A" in key) \
+                and len(shape) == 2 and shape[1] == _SDXL_CONTEXT:
+            return True
+    return False
+
+
+def folder_kind(folder: Path) -> str:
+    """model_kind for a diffusers folder, from model_index.json and unet/config.json only."""
+    index, unet = _json(folder / "model_index.json"), _json(folder / "unet" / "config.json")
+    pipeline = str(index.get("_class_name", ""))
+    if "StableDiffusion3" in pipeline:
+        return "sd3"
+    if "Flux" in pipeline:
+        return "flux"
+    refiner_index = index.get("requires_aesthetics_score") is True or (
+        "text_encoder_2" in index and (index.get("text_encoder") or [None])[0] is None)
+    if "XL" in pipeline or unet.get("addition_embed_type") == "text_time":
+        refiner_unet = unet.get("projection_class_embeddings_input_dim") == _REFINER_ADM_WIDTH
+        return "sdxl_refiner" if refiner_index or refiner_unet else "sdxl"
+    if unet.get("cross_attention_dim") == 1024:
+        return "sd2"
+    if unet or (folder / "unet").is_dir():
+        return "sd1"
+    return "unknown"
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def kind_of_path(spec: str) -> str | None:
+    """model_kind of a model file or folder, or None when it cannot be told (missing,
+    unreadable, damaged, not a model file): the loader says why then. Cached per file size
+    and time, so the settings form, which asks after every edit, reads a header once."""
+    path = Path(spec.strip()).expanduser()
+    if not spec.strip():
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return _kind_of_path(str(path.resolve()), path.is_dir(), info.st_size, info.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _kind_of_path(path: str, is_dir: bool, size: int, mtime_ns: int) -> str | None:
+    if is_dir:
+        return folder_kind(Path(path))
+    if Path(path).suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        return None
+    try:
+        return model_kind(read_key_shapes(path))
+    except (ModelLoadError, OSError):
+        return None
 
 
 def inspect_checkpoint(path: str | Path) -> str:

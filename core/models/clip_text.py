@@ -91,6 +91,13 @@ def encode(text_encoder, input_ids: torch.Tensor, clip_skip: int) -> torch.Tenso
         return _encode_window(text_encoder, input_ids, clip_skip)
     batch, count, window = input_ids.shape
     states = _encode_window(text_encoder, input_ids.reshape(batch * count, window), clip_skip)
+    return join_chunks(states, batch)
+
+
+def join_chunks(states: torch.Tensor, batch: int) -> torch.Tensor:
+    """(batch * chunks, 77, dim) states of chunked captions -> (batch, chunks * 75 + 2, dim):
+    the first chunk's BOS state, every chunk's 75 token states, the last chunk's end state."""
+    count, window = states.shape[0] // batch, states.shape[1]
     states = states.reshape(batch, count, window, states.shape[-1])
     inner = [states[:, i, 1:window - 1] for i in range(count)]  # each chunk without BOS and end
     return torch.cat([states[:, 0, :1], *inner, states[:, -1, -1:]], dim=1)

@@ -6,8 +6,11 @@ Kohya calls them, what a LoRA file of it says about itself, its default resoluti
 bucket step, and how to draw a sample. The engine, the data pipeline, the Kohya format
 and the studies ask the family; none of them tests which family it is.
 
-Families are found by name (the ``model.family`` setting); a built-in model name
-(``builtin:demo``) is claimed by its family, and must agree with the setting. The built-in ones are listed in :data:`BUILT_IN` and
+Families are found by name (the ``model.family`` setting), or with the setting "auto" from
+the base model: a built-in model name (``builtin:demo``) is claimed by its family, and a file
+or folder is of the family whose name its tensors or configs tell
+(core.models.checkpoint_files.model_kind); an explicit setting must agree with both. The
+built-in ones are listed in :data:`BUILT_IN` and
 imported on first use; :func:`register` adds one more (a test's toy family, a plugin).
 Adding a family is adding one module that defines ``FAMILY`` and naming it in BUILT_IN.
 """
@@ -35,7 +38,9 @@ Status = Callable[[str], None] | None
 
 # The modules that name families, imported when a family is first looked up (so importing
 # core stays cheap). Each defines FAMILY, an object that satisfies Family.
-BUILT_IN: tuple[str, ...] = ("core.models.sd1",)
+BUILT_IN: tuple[str, ...] = ("core.models.sd1", "core.models.sdxl")
+# The model.family setting that takes the family from the base model itself.
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -171,22 +176,43 @@ def family_named(name: str) -> Family:
     for family in families():
         if family.name == str(name):
             return family
-    labels = {"sd2": "SD 2.x", "sdxl": "SDXL"}
-    trainable = ", ".join(f.label for f in families())
+    labels = {"sd2": "SD 2.x"}
+    trainable = " and ".join(f.label for f in families())
     raise UnsupportedFamily(f"{labels.get(str(name), str(name))} is not supported yet; LoRA Kiln trains "
                             f"{trainable}")
 
 
 def family_for(base_model: str, family_setting: str) -> Family:
-    """The family of a run: the model.family setting's, which must also be the family of a
-    built-in base model (UnsupportedFamily says what to change otherwise)."""
-    family = family_named(family_setting)
+    """The family of a run. With the setting "auto": the family that claims the built-in
+    model, else the one the file or folder is of, else the first built-in family (SD 1.x), whose
+    loader then says what the file is. With a family's name: that family, which must also be
+    the base model's (UnsupportedFamily names the model, what it is and what to set)."""
     spec = base_model.strip()
-    for other in families():
-        if other is not family and other.claims(spec):
-            raise UnsupportedFamily(f"{spec} is a model of the {other.label} family, but model.family is {family.label}; "
-                                    f"set model.family to {other.name}")
+    claimant = next((f for f in families() if f.claims(spec)), None)
+    detected = None if claimant is not None else _detected_family(spec)
+    if str(family_setting) == AUTO:
+        return claimant or detected or families()[0]
+    family = family_named(family_setting)
+    if claimant is not None and claimant is not family:
+        raise UnsupportedFamily(f"{spec} is a model of the {claimant.label} family, but model.family is "
+                                f"{family.label}; set model.family to {claimant.name}")
+    if detected is not None and detected is not family:
+        from pathlib import Path
+
+        raise UnsupportedFamily(f"{Path(spec).name} is an {detected.label} model, but model.family is "
+                                f"{family.label}; set model.family to {detected.name} or {AUTO}")
     return family
+
+
+def _detected_family(spec: str) -> Family | None:
+    """The family named by what the file or folder at ``spec`` holds; None when it is none
+    of theirs or cannot be read (the loader gives the reason then)."""
+    if not spec:
+        return None
+    from core.models.checkpoint_files import kind_of_path
+
+    kind = kind_of_path(spec)
+    return next((f for f in families() if f.name == kind), None)
 
 
 def built_in_models() -> tuple[str, ...]:

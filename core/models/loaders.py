@@ -17,10 +17,11 @@ from core.models.checkpoint_files import (
     ModelLoadCancelled,
     ModelLoadError,
     check_pickle_format,
-    classify_keys,
+    folder_kind,
     has_vae_weights,
     load_pickled,
     load_safetensors,
+    model_kind,
     normalise_clip_keys,
     read_safetensors_header,
     unet_in_channels,
@@ -34,13 +35,26 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 Cancelled = Callable[[], bool] | None
 Status = Callable[[str], None] | None
 
+# What each kind of file is, for the family that was asked to load it (core.models.
+# checkpoint_files.model_kind). sd1 and sdxl are only wrong for the other family.
 KIND_ERRORS = {
-    "sdxl": "{name} is an SDXL checkpoint: SDXL is not supported yet; choose an SD 1.x model",
-    "sd2": "{name} is an SD 2.x checkpoint: SD 2.x is not supported yet; choose an SD 1.x model",
+    "sd1": "{name} is an SD 1.x checkpoint; set model.family to sd1 (or auto) to train on it",
+    "sdxl": "{name} is an SDXL checkpoint; set model.family to sdxl (or auto) to train on it",
+    "sd2": "{name} is an SD 2.x checkpoint: SD 2.x is not supported yet; choose an SD 1.x or SDXL model",
+    "sdxl_refiner": ("{name} is an SDXL refiner (one OpenCLIP text encoder, an aesthetic-score "
+                     "time id), not a base model: LoRAs are trained on SDXL base 1.0 and its "
+                     "fine-tunes; choose one of those"),
+    "sd3": ("{name} is a Stable Diffusion 3 model (MMDiT joint_blocks): SD3 is not supported; "
+            "choose an SD 1.x or SDXL model"),
+    "flux": ("{name} is a Flux model (double_blocks / single_blocks): Flux is not supported; "
+             "choose an SD 1.x or SDXL model"),
     "lora": ("{name} is a LoRA, not a base model: choose it under network.init_weights to "
-             "continue training it, and pick an SD 1.x checkpoint as the base model"),
+             "continue training it, and pick an SD 1.x or SDXL checkpoint as the base model"),
+    "sdxl_lora": ("{name} is an SDXL LoRA (lora_te1_/lora_te2_ or SDXL-sized keys), not a base "
+                  "model: choose it under network.init_weights to continue training it, and pick "
+                  "an SDXL checkpoint as the base model"),
     "unknown": ("{name} does not look like a Stable Diffusion 1.x checkpoint (no U-Net and "
-                "CLIP text encoder weights in the original layout); choose an SD 1.x "
+                "CLIP text encoder weights in the original layout); choose an SD 1.x or SDXL "
                 ".safetensors/.ckpt file or a diffusers folder"),
 }
 
@@ -89,7 +103,7 @@ def load_single_file(path: Path, vae: str, config_dir: Path, cancelled: Cancelle
         vae_model = load_vae_override(vae, config_dir, cancelled, status)
     else:
         say(status, "loading VAE…")
-        vae_model = _vae_from_state_dict(state_dict, path.name, common)
+        vae_model = vae_from_state_dict(state_dict, path.name, common)
 
     check_cancelled(cancelled)
     say(status, "loading text encoder…")
@@ -103,18 +117,19 @@ def load_single_file(path: Path, vae: str, config_dir: Path, cancelled: Cancelle
     return Parts(unet, vae_model, text_encoder, tokenizer)
 
 
-def check_kind(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Refuse, naming the file, anything but a standard SD 1.x checkpoint."""
-    kind = classify_keys(shapes)
-    if kind != "sd1":
+def check_kind(path: Path, shapes: dict[str, tuple[int, ...]], wanted: str = "sd1",
+               label: str = "SD 1.x") -> None:
+    """Refuse, naming the file, anything but a standard checkpoint of the ``wanted`` kind."""
+    kind = model_kind(shapes)
+    if kind != wanted:
         raise ModelLoadError(KIND_ERRORS[kind].format(name=path.name))
     channels = unet_in_channels(shapes)
     if channels is not None and channels != 4:
         raise ModelLoadError(f"{path.name} is an inpainting or instruct-pix2pix model ({channels} "
-                             "input channels); LoRA Kiln trains standard SD 1.x models only")
+                             f"input channels); LoRA Kiln trains standard {label} models only")
 
 
-def check_base_model(path: Path) -> None:
+def check_base_model(path: Path, wanted: str = "sd1", label: str = "SD 1.x") -> None:
     """The checks that read no weights, for validation before a run: a cut-off or foreign
     file and the wrong kind of model are named on the field instead of minutes into loading.
 
@@ -122,13 +137,13 @@ def check_base_model(path: Path) -> None:
     .ckpt's tensor names need the whole pickle, so its kind is checked when it loads.
     """
     if path.is_dir():
-        _check_folder_layout(path)
-        _check_folder_family(path)
+        check_folder_layout(path)
+        check_folder_family(path, wanted)
     elif path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelLoadError(f"{path.name} is not a model file LoRA Kiln can read; choose a "
                              f"{', '.join(SINGLE_FILE_SUFFIXES)} checkpoint or a diffusers folder")
     elif path.suffix.lower() == ".safetensors":
-        check_kind(path, {k: shape for k, (_, shape) in read_safetensors_header(path).items()})
+        check_kind(path, {k: shape for k, (_, shape) in read_safetensors_header(path).items()}, wanted, label)
     else:
         check_pickle_format(path)
 
@@ -143,7 +158,7 @@ def _clip_from_state_dict(state_dict: dict[str, Any], config: str) -> CLIPTextMo
         CLIPTextModel, state_dict, subfolder="text_encoder", config=config, local_files_only=True)
 
 
-def _vae_from_state_dict(state_dict: dict[str, Any], name: str,
+def vae_from_state_dict(state_dict: dict[str, Any], name: str,
                          common: dict[str, Any]) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
@@ -173,7 +188,7 @@ def load_vae_override(spec: str, config_dir: Path, cancelled: Cancelled,
                                  "choose a VAE file or folder")
         return build_module(path.name, "VAE", lambda: AutoencoderKL.from_pretrained(
             str(path), subfolder=subfolder, local_files_only=True, torch_dtype=torch.float32,
-            **_variant(path / (subfolder or ""))))
+            **variant(path / (subfolder or ""))))
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelLoadError(f"{path.name} is not a VAE file LoRA Kiln can read; choose a "
                              ".safetensors or .ckpt VAE")
@@ -185,7 +200,7 @@ def load_vae_override(spec: str, config_dir: Path, cancelled: Cancelled,
         raise ModelLoadError(f"{path.name} does not look like a VAE (it has no decoder weights); "
                              "choose a VAE file or clear the VAE override")
     common = {"config": str(config_dir), "local_files_only": True}
-    return _vae_from_state_dict(state_dict, path.name, common)
+    return vae_from_state_dict(state_dict, path.name, common)
 
 
 # --- diffusers folders ----------------------------------------------------------------------
@@ -197,8 +212,8 @@ def load_folder(folder: Path, vae: str, config_dir: Path, cancelled: Cancelled,
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    _check_folder_layout(folder)
-    _check_folder_family(folder)
+    check_folder_layout(folder)
+    check_folder_family(folder)
     for part in ("unet", "text_encoder") + (() if vae else ("vae",)):
         if not (folder / part / "config.json").is_file():
             raise ModelLoadError(f"{folder.name} has no {part}/config.json; the model folder is "
@@ -207,7 +222,7 @@ def load_folder(folder: Path, vae: str, config_dir: Path, cancelled: Cancelled,
     say(status, "loading U-Net…")
     unet = build_module(folder.name, "U-Net", lambda: UNet2DConditionModel.from_pretrained(
         str(folder), subfolder="unet", local_files_only=True, torch_dtype=torch.float32,
-        **_variant(folder / "unet")))
+        **variant(folder / "unet")))
     check_cancelled(cancelled)
     if vae:
         vae_model = load_vae_override(vae, config_dir, cancelled, status)
@@ -215,42 +230,33 @@ def load_folder(folder: Path, vae: str, config_dir: Path, cancelled: Cancelled,
         say(status, "loading VAE…")
         vae_model = build_module(folder.name, "VAE", lambda: AutoencoderKL.from_pretrained(
             str(folder), subfolder="vae", local_files_only=True, torch_dtype=torch.float32,
-            **_variant(folder / "vae")))
+            **variant(folder / "vae")))
     check_cancelled(cancelled)
     say(status, "loading text encoder…")
     text_encoder = build_module(folder.name, "text encoder", lambda: CLIPTextModel.from_pretrained(
         str(folder / "text_encoder"), local_files_only=True, dtype=torch.float32,
-        **_variant(folder / "text_encoder")))
+        **variant(folder / "text_encoder")))
     check_cancelled(cancelled)
     say(status, "loading tokenizer…")
     tokenizer = tokenizer_for(folder)
     return Parts(unet, vae_model, text_encoder, tokenizer)
 
 
-def _check_folder_layout(folder: Path) -> None:
+def check_folder_layout(folder: Path) -> None:
     if not (folder / "model_index.json").is_file() and not (folder / "unet").is_dir():
         raise ModelLoadError(f"{folder.name} is a folder but not a diffusers model (no "
                              "model_index.json or unet folder); choose a model file or folder")
 
 
-def _check_folder_family(folder: Path) -> None:
-    import json
-
-    try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        index = {}
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        unet = {}
-    if "XL" in str(index.get("_class_name", "")) or unet.get("addition_embed_type") == "text_time":
-        raise ModelLoadError(KIND_ERRORS["sdxl"].format(name=folder.name))
-    if unet.get("cross_attention_dim") == 1024:
-        raise ModelLoadError(KIND_ERRORS["sd2"].format(name=folder.name))
+def check_folder_family(folder: Path, wanted: str = "sd1") -> None:
+    """Refuse a folder of another kind than ``wanted``; one without configs is left to the
+    loader, which names the config it lacks."""
+    kind = folder_kind(folder)
+    if kind not in (wanted, "unknown"):
+        raise ModelLoadError(KIND_ERRORS[kind].format(name=folder.name))
 
 
-def _variant(component_dir: Path) -> dict[str, str]:
+def variant(component_dir: Path) -> dict[str, str]:
     """Ask for the fp16 variant when a folder only has ``*.fp16.*`` weights (common downloads)."""
     names = [p.name for p in component_dir.glob("*") if p.suffix in (".safetensors", ".bin")]
     if names and all(".fp16." in name for name in names):
@@ -261,7 +267,7 @@ def _variant(component_dir: Path) -> dict[str, str]:
 # --- shared ----------------------------------------------------------------------------------
 
 
-def build_module(name: str, what: str, make: Callable[[], Any]) -> Any:
+def build_module(name: str, what: str, make: Callable[[], Any], model: str = "SD 1.x") -> Any:
     """Run a loader; turn its failures and any weight it left unset into a ModelLoadError."""
     try:
         module = make()
@@ -271,21 +277,21 @@ def build_module(name: str, what: str, make: Callable[[], Any]) -> Any:
         text = " ".join(str(error).split())
         if "expected shape" in text:  # diffusers: "Cannot load <x> because <key> expected shape…"
             detail = text.partition(" because ")[2].partition(". ")[0] or text[:200]
-            raise ModelLoadError(f"{name}: its {what} does not have the shapes of the SD 1.x "
-                                 f"model it is built as ({detail}); choose an SD 1.x model"
+            raise ModelLoadError(f"{name}: its {what} does not have the shapes of the {model} "
+                                 f"model it is built as ({detail}); choose an {model} model"
                                  ) from error
         if "meta tensor" in text:  # accelerate could not move the weights the file lacks
             raise ModelLoadError(f"{name} lacks some weights of its {what}; the file is "
-                                 "incomplete or not an SD 1.x model") from error
+                                 f"incomplete or not an {model} model") from error
         detail = text[:200] or type(error).__name__
         raise ModelLoadError(f"{name}: its {what} could not be loaded ({detail}); it may not be "
-                             "an SD 1.x model, or it is damaged") from error
+                             f"an {model} model, or it is damaged") from error
     # Loaders that build on the meta device leave weights the file lacks there, silently.
     tensors = list(module.named_parameters()) + list(module.named_buffers())
     missing = [tensor_name for tensor_name, tensor in tensors if tensor.is_meta]
     if missing:
         raise ModelLoadError(f"{name} has no weights for {len(missing)} tensors of its {what} "
-                             f"(e.g. {missing[0]}); the file is incomplete or not an SD 1.x model")
+                             f"(e.g. {missing[0]}); the file is incomplete or not an {model} model")
     return module
 
 
