@@ -47,9 +47,22 @@ class KohyaExport:
     notes: list[str] = field(default_factory=list)
 
 
+def model_family(config: TrainConfig) -> ModelFamily:
+    """The family the config trains: its setting, or with "auto" the base model's own (SD 1.x
+    when the file is not here to look at)."""
+    from core.models.family import UnsupportedFamily, family_for
+
+    if config.model.family is not ModelFamily.AUTO:
+        return config.model.family
+    try:
+        return ModelFamily(family_for(config.model.base_model, config.model.family).name)
+    except (UnsupportedFamily, ValueError):
+        return ModelFamily.SD1
+
+
 def script_name(config: TrainConfig) -> str:
     """The sd-scripts script that trains ``config``'s LoRA."""
-    return "sdxl_train_network.py" if config.model.family is ModelFamily.SDXL else "train_network.py"
+    return "sdxl_train_network.py" if model_family(config) is ModelFamily.SDXL else "train_network.py"
 
 
 def export_kohya(config: TrainConfig, out_dir: Path | None = None) -> tuple[str, str]:
@@ -165,9 +178,10 @@ def _length(config: TrainConfig, sections: dict[str, dict[str, Any]], notes: lis
     sections["schedule"]["lr_warmup_steps"] = sched.warmup_ratio if sched.warmup_ratio else sched.warmup_steps
     if train.attention is Attention.SDPA:
         sections["training"]["sdpa"] = True
-    if config.model.family is ModelFamily.SD2:
+    family = model_family(config)
+    if family is ModelFamily.SD2:
         sections["model"]["v2"] = True
-    elif config.model.family is ModelFamily.SDXL:
+    elif family is ModelFamily.SDXL:
         _sdxl(config, sections, notes)
     data = sections["dataset"]
     data["cache_latents"] = config.dataset.latent_cache is not LatentCache.OFF

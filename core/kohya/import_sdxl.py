@@ -38,7 +38,7 @@ def _sdxl_switch_on(ctx: ImportContext) -> bool:
 
 def _infer_family(ctx: ImportContext) -> None:
     # An sd-scripts config that sets an SDXL-only argument was written for an SDXL script.
-    if ctx.kind != CONFIG or ctx.config.model.family is not ModelFamily.SD1:
+    if ctx.kind != CONFIG or ctx.config.model.family not in (ModelFamily.AUTO, ModelFamily.SD1):
         return
     given = [name for name in _SDXL_SCRIPT_KEYS if name in ctx.args and not keys.is_off(ctx.args[name])]
     if given and not any(name in ctx.args for name in _OTHER_FAMILY_KEYS):

@@ -122,9 +122,11 @@ def clip_targets(text_encoder: nn.Module, network: NetworkParams) -> Targets:
 
 def trained_components(family: Family, network: NetworkParams) -> tuple[str, ...]:
     """The components a run puts LoRA on: the U-Net, and every text encoder when
-    network.train_text_encoder is on (as sd-scripts: both of SDXL's)."""
-    return (("unet",) if network.train_unet else ()) + \
-        (family.text_encoder_names if network.train_text_encoder else ())
+    network.train_text_encoder is on (as sd-scripts: both of SDXL's), less one of two
+    switched off by network.train_text_encoder_1 / _2."""
+    from core.config.schema import trained_text_encoders
+
+    return (("unet",) if network.train_unet else ()) + trained_text_encoders(network, family.text_encoder_names)
 
 
 @dataclass

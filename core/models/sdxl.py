@@ -141,7 +141,7 @@ class SDXLFamily:
     def unet_inputs(self, text: TextConditioning, batch: Any) -> dict[str, Any]:
         """The context, and the addition embedding's inputs: the pooled text and the batch's
         (B, 6) time ids (original h, w, crop top, left, target h, w) from the data pipeline."""
-        time_ids = getattr(batch, "size_conditioning", None)
+        time_ids = batch.size_conditioning
         if time_ids is None or text.pooled is None:
             what = "size and crop conditioning (Batch.size_conditioning)" if time_ids is None else "pooled text"
             raise ValueError(f"an SDXL U-Net needs each image's {what}, and this batch has none")

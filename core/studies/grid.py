@@ -61,7 +61,7 @@ class GridSpec:
     max_token_length: int = 75  # prompt tokens that reach the text encoder, as the run trained
     v_parameterization: bool = False
     include_base_row: bool = False
-    family: str = "sd1"  # the model.family setting, for base models no family claims by name
+    family: str = "auto"  # the model.family setting: "auto" takes it from the base model
 
 
 @dataclass(frozen=True)

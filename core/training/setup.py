@@ -145,14 +145,18 @@ def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.
 
 
 def param_groups(config: TrainConfig, network: Network) -> list[ParamGroup]:
-    """The U-Net's LoRA with unet_lr, the text encoders' with text_encoder_lr."""
-    unet_lr, text_lr = group_lrs(config.optimizer)
-    text_encoders = network.family.text_encoder_names
+    """The U-Net's LoRA with unet_lr; each text encoder's with its rate (text_encoder_lr, and
+    for a second encoder text_encoder_2_lr when set), one group per encoder, named as it is."""
+    from core.config.schema import text_encoder_lrs
+
+    unet_lr, _ = group_lrs(config.optimizer)
     groups = []
     if "unet" in network.handles.targets:
         groups.append(ParamGroup("unet", network.handles.params(("unet",)), unet_lr))
-    if any(name in network.handles.targets for name in text_encoders):
-        groups.append(ParamGroup("text_encoder", network.handles.params(text_encoders), text_lr))
+    rates = text_encoder_lrs(config.optimizer, network.family.text_encoder_names)
+    for name, rate in rates.items():
+        if name in network.handles.targets:
+            groups.append(ParamGroup(name, network.handles.params((name,)), rate))
     return groups
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 # Parameter groups whose Kohya log tag differs from our component name.
-_KOHYA_GROUP_TAGS = {"text_encoder": "textencoder"}
+_KOHYA_GROUP_TAGS = {"text_encoder": "textencoder", "text_encoder_2": "textencoder2"}
 
 
 def lr_tag(group: str, prefix: str = "lr/") -> str:
