@@ -16,6 +16,7 @@ from typing import Any
 from core.config.schema import DEMO_MODEL
 from core.config.overrides import _parse_literal
 from core.config.params import FieldError
+from core.models.sdxl import DEMO_SDXL_MODEL
 from core.training.validation import MODEL_SUFFIXES
 
 
@@ -31,7 +32,9 @@ class ViewHint:
 _MODEL_FILTER = f"Models ({' '.join('*' + s for s in MODEL_SUFFIXES)});;All files (*)"
 VIEW_HINTS: dict[str, ViewHint] = {
     "model.base_model": ViewHint(placeholder="a model file or diffusers folder",
-                                 builtins=(("Built-in demo model", DEMO_MODEL),), file_filter=_MODEL_FILTER),
+                                 builtins=(("Built-in demo model", DEMO_MODEL),
+                                           ("Built-in SDXL demo model", DEMO_SDXL_MODEL)),
+                                 file_filter=_MODEL_FILTER),
     "model.vae": ViewHint(placeholder="the model's own VAE", file_filter=_MODEL_FILTER),
     "network.init_weights": ViewHint(placeholder="a new LoRA",
                                      file_filter="LoRA files (*.safetensors);;All files (*)"),

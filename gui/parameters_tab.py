@@ -196,13 +196,29 @@ class ParametersTab(QWidget):
         self._nav.blockSignals(False)
 
     # ---------------------------------------------------------------- views
+    def model_family(self) -> str:
+        """The family the project trains (with model.family "auto": the base model's own), whose
+        fields the form shows; the setting itself when no family fits."""
+        from core.models.family import UnsupportedFamily, family_for
+
+        model = self.project.config.model
+        try:
+            return family_for(model.base_model, model.family).name
+        except UnsupportedFamily:
+            return str(model.family)
+
     def _apply_visibility(self) -> None:
         show_advanced = self.advanced.isChecked()
+        family = self.model_family()
         shown_groups: set[str] = set()
         for row in self.binding.rows.values():
             group = row.path.split(".", 1)[0]
-            # A field with an error stays in view even when advanced fields are hidden.
-            visible = show_advanced or not row.spec.info.advanced or self.binding.has_error(row.path)
+            # A field with an error stays in view even when it is hidden otherwise: advanced
+            # fields with the box unticked, and fields of another model family (SDXL's second
+            # text encoder for an SD 1.x model).
+            error = self.binding.has_error(row.path)
+            visible = (show_advanced or not row.spec.info.advanced or error) and \
+                (row.spec.info.applies_to(family) or error)
             self._forms[group].setRowVisible(row.editor, visible)
             if visible:
                 shown_groups.add(group)

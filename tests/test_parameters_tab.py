@@ -267,3 +267,17 @@ def test_the_token_length_arrows_step_through_75_150_225(tab):
     box.stepUp()
     box.stepUp()
     assert box.value() == 225
+
+
+def test_fields_of_another_model_family_show_only_for_that_family(tab, project):
+    from core.models.sdxl import DEMO_SDXL_MODEL
+
+    tab.advanced.setChecked(True)
+    sdxl_only = [tab.editor(path) for path in ("network.train_text_encoder_2", "optimizer.text_encoder_2_lr")]
+    assert tab.model_family() == "sd1" and not any(editor.isVisible() for editor in sdxl_only)
+    editor = tab.editor("model.base_model")
+    next(a for a in editor.button.menu().actions() if a.text() == "Built-in SDXL demo model").trigger()
+    assert project.config.model.base_model == DEMO_SDXL_MODEL
+    tab.validate_now()  # family "auto" finds SDXL from the model
+    assert tab.model_family() == "sdxl" and all(editor.isVisible() for editor in sdxl_only)
+    assert tab.editor("model.clip_skip").isVisible()
