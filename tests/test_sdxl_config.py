@@ -233,3 +233,16 @@ def test_the_prodigy_preset_uses_rate_one():
     opt = load_preset(find_preset("sdxl-prodigy")).config.optimizer
     assert opt.type is OptimizerType.PRODIGY and opt.learning_rate == opt.unet_lr == 1.0
     assert opt.safeguard_warmup and opt.use_bias_correction and opt.decouple
+
+
+def test_clip_skip_on_sdxl_is_a_warning_that_it_does_nothing(tmp_path):
+    from core.models.sdxl import DEMO_SDXL_MODEL
+    from core.training.validation import validate
+
+    config = TrainConfig()
+    config.model.base_model = DEMO_SDXL_MODEL
+    config.model.clip_skip = 2
+    [problem] = [p for p in validate(config) if p.path == "model.clip_skip"]
+    assert problem.severity == WARNING and "no effect" in problem.message
+    config.model.base_model = "builtin:demo-model"  # SD 1.x: clip skip 2 is a real choice
+    assert not [p for p in validate(config) if p.path == "model.clip_skip"]

@@ -87,6 +87,7 @@ class Family(Protocol):
     default_resolution: int  # the side of the square training resolution presets start from
     bucket_step: int  # the default bucket resolution step (bucket_reso_steps)
     vae_fp16_unsafe: bool  # its VAE overflows in fp16: kept in fp32 when training in fp16
+    clip_skip_applies: bool  # whether model.clip_skip changes its text encoding
 
     def claims(self, spec: str) -> bool:
         """Whether ``spec`` is a built-in model of this family (``builtin:demo``)."""

@@ -45,6 +45,7 @@ class SD1Family:
     default_resolution = 512
     bucket_step = 64
     vae_fp16_unsafe = False
+    clip_skip_applies = True
 
     # ------------------------------------------------------------------ loading
     def built_in_models(self) -> tuple[str, ...]:

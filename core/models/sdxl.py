@@ -54,6 +54,7 @@ class SDXLFamily:
     default_resolution = 1024
     bucket_step = 32
     vae_fp16_unsafe = True
+    clip_skip_applies = False  # sd-scripts' SDXL scripts always take the penultimate layer
 
     # ------------------------------------------------------------------ loading
     def built_in_models(self) -> tuple[str, ...]:

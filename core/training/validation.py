@@ -269,6 +269,9 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
         family_name, encoder_names = str(model.family), ("text_encoder",)
     else:
         family_name, encoder_names = family.name, family.text_encoder_names
+        if model.clip_skip > 1 and not family.clip_skip_applies:
+            add("model.clip_skip", f"{family.label} always uses the text encoders' penultimate layer (as "
+                                   "sd-scripts does), so clip skip has no effect; leave it at 1", WARNING)
     found += _other_family_fields(config, family_name)
     text_encoders = trained_text_encoders(net, encoder_names)
     if not data.subsets:
