@@ -23,6 +23,7 @@ def sdxl_config(root: Path, steps: int = 2, **network: object):  # noqa: ANN201 
     config.model.base_model = DEMO_SDXL_MODEL
     config.model.family = ModelFamily.AUTO  # found from the built-in model
     config.dataset.bucket_reso_steps = 32
+    config.network.train_text_encoder = False  # U-Net only, as SDXL LoRAs are usually trained
     for name, value in network.items():
         setattr(config.network, name, value)
     return config
@@ -71,9 +72,17 @@ def test_one_encoder_can_be_left_out_and_given_its_own_rate(tmp_path: Path) -> N
 def test_unet_only_caches_both_encoders_outputs_and_trains_the_same(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     from core.training import placement
 
-    cached, _ = _run(sdxl_config(tmp_path / "cached", steps=3))
+    from core.training.events import Status
+
+    def fixed_captions(root: Path):  # noqa: ANN202
+        config = sdxl_config(root, steps=3)
+        config.dataset.subsets[0].shuffle_caption = False
+        return config
+
+    cached, sink = _run(fixed_captions(tmp_path / "cached"))
+    assert any(isinstance(e, Status) and "text-encoder outputs cached for 5" in e.text for e in sink.events)
     monkeypatch.setattr(placement, "can_cache_text_states", lambda config, subsets: False)
-    direct, _ = _run(sdxl_config(tmp_path / "direct", steps=3))
+    direct, _ = _run(fixed_captions(tmp_path / "direct"))
     losses = [[r["loss"] for r in map(json.loads, (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines())
                if r.get("type") == "step"] for run in (cached, direct)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-7)
@@ -147,3 +156,26 @@ def test_diffusers_sdxl_pipeline_loads_the_file_and_computes_what_was_trained(tm
     for got, want, before in zip(loaded, trained, base):
         assert not torch.allclose(want, before, atol=1e-4)  # the LoRA changes both outputs
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_text_encoder_outputs_cached_on_disk_are_read_back_by_the_next_run(tmp_path: Path) -> None:
+    from core.config.schema import TextEncoderCache
+    from core.training.events import Status
+
+    first_config = sdxl_config(tmp_path / "first", steps=2)
+    first_config.dataset.subsets[0].shuffle_caption = False  # fixed captions: the cache applies
+    first_config.dataset.text_encoder_cache = TextEncoderCache.DISK
+    first, first_sink = _run(first_config)
+    second_config = sdxl_config(tmp_path / "second", steps=2)
+    second_config.dataset.subsets[0] = first_config.dataset.subsets[0]
+    second_config.dataset.text_encoder_cache = TextEncoderCache.DISK
+    second, second_sink = _run(second_config)
+
+    def cached(sink: ListSink) -> str:
+        return next(e.text for e in sink.events if isinstance(e, Status) and "text-encoder outputs" in e.text)
+
+    assert "read from the disk cache" not in cached(first_sink)
+    assert cached(second_sink).endswith("5 distinct captions, 5 read from the disk cache")
+    losses = [[r["loss"] for r in map(json.loads, (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines())
+               if r.get("type") == "step"] for run in (first, second)]
+    assert losses[0] == losses[1]

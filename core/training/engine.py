@@ -206,20 +206,20 @@ class Trainer:
         trained and no caption changes between epochs (sd-scripts' cache_text_encoder_outputs)."""
         from core.data.caption_augment import process_caption
         from core.data.pipeline import batch_rng
-        from core.training.text_cache import TextStateCache
-
         if not placement.can_cache_text_states(self.config, [s.params for s in self.plan.subsets]):
             return
         self._status("encoding captions…", "caching")
         # No option that draws is on, so these are the captions every epoch trains with.
         captions = [process_caption(s.record.caption, s.options, batch_rng(0, 0, 0)) for s in self.dataset.samples]
-        cache = TextStateCache()
+        cache = setup.make_text_cache(self.config, self.network.family.name, self.accelerator.mixed_precision)
         with self.accelerator.autocast():
             count = cache.fill(captions, self.computer.text, cancelled=self.control.should_end)
         self.computer.text_cache = cache
         for text_encoder in self.network.components.text_encoders.values():
             placement.offload(text_encoder)
-        self._status(f"text-encoder outputs cached for {count} distinct captions", "caching")
+        stored = f", {cache.from_disk} read from the disk cache" if cache.from_disk else ""
+        self._status(f"text-encoder outputs cached for {count + cache.from_disk} distinct captions{stored}",
+                     "caching")
 
     def _open_run_dir(self, note: str | None) -> None:
         config = self.config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -175,6 +175,24 @@ def vae_identity(config: TrainConfig) -> str:
         else:
             parts.append(value)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def text_cache_identity(config: TrainConfig, family_name: str, precision: str) -> str:
+    """What cached text-encoder outputs depend on besides the caption: the model (as
+    vae_identity names files), its family, clip skip, token length and the precision they
+    were computed in."""
+    model = vae_identity(replace(config, model=replace(config.model, vae="")))
+    parts = [model, family_name, str(config.model.clip_skip), str(config.training.max_token_length), precision]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def make_text_cache(config: TrainConfig, family_name: str, precision: str):  # noqa: ANN201 - TextStateCache
+    from core.config.schema import TextEncoderCache
+    from core.training.text_cache import TextStateCache
+
+    if config.dataset.text_encoder_cache is TextEncoderCache.DISK:
+        return TextStateCache(user_cache_dir() / "text", text_cache_identity(config, family_name, precision))
+    return TextStateCache()
 
 
 def make_latent_cache(config: TrainConfig):  # noqa: ANN201 - LatentCache | None
