@@ -179,3 +179,23 @@ def test_text_encoder_outputs_cached_on_disk_are_read_back_by_the_next_run(tmp_p
     losses = [[r["loss"] for r in map(json.loads, (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines())
                if r.get("type") == "step"] for run in (first, second)]
     assert losses[0] == losses[1]
+
+
+def test_an_sdxl_lora_continues_training_and_draws_a_grid(tmp_path: Path) -> None:
+    import numpy as np
+
+    from core.studies.grid import make_grid, spec_from_run
+
+    config = sdxl_config(tmp_path / "first", steps=2)
+    config.sampling.prompts = "kiln --w 64 --h 64 --s 2 --d 5"
+    first, _ = _run(config)
+    # network.init_weights takes an SDXL LoRA for an SDXL base model.
+    again = sdxl_config(tmp_path / "again", steps=1)
+    again.network.init_weights = first.lora_path
+    _run(again)
+    # A grid of the run: the base model and its LoRA, drawn with the SDXL pipeline.
+    spec = spec_from_run(first.run_dir)
+    spec.include_base_row = True
+    grid = make_grid(spec)
+    cells = np.asarray(grid)
+    assert grid.size[0] >= 128 and cells.std() > 0
