@@ -16,6 +16,10 @@ from core.config.params import FieldError, coerce_value, param_specs, range_prob
 from core.config.presets import LoadedPreset, save_preset
 
 
+# Fields that decide the model's family.
+_MODEL_FIELDS = ("model.base_model", "model.family")
+
+
 class Project(QObject):
     loaded = Signal()  # a whole new configuration: rebuild views from it
     changed = Signal(str)  # one field changed, by path ("network.dim", "dataset.subsets[0].num_repeats", "dataset.subsets")
@@ -73,9 +77,33 @@ class Project(QObject):
                 raise FieldError(path, problem)
         if getattr(target, name) == value:
             return
+        family_before = self.model_family() if path in _MODEL_FIELDS else None
         setattr(target, name, value)
         self._set_dirty(True)
         self.changed.emit(path)
+        if family_before is not None:
+            self._follow_family(family_before)
+
+    def model_family(self) -> Any:
+        """The core.models.family.Family the project's model is of, or None when none fits."""
+        from core.models.family import UnsupportedFamily, family_for
+
+        try:
+            return family_for(self.config.model.base_model, self.config.model.family)
+        except UnsupportedFamily:
+            return None
+
+    def _follow_family(self, before: Any) -> None:
+        """A model of another family: sizes still at the old family's defaults take the new
+        family's (an SDXL model trains at 1024, not at SD 1.x's 512)."""
+        from core.models.family import moved_defaults, resolution_defaults
+
+        after = self.model_family()
+        if before is None or after is None or after is before:
+            return
+        current = {path: self.value(path) for path in resolution_defaults(before)}
+        for path, value in moved_defaults(current, before, after).items():
+            self.set_value(path, value)
 
     def apply(self, assignment: str) -> None:
         """``group.field=value`` as the CLI's --set reads it (used by sweeps and tests)."""

@@ -46,3 +46,19 @@ def test_a_snapshot_is_independent_of_later_edits():
     snapshot = project.snapshot()
     project.set_value("network.dim", 64)
     assert snapshot.network.dim == 8
+
+
+def test_a_model_of_another_family_moves_sizes_left_at_the_old_familys_defaults():
+    from core.config.schema import DEMO_MODEL
+    from core.models.sdxl import DEMO_SDXL_MODEL
+
+    project = Project()
+    project.set_value("dataset.max_bucket_reso", 1536)  # chosen: kept
+    project.set_value("model.base_model", DEMO_SDXL_MODEL)
+    data = project.config.dataset
+    assert (tuple(data.resolution), data.min_bucket_reso, data.max_bucket_reso) == ((1024, 1024), 512, 1536)
+    project.set_value("model.base_model", DEMO_MODEL)  # back to SD 1.x's sizes
+    assert (tuple(data.resolution), data.min_bucket_reso) == ((512, 512), 256)
+    project.set_value("dataset.resolution", (768, 768))
+    project.set_value("model.base_model", DEMO_SDXL_MODEL)
+    assert tuple(data.resolution) == (768, 768)

@@ -218,3 +218,24 @@ def _detected_family(spec: str) -> Family | None:
 
 def built_in_models() -> tuple[str, ...]:
     return tuple(name for family in families() for name in family.built_in_models())
+
+
+def resolution_defaults(family: Family) -> dict[str, Any]:
+    """The dataset sizes a family starts from: its square resolution, and buckets from half to
+    twice its side (SD 1.x: 512, 256-1024; SDXL: 1024, 512-2048)."""
+    side = family.default_resolution
+    return {"dataset.resolution": (side, side), "dataset.min_bucket_reso": side // 2,
+            "dataset.max_bucket_reso": side * 2}
+
+
+def moved_defaults(current: Mapping[str, Any], old: Family, new: Family) -> dict[str, Any]:
+    """When a project's model changes family: the sizes still at the old family's defaults,
+    with the new family's values (a size the person chose stays as it is)."""
+    before, after = resolution_defaults(old), resolution_defaults(new)
+    return {path: after[path] for path, value in before.items() if tuple(_as_tuple(current.get(path))) ==
+            tuple(_as_tuple(value)) and after[path] != value}
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
