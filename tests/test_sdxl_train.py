@@ -199,3 +199,47 @@ def test_an_sdxl_lora_continues_training_and_draws_a_grid(tmp_path: Path) -> Non
     grid = make_grid(spec)
     cells = np.asarray(grid)
     assert grid.size[0] >= 128 and cells.std() > 0
+
+
+def test_the_options_users_set_for_sdxl_take_effect(tmp_path: Path) -> None:
+    from core.config.schema import NetworkType, OptimizerType
+
+    config = sdxl_config(tmp_path, steps=2, train_text_encoder=True, type=NetworkType.LOCON, conv_dim=2,
+                         conv_alpha=1.0)
+    config.optimizer.type, config.optimizer.learning_rate = OptimizerType.PRODIGY, 1.0
+    config.training.gradient_checkpointing = True
+    config.training.min_snr_gamma, config.training.noise_offset = 5.0, 0.05
+    config.model.v_parameterization = True
+    result, sink = _run(config)
+    names, metadata = _names(result.lora_path)
+    # LoCon reaches the resnets' 3x3 convolutions, under their original SDXL names.
+    assert any(name.startswith("lora_unet_input_blocks_1_0_in_layers_2") for name in names)
+    assert metadata["modelspec.prediction_type"] == "v" and metadata["ss_gradient_checkpointing"] == "True"
+    last = [event for event in sink.events if isinstance(event, StepMetrics)][-1]
+    assert set(last.dlr) == {"unet", "text_encoder", "text_encoder_2"}  # Prodigy's d * lr per group
+
+
+def test_an_sdxl_run_stopped_and_resumed_continues_the_same_curve(tmp_path: Path) -> None:
+    from core.training.control import Control
+
+    straight, _ = _run(sdxl_config(tmp_path / "straight", steps=4))
+    control = Control()
+    config = sdxl_config(tmp_path / "split", steps=4)
+    sink = ListSink()
+
+    class StopAtTwo(ListSink):
+        def emit(self, event) -> None:  # noqa: ANN001
+            super().emit(event)
+            if isinstance(event, StepMetrics) and event.step == 2:
+                control.request_stop()
+
+    stopped = Trainer(config, StopAtTwo(), control).run()
+    assert isinstance(stopped, Finished) and stopped.reason == "stopped"
+    resumed = Trainer(config, sink, resume_from=Path(stopped.run_dir)).run()
+    assert isinstance(resumed, Finished) and resumed.reason == "completed" and resumed.steps == 4
+
+    def losses(run: Finished) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (Path(run.run_dir) / "metrics.jsonl").read_text().splitlines())
+                if r.get("type") == "step"]
+
+    assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
