@@ -97,9 +97,9 @@ def test_a_tiny_grid_is_made_in_the_background_shown_and_saved(qtbot, dialog, tw
 
 @pytest.mark.slow
 def test_cancel_stops_the_grid_between_images(qtbot, dialog, monkeypatch):
-    import core.training.sampling as sampling
+    from core.models.sd1 import SD1Family
 
-    real_generate = sampling.generate
+    real_generate = SD1Family.generate
     started = threading.Event()
 
     def slow_generate(*args, **kwargs):
@@ -107,7 +107,7 @@ def test_cancel_stops_the_grid_between_images(qtbot, dialog, monkeypatch):
         dialog._job.cancel_event.wait(30) if dialog._job else None
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(sampling, "generate", slow_generate)
+    monkeypatch.setattr(SD1Family, "generate", slow_generate)  # the demo model's family draws the cells
     with qtbot.waitSignal(dialog.grid_done, timeout=TIMEOUT_MS) as done:
         assert dialog.generate()
         qtbot.waitUntil(started.is_set, timeout=TIMEOUT_MS)

@@ -169,16 +169,16 @@ def _cancel_during(qtbot, tab: TrainingTab, tmp_path: Path, gate: Gate, wanted) 
 
 
 def test_cancel_while_the_model_loads_ends_the_run_without_saving(qtbot, training_tab, tmp_path, monkeypatch):
-    import core.models.base_model
+    from core.models.sd1 import SD1Family
 
     gate = Gate()
-    real = core.models.base_model.build_demo_model
+    real = SD1Family.build_demo
 
     def slow_demo_model(*args, **kwargs):
         gate.hold()  # a large checkpoint takes this long to read
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core.models.base_model, "build_demo_model", slow_demo_model)
+    monkeypatch.setattr(SD1Family, "build_demo", slow_demo_model)
     loading = lambda event: isinstance(event, Status) and event.phase == "loading"  # noqa: E731
     result, events = _cancel_during(qtbot, training_tab, tmp_path, gate, loading)
     assert isinstance(result, Finished) and result.reason == "cancelled" and result.lora_path is None

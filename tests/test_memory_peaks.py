@@ -173,7 +173,8 @@ def test_without_the_high_water_mark_rss_peaks_are_sampled_and_say_so(tmp_path):
 def _run_in_fake_cuda(tmp_path, monkeypatch, cuda, training_mb: float, caching_mb: float):
     """A tiny CPU run whose memory is measured on the stubbed CUDA card: loading keeps 500 MB,
     caching a batch spikes ``caching_mb``, each training step ``training_mb``, a sample 200."""
-    from core.training import sampling, setup, step
+    from core.models.sd1 import SD1Family
+    from core.training import setup, step
 
     monkeypatch.setattr(memory, "source_for", lambda device: memory.CudaSource(CUDA))
     real_load, real_encoder, real_step = setup.load_network, setup.vae_encoder, step.train_micro_batch
@@ -204,7 +205,7 @@ def _run_in_fake_cuda(tmp_path, monkeypatch, cuda, training_mb: float, caching_m
         patch.setattr(setup, "load_network", load_network)
         patch.setattr(setup, "vae_encoder", vae_encoder)
         patch.setattr(step, "train_micro_batch", train_micro_batch)
-        patch.setattr(sampling, "generate", generate)
+        patch.setattr(SD1Family, "generate", generate)
         config = tiny_config(tmp_path, steps=2)
         config.sampling.prompts, config.sampling.at_step_0 = "a kiln", True
         sink = ListSink()
