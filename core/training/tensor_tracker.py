@@ -90,7 +90,8 @@ class StorageTracker(TorchDispatchMode):
     def adopt(self, tensors: Iterable[torch.Tensor], category: str) -> None:
         """Count tensors made before tracking (or outside it) under ``category``."""
         for tensor in tensors:
-            self._add(tensor.untyped_storage(), category).category = category
+            if tensor.device.type != "cpu":  # host tensors (AdamW's step counts) use no VRAM
+                self._add(tensor.untyped_storage(), category).category = category
 
     def label(self, tensors: Iterable[torch.Tensor], category: str) -> None:
         """Give tracked tensors their category (one made under the mode keeps its birth)."""

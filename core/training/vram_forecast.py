@@ -227,7 +227,7 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
             tracker.reset_peak()
             with torch.no_grad(), cuda.autocast():
                 text = computer.text([CAPTION] * TEXT_CACHE_BATCH)
-            text = _first_rows(text, batch_size)  # the conditioning kept per caption, not on the GPU
+            text = _first_row(text)  # the conditioning is kept per caption, on the host
             caching = max(caching, tracker.peak)
             tracker.release(encoders)
             computer.text_cache = _MetaTextCache(text)
@@ -313,7 +313,7 @@ def _batch(config: TrainConfig, components: ModelComponents, size: int, width: i
                  size_conditioning=conditioning)
 
 
-def _first_rows(text: Any, size: int) -> Any:
+def _first_row(text: Any) -> Any:
     from core.models.family import TextConditioning
 
     pooled = None if text.pooled is None else text.pooled[:1]
