@@ -54,5 +54,12 @@ def run(args: argparse.Namespace) -> int:
         save_preset(loaded.config, args.output, description=loaded.description)
         print(f"saved {args.output}")
     n_errors = sum(p.severity == ERROR for p in problems)
+    if not n_errors:
+        from core.training.vram_forecast import forecast_vram
+
+        try:
+            print("\n".join(forecast_vram(loaded.config).lines()))
+        except Exception as err:  # noqa: BLE001 - the check's verdict stands without a forecast
+            print(f"VRAM forecast: cannot forecast ({err})")
     print("OK" if not n_errors else f"{n_errors} error(s): training would not start")
     return 1 if n_errors else 0

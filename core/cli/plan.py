@@ -115,10 +115,27 @@ def run(args: argparse.Namespace) -> int:
     except (PresetError, DatasetError, BucketError) as err:
         print(f"lorakiln plan: {err}", file=sys.stderr)
         return 2
+    vram, vram_problem = forecast_for_plan(config, plan)
     if args.json:
-        json.dump(plan_to_json(plan), sys.stdout, ensure_ascii=False)
+        data = plan_to_json(plan)
+        data["vram"] = vram.to_json() if vram is not None else {"error": vram_problem}
+        json.dump(data, sys.stdout, ensure_ascii=False)
         print()
     else:
         title = args.dataset_dir or args.preset
         print(format_plan(plan, title=f"plan for {title}"))
+        print("\n".join(vram.lines()) if vram is not None else f"VRAM forecast: {vram_problem}")
     return 0
+
+
+def forecast_for_plan(config: TrainConfig, plan) -> tuple:  # noqa: ANN001 - DatasetPlan; (VramForecast | None, str)
+    """The VRAM forecast at the plan's largest bucket (the resolution when it has none), or
+    None and the reason it cannot be made (the run itself would say the same)."""
+    from core.training.vram_forecast import forecast_vram, largest_bucket
+
+    bucket = largest_bucket(list(plan.buckets), tuple(config.dataset.resolution))
+    subsets = [s.params for s in plan.subsets] or None
+    try:
+        return forecast_vram(config, bucket=bucket, subsets=subsets), ""
+    except Exception as err:  # noqa: BLE001 - the plan stays useful without a forecast
+        return None, f"cannot forecast ({err})"

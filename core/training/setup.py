@@ -97,15 +97,25 @@ def run_family(config: TrainConfig) -> Family:
 
 def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
                  cancelled: Callable[[], bool], status: Callable[[str], None]) -> Network:
-    from core.kohya.lora_format import describe_lora, ensure_family, load_kohya_into, read_kohya_file
     from core.models.base_model import load_base_model
-    from core.models.lora import attach_lora
 
     family = run_family(config)
     components = load_base_model(config.model.base_model, family=config.model.family, vae=config.model.vae,
                                  v_parameterization=config.model.v_parameterization,
                                  cancelled=cancelled, status=status)
     status("attaching LoRA…")
+    return prepare_network(config, family, components, device, weight_dtype,
+                           placement.vae_dtype(config, family, weight_dtype, device))
+
+
+def prepare_network(config: TrainConfig, family: Family, components: ModelComponents, device: torch.device,
+                    weight_dtype: torch.dtype, vae_dtype: torch.dtype) -> Network:
+    """LoRA attached to loaded ``components`` (and its init_weights read), the attention kernel
+    and checkpointing set, and every module moved to ``device`` in its training dtype. The VRAM
+    forecast (core.training.vram_forecast) calls it with weightless modules on the meta device."""
+    from core.kohya.lora_format import describe_lora, ensure_family, load_kohya_into, read_kohya_file
+    from core.models.lora import attach_lora
+
     handles = attach_lora(components, family, config.network)
     if config.network.init_weights:
         state, metadata = read_kohya_file(config.network.init_weights)
@@ -135,7 +145,7 @@ def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.
                 buffer.data = buffer.data.to(device, weight_dtype)
             else:
                 buffer.data = buffer.data.to(device)
-    components.vae.to(device, placement.vae_dtype(config, family, weight_dtype, device))
+    components.vae.to(device, vae_dtype)
     components.vae.requires_grad_(False)
     components.vae.eval()
     trained = {name: denoisers[name] for name in handles.targets}
