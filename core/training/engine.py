@@ -174,10 +174,17 @@ class Trainer:
         if resumed is None:
             self._open_run_dir(note)
         control.raise_if_cancelled()
+        # On one GPU the U-Net waits on the CPU until latents and captions are cached, so the
+        # VAE and text encoders have the card to themselves (an SDXL U-Net is 5 GB in bf16).
+        # Several processes keep the usual order: DDP wraps a model on its device.
+        defer_unet = self.device.type == "cuda" and self.accelerator.num_processes == 1
         self.network = setup.load_network(config, self.device, self.weight_dtype, control.should_end,
-                                          lambda text: self._status(text, "loading"))
+                                          lambda text: self._status(text, "loading"),
+                                          unet_device=placement.CPU if defer_unet else None)
         self.optimizer, self.lr_scheduler = setup.make_optimizer_and_schedule(config, self.network, total)
-        prepared = self.accelerator.prepare(*self.network.trained.values(), self.optimizer)
+        placements = [not (defer_unet and name == "unet") for name in self.network.trained]
+        prepared = self.accelerator.prepare(*self.network.trained.values(), self.optimizer,
+                                            device_placement=placements + [True])
         self.optimizer = prepared[-1]
         self.trained_models = list(prepared[:-1])
         self.generator = torch.Generator().manual_seed(config.training.seed)
@@ -200,6 +207,8 @@ class Trainer:
         self.computer = StepComputer(config, self.network.family, self.network.components, self.device, self.generator,
                                      self.accelerator.autocast, dict(zip(self.network.trained, self.trained_models)))
         self._cache_text_states()
+        if defer_unet:
+            setup.place_unet(self.network, self.device, self.optimizer)
 
     def _cache_text_states(self) -> None:
         """Each distinct caption encoded once, and the text encoder off the GPU, when it is not

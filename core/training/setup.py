@@ -96,7 +96,8 @@ def run_family(config: TrainConfig) -> Family:
 
 
 def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
-                 cancelled: Callable[[], bool], status: Callable[[str], None]) -> Network:
+                 cancelled: Callable[[], bool], status: Callable[[str], None],
+                 unet_device: torch.device | None = None) -> Network:
     from core.models.base_model import load_base_model
 
     family = run_family(config)
@@ -105,14 +106,18 @@ def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.
                                  cancelled=cancelled, status=status)
     status("attaching LoRA…")
     return prepare_network(config, family, components, device, weight_dtype,
-                           placement.vae_dtype(config, family, weight_dtype, device))
+                           placement.vae_dtype(config, family, weight_dtype, device), unet_device)
 
 
 def prepare_network(config: TrainConfig, family: Family, components: ModelComponents, device: torch.device,
-                    weight_dtype: torch.dtype, vae_dtype: torch.dtype) -> Network:
+                    weight_dtype: torch.dtype, vae_dtype: torch.dtype,
+                    unet_device: torch.device | None = None) -> Network:
     """LoRA attached to loaded ``components`` (and its init_weights read), the attention kernel
-    and checkpointing set, and every module moved to ``device`` in its training dtype. The VRAM
-    forecast (core.training.vram_forecast) calls it with weightless modules on the meta device."""
+    and checkpointing set, and every module moved to ``device`` in its training dtype -- the
+    U-Net to ``unet_device`` when given: the engine keeps it on the CPU while latents and
+    captions are cached, so the VAE and text encoders never share the GPU with it (see
+    place_unet). The VRAM forecast (core.training.vram_forecast) calls it with weightless
+    modules on the meta device."""
     from core.kohya.lora_format import describe_lora, ensure_family, load_kohya_into, read_kohya_file
     from core.models.lora import attach_lora
 
@@ -137,14 +142,15 @@ def prepare_network(config: TrainConfig, family: Family, components: ModelCompon
     # Frozen weights in the training precision, LoRA weights in fp32 (autocast mixes them);
     # the VAE in placement.vae_dtype (half on a GPU, as sd-scripts; fp32 by no_half_vae).
     denoisers = components.denoisers()
-    for module in denoisers.values():
+    for name, module in denoisers.items():
+        home = unet_device if name == "unet" and unet_device is not None else device
         for param in module.parameters():
-            param.data = param.data.to(device, torch.float32 if param.requires_grad else weight_dtype)
+            param.data = param.data.to(home, torch.float32 if param.requires_grad else weight_dtype)
         for buffer_name, buffer in list(module.named_buffers()):
             if buffer.is_floating_point():
-                buffer.data = buffer.data.to(device, weight_dtype)
+                buffer.data = buffer.data.to(home, weight_dtype)
             else:
-                buffer.data = buffer.data.to(device)
+                buffer.data = buffer.data.to(home)
     components.vae.to(device, vae_dtype)
     components.vae.requires_grad_(False)
     components.vae.eval()
@@ -152,6 +158,18 @@ def prepare_network(config: TrainConfig, family: Family, components: ModelCompon
     for name, module in denoisers.items():
         module.train(name in trained)
     return Network(family, components, handles, trained)
+
+
+def place_unet(network: Network, device: torch.device, optimizer: torch.optim.Optimizer) -> None:
+    """The U-Net (with its LoRA) onto ``device`` once caching is done. Its parameters stay the
+    same objects, so the optimizer keeps them; optimizer state loaded while they were on the
+    CPU (a resume) is loaded again, which puts it where each optimizer keeps it."""
+    unet = network.components.unet
+    if placement.module_device(unet) == device:
+        return
+    unet.to(device)
+    if optimizer.state_dict()["state"]:
+        optimizer.load_state_dict(optimizer.state_dict())
 
 
 def param_groups(config: TrainConfig, network: Network) -> list[ParamGroup]:

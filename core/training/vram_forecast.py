@@ -8,7 +8,7 @@ setup.make_optimizer_and_schedule, and then, in the engine's order, under a
 :class:`~core.training.tensor_tracker.StorageTracker`:
 
 1. caching: the VAE encodes one batch (dataset.vae_batch_size) at the largest bucket while
-   every module is on the GPU, then leaves it (latents cached); the text encoders encode 16
+   the U-Net waits on the CPU (as the engine does on one GPU), then leaves it (latents cached); the text encoders encode 16
    captions (text_cache.TextStateCache.fill's batch) and leave it when their outputs can be
    cached (placement.can_cache_text_states);
 2. training: StepComputer.loss on a batch of the largest bucket, backward, gradient clipping,
@@ -76,7 +76,7 @@ class VramForecast:
     activations: int  # saved for backward and temporaries, inputs included
     resident_modules: int  # VAE / text encoders kept on the GPU while training (not cached)
     training_peak: int  # the sum of the six above
-    caching_peak: int  # latent and text-encoder caching, every module still on the GPU
+    caching_peak: int  # latent and text-encoder caching (the U-Net still on the CPU)
     sampling_peak: int | None  # None when the config draws no samples
     peak: int  # the largest of the phases: "tensors"
     driver: int  # as nvidia-smi will show it: peak + CUDA context + allocator slack
@@ -198,8 +198,13 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
     lora = network.handles.params(tuple(network.handles.targets))
     lora_ids = {id(p) for p in lora}
     trained_names = set(network.trained)
-    frozen = [t for name, module in components.denoisers().items() if name in trained_names
+    frozen = [t for name, module in components.denoisers().items() if name in trained_names | {"unet"}
               for t in _tensors(module) if id(t) not in lora_ids]
+    # The U-Net and its LoRA reach the GPU once caching is done (the engine keeps it on the CPU
+    # until then on one GPU); a trained text encoder is there from the start.
+    unet = {id(t) for t in _tensors(components.unet)}
+    unet_frozen, unet_lora = [t for t in frozen if id(t) in unet], [p for p in lora if id(p) in unet]
+    frozen = [t for t in frozen if id(t) not in unet]
     encoders = [t for name, module in components.text_encoders.items() if name not in trained_names
                 for t in _tensors(module)]
     vae = list(_tensors(components.vae))
@@ -209,9 +214,9 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
 
     with StorageTracker() as tracker, cuda:
         tracker.adopt(frozen, FROZEN)
-        tracker.adopt(lora, TRAINED)
+        tracker.adopt([p for p in lora if id(p) not in unet], TRAINED)
         tracker.adopt(encoders + vae, RESIDENT)
-        # 1. caching, with every module on the GPU (setup loads them all there first)
+        # 1. caching: the VAE and the text encoders on the GPU, the U-Net still on the CPU
         tracker.reset_peak()
         caching = 0
         if latents_cached:
@@ -231,7 +236,9 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
             caching = max(caching, tracker.peak)
             tracker.release(encoders)
             computer.text_cache = _MetaTextCache(text)
-        # 2. training: the optimizer's state as it is after the first step, then one step
+        # 2. training: the U-Net joins; the optimizer's state as after the first step; one step
+        tracker.adopt(unet_frozen, FROZEN)
+        tracker.adopt(unet_lora, TRAINED)
         _initialise_state(optimizer, lora)
         tracker.label(_state_tensors(optimizer), OPTIMIZER)
         tracker.reset_peak()
