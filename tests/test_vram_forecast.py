@@ -202,3 +202,15 @@ def test_plan_json_carries_the_forecast_and_plan_and_check_print_it(capsys):
     assert "VRAM forecast" in capsys.readouterr().out
     assert main(["check", "demo", "--no-paths"]) == 0
     assert "as the driver will show it" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("optimizer, copies", [("Prodigy", 4), ("DAdaptAdam", 3)])
+def test_prodigy_and_dadapt_are_forecast_with_their_state(optimizer, copies):
+    """Their step reads values (p.any(), .item()), which the meta device cannot give: their
+    first step's state is learnt on CPU copies and counted: Prodigy's s, p0, exp_avg and
+    exp_avg_sq (slice_p 1), DAdaptAdam's s, exp_avg and exp_avg_sq, each the size of the weight."""
+    config = TrainConfig()
+    config.model.base_model = DEMO_MODEL
+    config.optimizer.type, config.optimizer.learning_rate = OptimizerType(optimizer), 1.0
+    forecast = forecast_vram(config)
+    assert forecast.optimizer_state == pytest.approx(copies * forecast.trained_weights, rel=0.02)

@@ -288,8 +288,45 @@ def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 def _initialise_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
     for param in params:
         param.grad = torch.zeros_like(param)
-    optimizer.step()
+    if not _step(optimizer):
+        _state_from_a_cpu_step(optimizer)
     optimizer.zero_grad(set_to_none=True)
+
+
+def _step(optimizer: torch.optim.Optimizer) -> bool:
+    """One optimizer step on the meta device; False for an optimizer that reads values in its
+    step (Prodigy and D-Adaptation test ``p.any()`` / call ``.item()``), which cannot run there.
+    Such a step's state is counted (see _state_from_a_cpu_step), its temporaries are not."""
+    try:
+        optimizer.step()
+    except RuntimeError as error:
+        if "meta" not in str(error):
+            raise
+        return False
+    return True
+
+
+def _state_from_a_cpu_step(optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer's state as its first step makes it, learnt from the same optimizer class
+    and groups stepping zero-filled CPU copies of the parameters, then laid out on the meta
+    device: each state tensor (but 0-dim counters) becomes a meta tensor of its shape and dtype
+    (Prodigy keeps s and p0 for every slice_p-th element of each weight)."""
+    # Ones, not zeros: Prodigy keeps its p0 copy only of weights that are not all zero, and
+    # the meta device cannot say which are (LoRA's up weights start at zero); counting p0 for
+    # every weight over-states its state by at most the up weights' size, never under-states it.
+    groups = [{**group, "params": [torch.ones(p.shape, dtype=p.dtype) for p in group["params"]]}
+              for group in optimizer.param_groups]
+    twin = type(optimizer)(groups)
+    for group in twin.param_groups:
+        for copy in group["params"]:
+            copy.grad = torch.zeros_like(copy)
+    twin.step()
+    for group, twin_group in zip(optimizer.param_groups, twin.param_groups):
+        for param, copy in zip(group["params"], twin_group["params"]):
+            optimizer.state[param] = {
+                key: torch.empty(value.shape, dtype=value.dtype, device=META)
+                if torch.is_tensor(value) and value.dim() > 0 else value
+                for key, value in twin.state[copy].items()}
 
 
 def _train_step(config: TrainConfig, computer: Any, optimizer: torch.optim.Optimizer,
@@ -302,7 +339,7 @@ def _train_step(config: TrainConfig, computer: Any, optimizer: torch.optim.Optim
     tracker.label([p.grad for p in params if p.grad is not None], GRADIENTS)
     if config.training.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, config.training.max_grad_norm)
-    optimizer.step()
+    _step(optimizer)
     tracker.label(_state_tensors(optimizer), OPTIMIZER)
     optimizer.zero_grad(set_to_none=True)
 

@@ -44,10 +44,9 @@ def train_sweep(runs: Path) -> None:
     base = sdxl_demo_config()
     base.output.output_dir, base.output.output_name = str(runs), "sdxl"
     base.training.max_train_steps = 8
-    base.sampling.prompts = ""
+    base.sampling.prompts, base.sampling.every_n_epochs, base.sampling.every_n_steps = "", 0, 0
+    base.dataset.min_bucket_reso, base.dataset.max_bucket_reso = 384, 2560
     for label, config in sweep_configs(base, SweepSpec(FIELD, VALUES)):
-        side = config.dataset.resolution[0]
-        config.dataset.min_bucket_reso, config.dataset.max_bucket_reso = side // 2, side * 2
         result = Trainer(config, ListSink()).run()
         print(label, getattr(result, "reason", result), getattr(result, "summary", ""))
 
