@@ -135,7 +135,8 @@ def test_kohya_ss_sdxl_switches_are_ignored_when_sdxl_is_off(tmp_path):
     result = import_kohya([path])
     reasons = {i.key: i.reason for i in result.ignored}
     assert reasons["sdxl_no_half_vae"] == reasons["sdxl_cache_text_encoder_outputs"] == "only used for SDXL models"
-    assert result.config.model.family is ModelFamily.SD1 and not result.config.model.no_half_vae
+    # sdxl off leaves the family to be read from the model file (auto)
+    assert result.config.model.family is ModelFamily.AUTO and not result.config.model.no_half_vae
 
 
 def test_learning_rate_te1_and_te2_give_each_encoder_its_rate(tmp_path):

@@ -22,7 +22,7 @@ DADAPT_ADAM = dict(learning_rate="lr", weight_decay="weight_decay", betas="betas
                    decouple="decouple", d_coef=None, safeguard_warmup=None)  # DAdaptAdam takes neither
 WHERE = {OptimizerType.PRODIGY: PRODIGY, OptimizerType.DADAPT_ADAM: DADAPT_ADAM}
 # Fields of OptimizerParams that are not an optimizer argument of their own.
-NOT_ARGUMENTS = {"type", "unet_lr", "text_encoder_lr", "extra_args"}
+NOT_ARGUMENTS = {"type", "unet_lr", "text_encoder_lr", "text_encoder_2_lr", "extra_args"}
 
 
 def _optimizer(kind: OptimizerType, **changes) -> torch.optim.Optimizer:

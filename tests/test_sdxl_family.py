@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.config.prompts import SamplePrompt
-from core.config.schema import DEMO_MODEL, ModelFamily, Sampler
+from core.config.schema import DEMO_MODEL, ModelFamily, Sampler, TrainConfig
 from core.models.base_model import ModelLoadError, load_base_model
 from core.models.checkpoint_files import folder_kind, model_kind
 from core.models.components import ModelComponents
@@ -78,7 +78,7 @@ def test_sdxl_is_a_built_in_family_with_its_constants() -> None:
     assert (family.default_resolution, family.bucket_step, family.vae_fp16_unsafe) == (1024, 32, True)
     assert family_for(DEMO_SDXL_MODEL, "auto") is family and family_for(DEMO_SDXL_MODEL, "sdxl") is family
     assert family_for(DEMO_MODEL, "auto") is family_named("sd1")
-    assert ModelFamily("auto") is ModelFamily.AUTO and tiny_config(Path("."), 1).model.family is ModelFamily.AUTO
+    assert ModelFamily("auto") is ModelFamily.AUTO and TrainConfig().model.family is ModelFamily.AUTO
 
 
 def test_the_tiny_sdxl_is_deterministic_per_seed_and_leaves_the_callers_rng_alone(demo) -> None:  # noqa: ANN001
