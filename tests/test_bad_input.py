@@ -97,7 +97,8 @@ def test_a_missing_model_and_an_sdxl_folder_under_sd1_are_named(tmp_path):
     config = _config(tmp_path)
     config.model.base_model = str(tmp_path / "gone.safetensors")
     assert [p.message for p in _problems(config, "model.base_model")] == [
-        f"'{tmp_path / 'gone.safetensors'}' does not exist; choose an SD 1.x checkpoint file or diffusers folder"]
+        f"'{tmp_path / 'gone.safetensors'}' does not exist; choose a checkpoint file or diffusers folder of a model LoRA Kiln "
+        "trains (SD 1.x or SDXL)"]
     folder = tmp_path / "sdxl-base"
     (folder / "unet").mkdir(parents=True)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}), "utf-8")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from pathlib import Path
+
     import torch
     from PIL import Image
     from torch import nn
@@ -101,6 +103,14 @@ class Family(Protocol):
              cancelled: Cancelled = None, status: Status = None) -> ModelComponents:
         """The components of ``spec`` (a file, a folder or a built-in name), offline, in float32
         on the CPU and in eval mode. Raises core.models.checkpoint_files.ModelLoadError."""
+        ...
+
+    def build_demo(self, seed: int = 0, *, v_parameterization: bool = False) -> ModelComponents:
+        """The family's tiny built-in model, deterministic from ``seed``."""
+        ...
+
+    def config_dir(self) -> Path:
+        """The family's shipped weightless configs (a diffusers folder without weights)."""
         ...
 
     def check_model_file(self, spec: str) -> None:

@@ -87,6 +87,11 @@ class SD1Family:
         unet, vae, text_encoder, tokenizer = demo.build_demo_modules(seed)
         return self._components(unet, vae, text_encoder, tokenizer, v_parameterization, "demo model", True)
 
+    def config_dir(self) -> Path:
+        from core.models.sd15_files import sd15_config_dir
+
+        return sd15_config_dir()
+
     def check_model_file(self, spec: str) -> None:
         from core.models.loaders import check_base_model
 

@@ -103,6 +103,11 @@ class SDXLFamily:
         return self._components(build_demo_sdxl_modules(seed), load_tokenizers(), v_parameterization,
                                 "SDXL demo model", True)
 
+    def config_dir(self) -> Path:
+        from core.models.sdxl_files import sdxl_config_dir
+
+        return sdxl_config_dir()
+
     def check_model_file(self, spec: str) -> None:
         from core.models.sdxl_loaders import check_sdxl_model
 

@@ -75,8 +75,9 @@ def _check_paths(config: TrainConfig, total_steps: int | None) -> list[Problem]:
     elif not any(family.claims(model) for family in families()):
         path = _existing(model)
         if not path.exists():
-            found.append(Problem("model.base_model", f"'{model}' does not exist; choose an SD 1.x "
-                                                     "checkpoint file or diffusers folder"))
+            kinds = " or ".join(family.label for family in families())
+            found.append(Problem("model.base_model", f"'{model}' does not exist; choose a checkpoint file or "
+                                                     f"diffusers folder of a model LoRA Kiln trains ({kinds})"))
         else:
             message = _base_model_problem(str(path.resolve()), *_stamp(path), config.model.family)
             if message:

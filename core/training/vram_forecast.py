@@ -61,10 +61,6 @@ ATTENTION_NOTE = {Attention.SDPA: "attention counted as CUDA's flash / memory-ef
                   Attention.EAGER: "attention counted as eager attention (the N x N matrices stored)"}
 
 
-class ForecastError(ValueError):
-    """The forecast cannot be made for this config; the message names the field."""
-
-
 @dataclass(frozen=True)
 class VramForecast:
     """Bytes on the GPU. The training figures are what is live at the training step's peak."""
@@ -115,22 +111,13 @@ def driver_bytes(tensor_peak: int) -> int:
 
 
 # ---------------------------------------------------------------------------- the model, weightless
-SHIPPED_CONFIGS = {"sd1": "core.models.sd15_files:sd15_config_dir", "sdxl": "core.models.sdxl_files:sdxl_config_dir"}
-
-
 def config_dir_for(config: TrainConfig, family: Family) -> Path:
     """A diffusers folder's own configs, else the family's shipped ones (fine-tunes of a family
     share its architecture)."""
-    import importlib
-
     spec = Path(config.model.base_model.strip()).expanduser()
     if spec.is_dir() and (spec / "model_index.json").is_file() and (spec / "unet" / "config.json").is_file():
         return spec
-    where = SHIPPED_CONFIGS.get(family.name)
-    if where is None:
-        raise ForecastError(f"model.family: no weightless configs for the {family.label} family to forecast from")
-    module, function = where.split(":")
-    return getattr(importlib.import_module(module), function)()
+    return family.config_dir()
 
 
 def meta_components(config: TrainConfig, family: Family) -> ModelComponents:
@@ -143,7 +130,7 @@ def meta_components(config: TrainConfig, family: Family) -> ModelComponents:
     v_param = config.model.v_parameterization
     if family.claims(config.model.base_model):
         with torch.device(META):
-            return family.build_demo(0, v_parameterization=v_param)  # type: ignore[attr-defined]
+            return family.build_demo(0, v_parameterization=v_param)
     root = config_dir_for(config, family)
     index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
     with torch.device(META):
