@@ -18,7 +18,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QLabel, QLineEdit, QWidget
 
-from core.config.schema import GROUP_TITLES, GROUPS, Duration, Scheduler, SubsetParams
+from core.config.schema import GROUP_TITLES, GROUPS, Duration, NetworkType, Scheduler, SubsetParams
 from core.config.params import FieldError, ParamSpec, param_specs, spec_for
 from core.training.validation import ERROR, WARNING, Problem
 from gui import theme
@@ -38,6 +38,12 @@ ENABLED_WHEN: dict[str, tuple[str, tuple[Any, ...]]] = {
     "dataset.max_bucket_reso": ("dataset.enable_bucket", (True,)),
     "dataset.bucket_reso_steps": ("dataset.enable_bucket", (True,)),
     "dataset.bucket_no_upscale": ("dataset.enable_bucket", (True,)),
+    "network.conv_dim": ("network.type", (NetworkType.LOCON,)),
+    "network.conv_alpha": ("network.type", (NetworkType.LOCON,)),
+    "network.train_text_encoder_1": ("network.train_text_encoder", (True,)),
+    "network.train_text_encoder_2": ("network.train_text_encoder", (True,)),
+    "optimizer.text_encoder_lr": ("network.train_text_encoder", (True,)),
+    "optimizer.text_encoder_2_lr": ("network.train_text_encoder", (True,)),
 }
 
 MARK_COLORS = {ERROR: theme.ERROR, WARNING: theme.WARNING}

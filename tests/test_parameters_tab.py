@@ -281,3 +281,28 @@ def test_fields_of_another_model_family_show_only_for_that_family(tab, project):
     tab.validate_now()  # family "auto" finds SDXL from the model
     assert tab.model_family() == "sdxl" and all(editor.isVisible() for editor in sdxl_only)
     assert tab.editor("model.clip_skip").isVisible()
+
+
+def test_the_text_encoder_choices_are_used_only_while_text_encoders_train(tab, project):
+    from core.models.sdxl import DEMO_SDXL_MODEL
+
+    project.set_value("model.base_model", DEMO_SDXL_MODEL)
+    tab.advanced.setChecked(True)
+    tab.validate_now()
+    dependents = [tab.editor(p) for p in ("network.train_text_encoder_2", "optimizer.text_encoder_2_lr",
+                                          "optimizer.text_encoder_lr")]
+    project.set_value("network.train_text_encoder", False)
+    assert not any(editor.isEnabled() for editor in dependents)
+    assert "Not used" in tab.editor("network.train_text_encoder_2").toolTip()
+    project.set_value("network.train_text_encoder", True)
+    assert all(editor.isEnabled() for editor in dependents)
+
+
+def test_conv_dim_and_alpha_are_used_only_by_locon(tab, project):
+    tab.advanced.setChecked(True)
+    conv = [tab.editor("network.conv_dim"), tab.editor("network.conv_alpha")]
+    project.set_value("network.type", "LoRA")
+    assert not any(editor.isEnabled() for editor in conv)
+    project.set_value("network.type", "LoCon")
+    assert all(editor.isEnabled() for editor in conv)
+
