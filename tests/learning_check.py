@@ -3,7 +3,7 @@
 The pieces of the learning test (tests/test_learning.py), written for any model family:
 
 1. A tiny base model that knows a few things: the family's toy model, given a VAE whose
-   latents carry the picture (see :func:`settle_vae`), then fully fine-tuned (U-Net) for a
+   latents carry the picture (see :func:`settle_vae`), then fully fine-tuned (U-Net and text encoders) for a
    few hundred steps on synthetic pictures of a few captioned classes ("red circle", ...),
    through the family's own ``encode_text`` and ``unet_inputs``, so that its U-Net listens
    to the text. It is saved as a diffusers folder that the family's loader reads.
