@@ -6,15 +6,14 @@ background colour and its shape, so the caption decides most latents), then both
 teach it "zxq star" with the same pictures, captions, regularisation pictures of the known
 classes, steps, batch, learning rate and schedule, optimizer, rank and modules, text
 encoder included (tests/learning_check.py). The held-out denoising loss on new star pictures
-is measured by diffusers alone, LoRA Kiln's file loaded with ``load_lora_weights``, at
-timesteps 500-950: where the text decides most of what the model can know of the picture
-(below, the noisy latents themselves show it), so where a trigger word can matter.
+is measured by diffusers alone, LoRA Kiln's file loaded with ``load_lora_weights``.
 
 Why regularisation pictures: without them, both trainers' LoRAs learnt "star on purple" for
-every caption (the held-out gain with "blue square" was 0.7-1x that with "zxq star", and
-each class's own loss rose 20-37%): with one concept and no counter-examples nothing asks a
-LoRA to leave other captions alone, in this tiny model as in SD. Kohya's prior
-preservation is what asks it; it also makes the check exercise LoRA Kiln's reg-image path.
+every caption (the held-out gain with "blue square" was as large as with "zxq star": 0.99x,
+and 0.66-0.95x in earlier settings; each class's own loss rose 19-37%), though the base
+listens to its captions: with one concept and no counter-examples nothing asks a LoRA to
+leave other captions alone, in this tiny model as in SD. Kohya's prior preservation is what
+asks it; it also makes the check exercise LoRA Kiln's regularisation path.
 
 Each model family is one parametrisation: add its learning_check.LearningModel to MODELS.
 Margins (see the report of issue 15, item 6, for the measured values on SD 1.x):
@@ -85,7 +84,8 @@ def outcome(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     def loss(pipe: object, caption: str) -> float:
         return lc.denoising_loss(model, pipe, latents, caption)
 
-    return Outcome(caption_effect=lc.caption_effect(model, base), base=loss(base, lc.CONCEPT), kiln=loss(kiln, lc.CONCEPT), reference=loss(reference, lc.CONCEPT),
+    return Outcome(caption_effect=lc.caption_effect(model, base),
+                   base=loss(base, lc.CONCEPT), kiln=loss(kiln, lc.CONCEPT), reference=loss(reference, lc.CONCEPT),
                    base_wrong=loss(base, WRONG_TRIGGER), kiln_wrong=loss(kiln, WRONG_TRIGGER),
                    kiln_modules=kiln_modules, reference_modules=reference_modules)
 
