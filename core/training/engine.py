@@ -25,7 +25,7 @@ import torch
 from core.config.schema import LatentCache as CacheMode, TrainConfig
 from core.data.dataset_plan import DatasetPlan
 from core.data.plan import plan_dataset, plan_to_json
-from core.training import placement, resume, setup
+from core.training import placement, resume, run_forecast, setup
 from core.training.active_run_folder import ActiveRunFolder, RunFolderLost
 from core.training.checkpoint import TrainingState, restore_rng, tidy_for_resume
 from core.training.checkpointer import Checkpointer
@@ -163,6 +163,9 @@ class Trainer:
         problems = errors(validate(config, total_steps=total))
         if problems:
             raise ConfigProblems(problems)
+        if self.is_main and run_forecast.wanted(self.device):  # before the model loads: seconds, no GPU memory
+            self._status("forecasting the VRAM this run needs…", "loading")
+            self.run_summary.vram_forecast = run_forecast.forecast_run(config, self.plan, precision)
         # A resume writes nothing to its folder until the saved state has been read, checked
         # against the plan and loaded into the model: a refused resume leaves the run as it was.
         resumed = None

@@ -250,6 +250,10 @@ class RunSummary:
     peak_reserved_mb: float | None = None
     peak_by_phase: dict[str, dict[str, float]] | None = None
     memory_method: str | None = None
+    # The VRAM forecast made when the run started on a CUDA device (core.training.run_forecast):
+    # {"peak", "driver", "training_peak" (bytes), "bucket" [w, h], "batch_size"}, or {"error": text}.
+    # None on a CPU run (nothing to forecast: its memory is RAM) and in older runs.
+    vram_forecast: dict[str, Any] | None = None
 
     # The process training the run (core.system.processes.this_process), so that a run whose process
     # was killed is not shown as running for ever.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from core.config.schema import TrainConfig
 from core.data.batching import StepPlan
@@ -20,6 +21,7 @@ log = logging.getLogger("lorakiln.run")
 class SummaryKeeper:
     def __init__(self) -> None:
         self.summary: RunSummary | None = None  # None until the run folder is opened
+        self.vram_forecast: dict[str, Any] | None = None  # core.training.run_forecast's, when made
 
     def start(self, run_dir: Path, config: TrainConfig, steps: StepPlan, started_at: float,
               memory: PhasePeaks) -> None:
@@ -27,7 +29,7 @@ class SummaryKeeper:
                                   total_steps=steps.max_train_steps, total_epochs=steps.epochs,
                                   started_at=started_at,
                                   memory_kind=memory.kind, memory_method=memory.method,
-                                  runner=this_process())
+                                  runner=this_process(), vram_forecast=self.vram_forecast)
         self.summary.write(run_dir)
 
     def write_again(self, run_dir: Path) -> None:
