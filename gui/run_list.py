@@ -23,7 +23,8 @@ from gui import theme
 log = logging.getLogger("lorakiln.gui")
 
 COLUMNS = ["name", "date", "status", "steps", "epochs", "wall time", "training peak", "peak memory",
-           "final loss", "last-epoch loss", "problem"]
+           "VRAM forecast", "final loss", "last-epoch loss", "problem"]
+FORECAST_COLUMN, PROBLEM_COLUMN = COLUMNS.index("VRAM forecast"), COLUMNS.index("problem")
 PATH_ROLE = Qt.ItemDataRole.UserRole
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 STATUS_COLOURS = {"failed": theme.ERROR, "cancelled": theme.WARNING, "incomplete": theme.WARNING,
@@ -128,8 +129,35 @@ def row_cells(record: Any) -> list[tuple[str, object]]:
     problem = record.problem or (f"failed: {record.error}" if record.error else "")
     wall = (format_duration(record.wall_seconds), record.wall_seconds) if record.wall_seconds else ("–", None)
     return [(record.name, record.name.lower()), (date, when), (record.status, record.status),
-            (steps, record.steps), (epochs, record.epochs), wall, training_cell, memory,
+            (steps, record.steps), (epochs, record.epochs), wall, training_cell, memory, forecast_cell(record),
             _number(record.final_loss), _number(record.last_epoch_loss), (problem, problem)]
+
+
+def forecast_cell(record: Any) -> tuple[str, object]:
+    """The VRAM forecast the run recorded when it started, and measured / forecast beside it."""
+    from core.studies.run_index import forecast_ratio
+
+    forecast = getattr(record, "forecast_mb", None)
+    if forecast:
+        ratio = forecast_ratio(record)
+        return f"{forecast:.0f} MB" + (f" (measured {ratio:.2f}×)" if ratio is not None else ""), forecast
+    if getattr(record, "forecast_error", None):
+        return "could not be made", None
+    # A CPU run forecasts nothing: its measured peak is the process's RAM, not a GPU's memory.
+    return ("– (CPU run)", None) if record.memory_kind == "rss" else ("–", None)
+
+
+def forecast_tip(record: Any) -> str:
+    if getattr(record, "forecast_error", None):
+        return f"The VRAM forecast could not be made when this run started:\n{record.forecast_error}"
+    if getattr(record, "forecast_mb", None):
+        driver = getattr(record, "forecast_driver_mb", None)
+        shown = f"; about {driver:.0f} MB as the driver (nvidia-smi) shows it" if driver else ""
+        return (f"Forecast when the run started: {record.forecast_mb:.0f} MB of tensors at the peak{shown}. "
+                "Measured / forecast compares it with the run's measured peak (VRAM allocated).")
+    if record.memory_kind == "rss":
+        return "A CPU run: its peak is the process's RAM, and no GPU forecast is made for it."
+    return "This run recorded no VRAM forecast (it ran before LoRA Kiln made them)."
 
 
 class RunList(QWidget):
@@ -221,10 +249,12 @@ class RunList(QWidget):
                     item.setForeground(QBrush(QColor(STATUS_COLOURS[record.status])))
                 if record.problem or record.error:
                     item.setToolTip(f"{record.path}\n{record.problem or record.error}")
-                    if column in (2, 9):
+                    if column in (2, PROBLEM_COLUMN):
                         item.setForeground(QBrush(QColor(theme.ERROR)))
                 else:
                     item.setToolTip(str(record.path))
+                if column == FORECAST_COLUMN:
+                    item.setToolTip(forecast_tip(record))
                 table.setItem(row, column, item)
         table.setSortingEnabled(True)
         table.blockSignals(False)

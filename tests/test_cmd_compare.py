@@ -3,7 +3,7 @@
 import json
 
 from core.cli.main import build_parser, main
-from tests.test_run_index import make_config, write_run
+from tests.test_run_index import forecast_of, make_config, write_run
 
 
 def _study(root):
@@ -118,3 +118,15 @@ def test_out_notes_the_damaged_metrics_lines_of_a_run(capsys, tmp_path):
 def test_a_path_too_long_to_look_at_is_an_error_not_a_crash(capsys, tmp_path):
     assert main(["compare", str(tmp_path / ("x" * 300))]) == 2
     assert "cannot be looked at (File name too long)" in capsys.readouterr().err
+
+
+def test_the_printed_table_shows_forecast_beside_measured_peak(capsys, tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "20240101-120000-cat", make_config("cat512", 512), peak=2500.0, forecast=forecast_of(2000.0))
+    write_run(runs, "20240102-120000-cat", make_config("cat768", 768), forecast={"error": "OSError: no unet config"})
+    assert main(["compare", str(runs)]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert header.index("peak VRAM (MB)") < header.index("VRAM forecast (MB)") < header.index("measured / forecast")
+    assert "1.25×" in out
+    assert "20240102-120000-cat: its VRAM forecast could not be made (OSError: no unet config)" in out

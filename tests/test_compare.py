@@ -11,7 +11,7 @@ from core.studies.compare import (comparison_table, export_comparison, format_pa
                           table_to_csv, table_to_markdown, table_to_text, varied_params)
 from core.config.schema import Duration, NetworkType, SubsetParams
 from core.studies.run_index import load_run
-from tests.test_run_index import make_config, step_record, write_run
+from tests.test_run_index import forecast_of, make_config, step_record, write_run
 
 
 def _runs(tmp_path, *configs, **kwargs):
@@ -263,3 +263,38 @@ def test_a_table_of_runs_with_absurd_summaries_still_reads(tmp_path):
     for render in (table_to_text, table_to_csv, table_to_markdown):
         assert render(table).count("\n") >= len(records)
     assert export_comparison(records, tmp_path / "out")
+
+
+def test_the_vram_forecast_stands_beside_the_measured_peak_with_their_ratio(tmp_path):
+    records = [load_run(write_run(tmp_path, "r512", make_config("a", 512), peak=2500.0,
+                                  forecast=forecast_of(2000.0))),
+               load_run(write_run(tmp_path, "r768", make_config("b", 768), peak=3000.0, forecast={"error": "boom"})),
+               load_run(write_run(tmp_path, "r1024", make_config("c", 1024), peak=4000.0))]  # an older run
+    table = comparison_table(records)
+    peak = table.columns.index("peak VRAM (MB)")
+    assert table.columns[peak:peak + 3] == ["peak VRAM (MB)", "VRAM forecast (MB)", "measured / forecast"]
+    assert [row[peak:peak + 3] for row in table.rows] == [[2500.0, 2000.0, 1.25], [3000.0, None, None],
+                                                          [4000.0, None, None]]
+    assert "1.25×" in table_to_text(table) and "2000" in table_to_text(table)
+    first = dict(zip(*list(csv.reader(io.StringIO(table_to_csv(table))))[:2]))
+    assert (first["VRAM forecast (MB)"], first["measured / forecast"]) == ("2000.0", "1.25")
+
+
+def test_a_measured_ram_peak_gets_no_ratio_to_a_forecast(tmp_path):
+    cpu = load_run(write_run(tmp_path, "cpu", make_config("a"), kind="rss", peak=900.0, forecast=forecast_of(600.0)))
+    gpu = load_run(write_run(tmp_path, "gpu", make_config("b"), kind="cuda", peak=900.0, forecast=forecast_of(600.0)))
+    table = comparison_table([cpu, gpu])
+    ratio = table.columns.index("measured / forecast")
+    assert [row[ratio] for row in table.rows] == [None, 1.5]
+    assert "peak memory (MB)" in table.columns  # the measured column says it mixes RAM and VRAM
+
+
+def test_runs_without_forecasts_have_no_forecast_columns(tmp_path):
+    table = comparison_table(_runs(tmp_path, make_config("a", 512), make_config("b", 768), kind="rss"))
+    assert "VRAM forecast (MB)" not in table.columns and "measured / forecast" not in table.columns
+
+
+def test_the_report_says_why_a_run_has_no_forecast(tmp_path):
+    records = [load_run(write_run(tmp_path, "a", make_config("a"), forecast={"error": "OSError: no unet config"}))]
+    export_comparison(records, tmp_path / "out")
+    assert "no VRAM forecast: OSError: no unet config" in (tmp_path / "out" / "comparison.md").read_text()

@@ -49,6 +49,10 @@ summary_values = {
     "lora_path": st.one_of(st.sampled_from(LONG_NAMES), values),
     "runner": runners,
     "memory_kind": st.one_of(st.sampled_from(["cuda", "rss", "mps"]), values),
+    "vram_forecast": st.one_of(
+        values, st.none(),
+        st.fixed_dictionaries({}, optional={"peak": st.one_of(numbers, values), "driver": st.one_of(numbers, values),
+                                            "error": st.one_of(st.sampled_from(TRICKY_TEXT), values)})),
 }
 SUMMARY_FIELDS = list(RunSummary.__dataclass_fields__)
 
@@ -152,8 +156,10 @@ def _check_listing(case: dict, *, export: bool = False) -> None:
         assert isinstance(odd.status, str) and odd.memory_kind in MEMORY_KINDS
         for count in (odd.steps, odd.total_steps, odd.epochs, odd.total_epochs, odd.skipped_steps):
             assert isinstance(count, int) and 0 <= count < 2**63
-        for number in (odd.wall_seconds, odd.peak_memory_mb, odd.final_loss, odd.last_epoch_loss):
+        for number in (odd.wall_seconds, odd.peak_memory_mb, odd.final_loss, odd.last_epoch_loss,
+                       odd.forecast_mb, odd.forecast_driver_mb):
             assert number is None or math.isfinite(number)
+        assert odd.forecast_error is None or (isinstance(odd.forecast_error, str) and "\n" not in odd.forecast_error)
         assert odd.started_at is None or time.localtime(odd.started_at)
         if "--resume" in (odd.problem or ""):
             assert case["state"] in ("step-00000002.pt", "step-00000002.safetensors")
@@ -165,8 +171,11 @@ def _check_listing(case: dict, *, export: bool = False) -> None:
             render(table)
         from gui.run_list import row_cells  # the Runs tab's row: dates and numbers formatted
 
+        from gui.run_list import forecast_tip
+
         for record in records:
             row_cells(record)
+            forecast_tip(record)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert main(["compare", str(root), "--json"]) == 0

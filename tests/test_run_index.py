@@ -10,7 +10,7 @@ import pytest
 
 from core.config.schema import DEMO_MODEL, Duration, OptimizerType, SubsetParams, TrainConfig
 from core.config.presets import dumps_preset
-from core.studies.run_index import discover_runs, is_run_dir, load_run, load_series
+from core.studies.run_index import discover_runs, forecast_ratio, is_run_dir, load_run, load_series
 from core.training.run_folder import RunSummary
 
 
@@ -37,7 +37,7 @@ def step_record(step: int, loss: float | None = 0.5, *, lr: float = 1e-4, memory
 def write_run(root: Path, folder: str, config: TrainConfig | None = None, *, status: str | None = "completed",
               steps: int = 4, metrics: list[dict] | None = None, wall: float = 2.0, peak: float = 1234.0,
               kind: str = "cuda", started: float = 1_700_000_000.0, buckets: int = 2, batches: int = 4,
-              phases: dict | None = None, reserved: float | None = None) -> Path:
+              phases: dict | None = None, reserved: float | None = None, forecast: dict | None = None) -> Path:
     """A run folder as the engine writes it, by hand (no training needed)."""
     run = root / folder
     run.mkdir(parents=True)
@@ -57,7 +57,8 @@ def write_run(root: Path, folder: str, config: TrainConfig | None = None, *, sta
         RunSummary(status=status, name=name, steps=steps, total_steps=steps, epochs=1, total_epochs=1,
                    wall_seconds=wall, peak_vram_mb=peak, memory_kind=kind, final_loss=0.25,
                    mean_last_epoch_loss=0.52, lora_path=str(run / f"{name}.safetensors"),
-                   started_at=started, peak_by_phase=phases, peak_reserved_mb=reserved).write(run)
+                   started_at=started, peak_by_phase=phases, peak_reserved_mb=reserved,
+                   vram_forecast=forecast).write(run)
     return run
 
 
@@ -489,3 +490,44 @@ def test_a_running_run_shows_the_training_peak_of_its_last_step(tmp_path):
         (280.0, 320.0, 900.0)
     older = load_run(write_run(tmp_path, "o", status=None, metrics=[step_record(1, memory=300.0)]))
     assert (older.training_peak_mb, older.peak_memory_mb) == (None, 305.0)  # its peak was process-wide
+
+
+MB = 1024 * 1024
+
+
+def forecast_of(peak_mb: float, driver_mb: float | None = None) -> dict:
+    """summary.vram_forecast as core.training.run_forecast writes it (bytes)."""
+    return {"peak": int(peak_mb * MB), "driver": int((driver_mb or peak_mb * 1.3) * MB),
+            "training_peak": int(peak_mb * MB), "bucket": [512, 512], "batch_size": 2}
+
+
+def test_the_vram_forecast_is_read_in_mb_beside_the_measured_peak(tmp_path):
+    record = load_run(write_run(tmp_path, "gpu", peak=2500.0, forecast=forecast_of(2000.0, 2600.0)))
+    assert (record.forecast_mb, record.forecast_driver_mb, record.forecast_error) == (2000.0, 2600.0, None)
+    assert forecast_ratio(record) == 1.25 and record.problem is None
+    older = load_run(write_run(tmp_path, "older", peak=2500.0))
+    assert (older.forecast_mb, older.forecast_driver_mb, older.forecast_error, forecast_ratio(older)) == \
+        (None, None, None, None)
+
+
+def test_a_forecast_beside_a_measured_ram_peak_gives_no_ratio(tmp_path):
+    """A CPU run measures the process's RAM: no ratio to a GPU forecast means anything."""
+    record = load_run(write_run(tmp_path, "cpu", kind="rss", peak=2500.0, forecast=forecast_of(2000.0)))
+    assert record.forecast_mb == 2000.0 and forecast_ratio(record) is None
+
+
+def test_a_forecast_that_failed_carries_its_reason_on_one_line(tmp_path):
+    record = load_run(write_run(tmp_path, "r", forecast={"error": "OSError: no\nunet config " + "x" * 1000}))
+    assert record.forecast_mb is None and forecast_ratio(record) is None
+    assert record.forecast_error.startswith("OSError: no unet config x") and len(record.forecast_error) == 300
+    assert record.problem is None  # the run itself is fine
+
+
+@pytest.mark.parametrize("forecast", ["big", [1, 2], 7, {"peak": "big"}, {"peak": -5}, {"peak": 0},
+                                      {"peak": True}, {"peak": 10**400}, {"peak": float("nan")},
+                                      {"peak": float("inf"), "driver": [1]}, {"error": 7}, {"error": "  "},
+                                      {"error": None, "peak": None}])
+def test_a_damaged_forecast_reads_as_absent(tmp_path, forecast):
+    record = load_run(write_run(tmp_path, "r", forecast=forecast))
+    assert (record.forecast_mb, record.forecast_driver_mb, record.forecast_error) == (None, None, None)
+    assert forecast_ratio(record) is None and record.problem is None and record.peak_memory_mb == 1234.0

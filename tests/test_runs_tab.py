@@ -89,7 +89,10 @@ def good_paths(runs_root):
 
 
 def cell(tab, row, column):
-    return tab.run_list.table.item(row, column).text()
+    """The text in ``column`` (its index, or its header's name)."""
+    from gui.run_list import COLUMNS
+
+    return tab.run_list.table.item(row, COLUMNS.index(column) if isinstance(column, str) else column).text()
 
 
 def test_every_run_is_listed_newest_first_with_its_numbers(tab, runs_root):
@@ -101,13 +104,14 @@ def test_every_run_is_listed_newest_first_with_its_numbers(tab, runs_root):
     assert cell(tab, row, 2) == "completed" and cell(tab, row, 3) == "10/10" and cell(tab, row, 4) == "2/2"
     assert cell(tab, row, 5) == "00:05" and cell(tab, row, 7) == "138 MB RAM"
     assert cell(tab, row, 6) == "–"  # written without peaks by phase, as older runs were
-    assert cell(tab, row, 8) == "0.1000" and cell(tab, row, 9) == "0.2000"
+    assert cell(tab, row, "final loss") == "0.1000" and cell(tab, row, "last-epoch loss") == "0.2000"
+    assert cell(tab, row, "VRAM forecast") == "– (CPU run)"  # a CPU run forecasts nothing
     assert tab.count_label.text() == "4 runs, 1 with problems"
 
 
 def test_a_broken_run_is_listed_with_its_problem(tab):
     row = [cell(tab, r, 0) for r in range(4)].index("20250101-000009-broken")
-    assert "config.toml" in cell(tab, row, 10)
+    assert "config.toml" in cell(tab, row, "problem")
     assert "config.toml" in tab.run_list.table.item(row, 0).toolTip()
 
 
@@ -262,3 +266,48 @@ def test_the_run_list_shows_the_training_peak_beside_the_runs_peak(tmp_path):
     assert cells["peak memory"] == ("3000 MB VRAM", 3000.0)
     old = dict(zip(COLUMNS, row_cells(load_run(write_run(tmp_path, "old", peak=1234.0)))))
     assert old["training peak"] == ("–", None) and old["peak memory"] == ("1234 MB VRAM", 1234.0)
+
+
+def test_the_run_list_shows_the_forecast_beside_the_measured_peak(tmp_path):
+    from gui.run_list import COLUMNS, forecast_tip, row_cells
+    from tests.test_run_index import forecast_of, write_run
+
+    gpu = load_run(write_run(tmp_path, "gpu", peak=2500.0, forecast=forecast_of(2000.0, 2600.0)))
+    cells = dict(zip(COLUMNS, row_cells(gpu)))
+    assert cells["VRAM forecast"] == ("2000 MB (measured 1.25×)", 2000.0)
+    assert "2600 MB as the driver" in forecast_tip(gpu)
+    failed = load_run(write_run(tmp_path, "failed", forecast={"error": "OSError: no unet config"}))
+    assert dict(zip(COLUMNS, row_cells(failed)))["VRAM forecast"] == ("could not be made", None)
+    assert "OSError: no unet config" in forecast_tip(failed)
+    older = load_run(write_run(tmp_path, "older"))
+    assert dict(zip(COLUMNS, row_cells(older)))["VRAM forecast"] == ("–", None)
+    cpu = load_run(write_run(tmp_path, "cpu", kind="rss", forecast=forecast_of(600.0)))
+    assert dict(zip(COLUMNS, row_cells(cpu)))["VRAM forecast"] == ("600 MB", 600.0)  # RAM measured: no ratio
+
+
+def test_the_compare_table_shows_forecast_and_ratio_and_the_list_says_why_one_is_missing(qtbot, tab, runs_root):
+    from tests.test_run_index import forecast_of
+
+    gpu = make_run(runs_root, "20250505-000000-kiln_640", 640, started=2e9)
+    summary = json.loads((gpu / "summary.json").read_text())
+    summary.update(memory_kind="cuda", peak_vram_mb=2500.0, vram_forecast=forecast_of(2000.0))
+    (gpu / "summary.json").write_text(json.dumps(summary))
+    failed = make_run(runs_root, "20250505-000001-kiln_768", 768, started=2e9 + 1)
+    summary = json.loads((failed / "summary.json").read_text())
+    summary.update(memory_kind="cuda", vram_forecast={"error": "OSError: no unet config"})
+    (failed / "summary.json").write_text(json.dumps(summary))
+    load(qtbot, tab)
+    select(qtbot, tab, [str(gpu), str(failed)])
+    table = tab.compare.table
+    headers = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    forecast, ratio = headers.index("VRAM forecast (MB)"), headers.index("measured / forecast")
+    assert headers[forecast - 1] == "peak VRAM (MB)"
+    rows = {table.item(r, 0).text(): (table.item(r, forecast).text(), table.item(r, ratio).text())
+            for r in range(table.rowCount())}
+    assert sorted(rows.values()) == [("2000", "1.25×"), ("–", "–")]
+    from gui.run_list import FORECAST_COLUMN
+
+    names = [cell(tab, r, 0) for r in range(tab.run_list.table.rowCount())]
+    assert tab.run_list.table.horizontalHeaderItem(FORECAST_COLUMN).text() == "VRAM forecast"
+    item = tab.run_list.table.item(names.index("kiln_768"), FORECAST_COLUMN)
+    assert item.text() == "could not be made" and "OSError: no unet config" in item.toolTip()

@@ -1,9 +1,10 @@
 """``lorakiln compare PATH... [--out DIR] [--json]``: compare finished runs.
 
 Each PATH is a run folder or a folder of runs (an output folder). Prints one row per run
-with every setting that differs, time, time per step, peak memory, buckets, batches per
-epoch and loss; ``--out`` also writes the table as CSV and Markdown and the loss, learning
-rate and memory plots as PNG files.
+with every setting that differs, time, time per step, peak memory (beside the VRAM forecast a
+GPU run recorded, and measured / forecast), buckets, batches per epoch and loss; ``--out``
+also writes the table as CSV and Markdown and the loss, learning rate and memory plots as
+PNG files.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         print("the runs share every setting (output name and folder aside)")
     for path, note in notes.items():
         print(f"note: {path}: {note}")
+    for record in records:
+        if record.forecast_error:
+            print(f"note: {record.path}: its VRAM forecast could not be made ({record.forecast_error})")
     if written:
         print(f"wrote {len(written)} files to {args.out}: " + ", ".join(p.name for p in written))
     return 0

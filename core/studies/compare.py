@@ -1,8 +1,9 @@
 """Comparing runs the way a study does: what differs between them, and what it cost.
 
 The table answers the questions people train several runs for (e.g. one LoRA at 512, 768
-and 1024 px): time, time per step, peak memory, buckets, batches per epoch and loss, one
-row per run, with a column for every setting that differs between the runs.
+and 1024 px): time, time per step, peak memory (and, for runs on a GPU, the VRAM forecast
+they recorded and measured / forecast), buckets, batches per epoch and loss, one row per
+run, with a column for every setting that differs between the runs.
 
 Settings that always differ and say nothing are left out of the comparison:
 ``output.output_name`` and ``output.output_dir`` (each run is named and placed apart). The
@@ -24,7 +25,7 @@ import numpy as np
 
 from core.system.atomic import write_bytes_atomic, write_text_atomic
 from core.studies.chart import ChartSeries, line_chart, run_colour
-from core.studies.run_index import RunRecord, RunSeries, load_series
+from core.studies.run_index import RunRecord, RunSeries, forecast_ratio, load_series
 
 ALWAYS_DIFFERENT = frozenset({"output.output_name", "output.output_dir"})
 LEGEND_VALUE_CHARS = 40
@@ -141,6 +142,8 @@ class ComparisonTable:
 
 
 WALL_TIME = "wall time"
+FORECAST = "VRAM forecast (MB)"
+FORECAST_RATIO = "measured / forecast"
 _SECONDS = {WALL_TIME}
 _LOSSES = {"final loss", "last-epoch loss"}
 _CSV_HEADERS = {WALL_TIME: "wall time (s)"}
@@ -166,12 +169,21 @@ def training_memory_columns(records: Sequence[RunRecord]) -> list[str]:
     return [used, "training peak VRAM reserved (MB)"]
 
 
+def forecast_columns(records: Sequence[RunRecord]) -> list[str]:
+    """The VRAM forecast the runs recorded when they started, beside the measured peak, and the
+    ratio of the two; left out when no run has one (CPU runs and older runs have none)."""
+    if any(r.forecast_mb is not None or r.forecast_error for r in records):
+        return [FORECAST, FORECAST_RATIO]
+    return []
+
+
 def comparison_table(records: Sequence[RunRecord]) -> ComparisonTable:
     varied = varied_params(records)
     training_memory = training_memory_columns(records)
+    forecast = forecast_columns(records)
     columns = ["run", *varied, "status", "steps", "epochs", WALL_TIME, "time per step (s)",
-               *training_memory, memory_column(records), "resolution", "buckets", "batches/epoch", "final loss",
-               "last-epoch loss"]
+               *training_memory, memory_column(records), *forecast, "resolution", "buckets", "batches/epoch",
+               "final loss", "last-epoch loss"]
     rows: list[list[object]] = []
     for record, label in zip(records, legend_labels(records, varied)):
         values = [format_param(key, param_value(record, key)) if record.config else None for key in varied]
@@ -179,7 +191,8 @@ def comparison_table(records: Sequence[RunRecord]) -> ComparisonTable:
                      record.wall_seconds if record.wall_seconds > 0 else None,
                      record.wall_seconds / record.steps if record.steps and record.wall_seconds > 0 else None,
                      *_training_memory(record)[:len(training_memory)],
-                     record.peak_memory_mb if record.peak_memory_mb > 0 else None, record.resolution,
+                     record.peak_memory_mb if record.peak_memory_mb > 0 else None,
+                     *[record.forecast_mb, forecast_ratio(record)][:len(forecast)], record.resolution,
                      record.bucket_count, record.batches_per_epoch, record.final_loss, record.last_epoch_loss])
     return ComparisonTable(columns, rows, varied)
 
@@ -209,6 +222,8 @@ def format_cell(column: str, value: object, *, for_csv: bool = False) -> str:
         return f"{value:.1f}" if for_csv else _duration(value)
     if column in _LOSSES:
         return f"{value:.6g}" if for_csv else f"{value:.4f}"
+    if column == FORECAST_RATIO:
+        return f"{value:.4g}" if for_csv else f"{value:.2f}×"
     if column.endswith("(MB)"):
         return f"{value:.1f}" if for_csv else f"{value:.0f}"
     return f"{value:.6g}" if for_csv else f"{value:.3g}"
@@ -340,6 +355,7 @@ def _markdown_report(records: Sequence[RunRecord], series: Sequence[RunSeries], 
         problem = record.problem_with(curves.note)
         note = f"; {problem}" if problem else ""
         note += f"; failed: {record.error}" if record.error and record.status == "failed" else ""
+        note += f"; no VRAM forecast: {record.forecast_error}" if record.forecast_error else ""
         lines.append(f"- **{label}**: `{record.path}` ({record.status}{note})")
     lines += ["", "## Plots", ""]
     lines += [f"![{name[:-4].replace('_', ' ')}]({name})" for name in plots]

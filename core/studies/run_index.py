@@ -42,6 +42,8 @@ _STEP_CHECKPOINT = re.compile(r"-step(\d{8})\.safetensors$")
 # bound keeps them exact as floats and inside numpy's int64.
 MAX_COUNT = 2**53
 MEMORY_KINDS = ("cuda", "rss")
+MB = 1024 * 1024  # the measured peaks' unit (core.training.memory), not imported: that pulls in torch
+FORECAST_ERROR_CHARS = 300
 
 
 @dataclass
@@ -66,6 +68,13 @@ class RunRecord:
     training_peak_mb: float | None = None
     training_peak_reserved_mb: float | None = None
     peak_reserved_mb: float | None = None
+    # The VRAM forecast the run recorded when it started on a CUDA device (summary.vram_forecast,
+    # core.training.run_forecast), in MB like the measured peaks: the tensors' peak (what
+    # peak_memory_mb measures on CUDA) and the figure the driver was expected to show; the
+    # reason when the forecast could not be made. None on CPU runs and in older runs.
+    forecast_mb: float | None = None
+    forecast_driver_mb: float | None = None
+    forecast_error: str | None = None
     final_loss: float | None = None
     last_epoch_loss: float | None = None
     resolution: str | None = None  # "512x512"
@@ -260,6 +269,7 @@ def _apply_summary(record: RunRecord, summary: dict[str, Any]) -> None:
     record.peak_memory_mb = _number(summary, "peak_vram_mb") or 0.0
     record.memory_kind = _memory_kind(summary.get("memory_kind"), "cuda")
     _apply_phase_peaks(record, summary)
+    _apply_forecast(record, summary)
     record.final_loss = _number(summary, "final_loss")
     record.last_epoch_loss = _number(summary, "mean_last_epoch_loss")
     record.started_at = _timestamp(summary, "started_at")
@@ -289,6 +299,34 @@ def _apply_phase_peaks(record: RunRecord, summary: dict[str, Any]) -> None:
         return
     record.training_peak_mb = _number(training, "allocated_mb" if cuda else "rss_mb")
     record.training_peak_reserved_mb = _number(training, "reserved_mb") if cuda else None
+
+
+def _megabytes(data: dict[str, Any], key: str) -> float | None:
+    """A size in bytes as MB (MiB, as the measured peaks), or None unless a positive number."""
+    number = _number(data, key)
+    return number / MB if number is not None and number > 0 else None
+
+
+def _apply_forecast(record: RunRecord, summary: dict[str, Any]) -> None:
+    """summary.vram_forecast (absent in CPU and older runs; a value of the wrong type is read as
+    absent, a damaged error text is cut to a line)."""
+    forecast = summary.get("vram_forecast")
+    if not isinstance(forecast, dict):
+        return
+    record.forecast_mb = _megabytes(forecast, "peak")
+    record.forecast_driver_mb = _megabytes(forecast, "driver")
+    error = forecast.get("error")
+    if isinstance(error, str) and error.strip():
+        record.forecast_error = " ".join(error.split())[:FORECAST_ERROR_CHARS]
+
+
+def forecast_ratio(record: RunRecord) -> float | None:
+    """Measured peak / forecast peak, both tensor memory on the GPU (torch's allocated figure
+    against the forecast's tensors); None unless both exist and the run measured VRAM (a CPU
+    run's peak is the process's RAM: no ratio to a GPU forecast means anything)."""
+    if record.memory_kind != "cuda" or not record.forecast_mb or record.peak_memory_mb <= 0:
+        return None
+    return record.peak_memory_mb / record.forecast_mb
 
 
 def _apply_plan(record: RunRecord, plan: dict[str, Any]) -> None:
