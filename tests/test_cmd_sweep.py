@@ -2,6 +2,7 @@
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,34 @@ def test_a_two_value_sweep_on_the_demo_trains_both_and_compares_them(tmp_path, c
     assert (export / "comparison.csv").is_file() and (export / "loss_by_step.png").is_file()
     assert all((p / "demo_resolution-{}.safetensors".format(p.name.rsplit("-", 1)[1])).is_file()
                for p in record.run_dirs)
+
+
+class _GpuRunTrainer(_FakeTrainer):
+    """A finished run folder as a run on a GPU writes it: settings, measured peak, forecast."""
+
+    def run(self):
+        from core.config.presets import dumps_preset
+        from core.training.run_folder import RunSummary
+        from tests.test_run_index import forecast_of
+
+        event = super().run()
+        run_dir = event.run_dir
+        with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as handle:
+            handle.write(dumps_preset(self.config, sparse=False))
+        peak = 1000.0 * self.config.network.dim
+        RunSummary(status="completed", name=self.config.output.output_name, steps=3, total_steps=3,
+                   peak_vram_mb=peak, memory_kind="cuda", vram_forecast=forecast_of(peak / 1.25)).write(Path(run_dir))
+        return event
+
+
+def test_the_sweeps_comparison_shows_forecast_beside_measured_peak(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(engine, "Trainer", _GpuRunTrainer)
+    _GpuRunTrainer.script = {}
+    out = tmp_path / "runs"
+    assert main(["sweep", "demo", "--vary", "network.dim=2,4", *QUICK, "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("| run |"))
+    assert header.index("peak VRAM (MB)") < header.index("VRAM forecast (MB)") < header.index("measured / forecast")
+    assert "| 2000 | 1600 | 1.25× |" in printed and "| 4000 | 3200 | 1.25× |" in printed
+    _, record_path = _records(out)
+    assert "measured / forecast" in (record_path.with_suffix("") / "comparison.csv").read_text()
