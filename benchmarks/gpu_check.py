@@ -307,6 +307,8 @@ def train_once(spec: RunSpec, model: str, work: Path, batch: int, steps: int, de
         result.problems.append(f"losses not all finite over {steps} steps: {result.losses}")
     if result.completed and not result.lora_moved:
         result.problems.append("the LoRA weights did not move")
+    if device.type == "cuda" and used is wanted and result.forecast is not None:
+        result.problems += recorded_forecast_problems(Path(outcome.run_dir), result.forecast)
     if device.type == "cuda" and result.completed:
         if not result.peak_allocated_mb > 0:
             result.problems.append("no peak VRAM measured")
@@ -316,6 +318,23 @@ def train_once(spec: RunSpec, model: str, work: Path, batch: int, steps: int, de
         result.problems += forecast_problems(result)
     result.mfu = mfu_text(config, spec, result, device, peak_tflops)
     return result
+
+
+def recorded_forecast_problems(run_dir: Path, forecast: VramForecast) -> list[str]:
+    """A run on CUDA records its own forecast in summary.json (core.training.run_forecast), the
+    one the Runs tab sets beside the measured peak: it must be the forecast made here."""
+    import json
+
+    try:
+        recorded = json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("vram_forecast")
+    except (OSError, ValueError, AttributeError) as error:
+        return [f"cannot read the run's summary.json for its recorded forecast: {error}"]
+    if not isinstance(recorded, dict) or "peak" not in recorded:
+        return [f"the run recorded no VRAM forecast in its summary.json (found {recorded!r})"]
+    if recorded["peak"] != forecast.peak or recorded.get("bucket") != list(forecast.bucket):
+        return [f"the run recorded a forecast of {recorded['peak']} bytes at {recorded.get('bucket')}, "
+                f"the check made {forecast.peak} at {list(forecast.bucket)}"]
+    return []
 
 
 def mfu_text(config: TrainConfig, spec: RunSpec, result: RunResult, device: torch.device,

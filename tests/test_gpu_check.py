@@ -164,3 +164,18 @@ def test_seconds_per_step_leave_out_the_first_steps():
     stamps = [0.0, 5.0, 6.0, 7.0, 8.0, 8.5, 9.0, 9.5, 10.0]
     assert gpu_check.seconds_per_step(stamps) == 0.5
     assert gpu_check.seconds_per_step([1.0, 3.0]) == 2.0  # two steps on a CPU: their one interval
+
+
+def test_a_run_on_cuda_must_have_recorded_the_forecast_the_check_made(tmp_path):
+    import json
+
+    forecast = _forecast(100)
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"vram_forecast": {"peak": forecast.peak, "bucket": [1024, 1024]}}))
+    assert gpu_check.recorded_forecast_problems(tmp_path, forecast) == []
+    summary.write_text(json.dumps({"vram_forecast": {"peak": 16, "bucket": [1024, 1024]}}))
+    assert "recorded a forecast of 16 bytes" in gpu_check.recorded_forecast_problems(tmp_path, forecast)[0]
+    summary.write_text(json.dumps({"vram_forecast": {"error": "boom"}}))
+    assert "recorded no VRAM forecast" in gpu_check.recorded_forecast_problems(tmp_path, forecast)[0]
+    summary.unlink()
+    assert "cannot read" in gpu_check.recorded_forecast_problems(tmp_path, forecast)[0]
