@@ -15,6 +15,7 @@ import torch
 from core.config.schema import Attention, DEMO_MODEL, LatentCache as CacheMode, MixedPrecision, TrainConfig
 from core.system.paths import user_cache_dir
 from core.training import placement
+from core.training.checkpointing import enable_unet_checkpointing
 from core.training.optim import ParamGroup, build_optimizer, build_scheduler, group_lrs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -132,7 +133,7 @@ def prepare_network(config: TrainConfig, family: Family, components: ModelCompon
 
         components.unet.set_attn_processor(AttnProcessor())
     if config.training.gradient_checkpointing:
-        components.unet.enable_gradient_checkpointing()
+        enable_unet_checkpointing(components.unet)
         if config.network.train_text_encoder:
             for text_encoder in components.text_encoders.values():
                 # transformers 5 renamed it; the old name still works but warns.
