@@ -200,18 +200,21 @@ def test_fp8_base_weights_halve_the_frozen_weights_of_sdxl():
 
 # ---------------------------------------------------------------------------- fp8 base weights
 def test_an_fp8_layer_holds_its_upcast_weight_only_while_it_runs():
+    """Its input needs a gradient (a LoRA below it), yet backward keeps the fp8 weight, not the
+    bf16 copy that autocast's cast would leave saved for it."""
     from core.models.fp8 import store_in_fp8
 
     layer = torch.nn.Linear(1024, 256, bias=False, device="meta").requires_grad_(False)
     store_in_fp8(layer, torch.bfloat16)
     with StorageTracker() as tracker:
         tracker.adopt([layer.weight], "frozen_weights")  # 256 KiB at 1 byte an element
-        x = torch.empty((4, 1024), device="meta")  # 16 KiB
+        x = torch.empty((4, 1024), device="meta", requires_grad=True)  # 16 KiB
         y = layer(x)
         # during the call: x and the weight cast to bf16 (8 + 512 KiB) and the bf16 output (2 KiB)
         assert tracker.peak == 256 * 2**10 + 16 * 2**10 + 8 * 2**10 + 512 * 2**10 + 2 * 2**10
         assert tracker.current == 256 * 2**10 + 16 * 2**10 + 2 * 2**10  # the casts are gone
-    assert y.dtype == torch.bfloat16
+        y.backward(torch.empty_like(y))
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
     del x, y
 
 
