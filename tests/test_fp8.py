@@ -99,6 +99,24 @@ def test_trainable_layers_and_other_modules_are_left_alone():
     assert [p.dtype for p in model.parameters()].count(STORAGE_DTYPE) == 1
 
 
+def test_ddp_wraps_a_model_with_fp8_weights_leaving_them_out_of_its_broadcast(tmp_path):
+    """DDP sends every parameter from the first process when it wraps a model; gloo cannot send
+    fp8 ("Invalid scalar type"). Frozen base weights are loaded alike by every process."""
+    import torch.distributed as dist
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    store_in_fp8(model, torch.float32)
+    assert model._ddp_params_and_buffers_to_ignore == ["0.weight"]
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        wrapped(torch.randn(3, 4)).sum().backward()
+    finally:
+        dist.destroy_process_group()
+    assert model[1].weight.grad is not None and model[0].weight.dtype == STORAGE_DTYPE
+
+
 # ---------------------------------------------------------------------------- the U-Nets
 def _unet_inputs(family, unet: nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict]:
     generator = torch.Generator().manual_seed(0)

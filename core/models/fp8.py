@@ -137,15 +137,20 @@ def store_in_fp8(module: nn.Module, compute_dtype: torch.dtype) -> int:
     The layer's class becomes its fp8 twin (a subclass, so ``isinstance`` checks, state-dict
     keys and ``.to(device)`` behave as before); the cast saturates at e4m3's +-448, far above
     any diffusion model's weight."""
-    count = 0
-    for layer in module.modules():
+    names = []
+    for path, layer in module.named_modules():
         if not _convertible(layer):
             continue
         layer.weight.data = layer.weight.data.to(STORAGE_DTYPE)
         layer.__class__ = _FP8_CLASS[type(layer)]
         layer.compute_dtype = compute_dtype
-        count += 1
-    return count
+        names.append(f"{path}.weight" if path else "weight")
+    # DDP broadcasts every parameter from the first process when it wraps a model, and gloo
+    # (and older NCCL) cannot send fp8. Frozen base weights need no syncing: every process
+    # loads them from the same file.
+    ignored = list(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored + names)
+    return len(names)
 
 
 def fp8_layers(module: nn.Module) -> list[str]:
