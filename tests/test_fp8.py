@@ -19,11 +19,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.config.schema import ModelParams, TrainConfig
+from core.config.schema import DEMO_MODEL, ModelParams, TrainConfig
 from core.models.family import TextConditioning
 from core.models.fp8 import STORAGE_DTYPE, Fp8Conv2d, Fp8Linear, fp8_components, fp8_layers, store_in_fp8
 from core.models.sd1 import FAMILY as SD1
-from core.models.sdxl import FAMILY as SDXL
+from core.models.sdxl import DEMO_SDXL_MODEL, FAMILY as SDXL
 from core.training import setup
 
 E4M3_RMS = 2**-4 / math.sqrt(3)  # rms relative rounding error of a weight in e4m3
@@ -237,13 +237,14 @@ def test_the_saved_lora_does_not_depend_on_fp8():
 
 
 # ---------------------------------------------------------------------------- a run
-def _run(root, fp8: bool):  # noqa: ANN001, ANN202
+def _run(root, fp8: bool, model: str):  # noqa: ANN001, ANN202
     from core.config.schema import MixedPrecision
     from core.training.engine import Trainer
     from core.training.events import Finished, ListSink, SampleImage
     from tests.engine_fixtures import tiny_config
 
     config = tiny_config(root, steps=2)
+    config.model.base_model = model
     config.model.fp8_base = fp8
     config.training.mixed_precision = MixedPrecision.BF16  # autocast in bf16 on the CPU
     config.training.gradient_checkpointing = True
@@ -256,14 +257,16 @@ def _run(root, fp8: bool):  # noqa: ANN001, ANN202
     return result
 
 
-def test_a_run_with_fp8_trains_samples_and_writes_the_lora_file_it_writes_without(tmp_path):
+@pytest.mark.parametrize("model", [DEMO_MODEL, pytest.param(DEMO_SDXL_MODEL, marks=pytest.mark.slow)],
+                         ids=["sd1", "sdxl"])
+def test_a_run_with_fp8_trains_samples_and_writes_the_lora_file_it_writes_without(tmp_path, model):
     from pathlib import Path
 
     from safetensors import safe_open
 
     files = {}
     for fp8 in (False, True):
-        run = Path(_run(tmp_path / str(fp8), fp8).run_dir)
+        run = Path(_run(tmp_path / str(fp8), fp8, model).run_dir)
         with safe_open(str(run / "tiny.safetensors"), "pt") as lora:
             files[fp8] = ({key: (lora.get_tensor(key).dtype, lora.get_tensor(key).shape) for key in lora.keys()},
                           lora.metadata())
