@@ -108,7 +108,7 @@ def test_every_mapped_kohya_ss_value_survives_import_and_export(tmp_path):
     found = _Exported(exported.config_toml, exported.dataset_toml, exported.prompts)
     original = json.loads(SAMPLE_JSON.read_text("utf-8"))
     original_args = dict(parse_arg(a) for a in split_args(original["optimizer_args"]))
-    assert len(result.mapped) == 59
+    assert len(result.mapped) == 61
     for key, field, _ in result.mapped:
         raw = original_args[key.split(".", 1)[1]] if key.startswith("optimizer_args.") else original[key]
         assert _norm(found.value(key, field)) == _norm(_expected(key, raw)), key
@@ -243,3 +243,16 @@ def test_every_schema_field_with_a_kohya_name_is_exported_under_that_name(tmp_pa
         where = (network_args if name in ("conv_dim", "conv_alpha") else dataset if name in DATASET_KEYS
                  else subset if name in SUBSET_KEYS else args)
         assert name in where and _norm(where[name]) == _norm(value), name
+
+
+@pytest.mark.parametrize("switch", ["fp8_base", "fp8_base_unet"])
+def test_fp8_base_weights_are_exported_as_sd_scripts_arguments_and_read_back(tmp_path, switch):
+    config = load_preset(resource_path("presets") / "sdxl-lora-8gb.toml").config
+    setattr(config.model, switch, True)
+    from core.kohya.export import write_export
+
+    write_export(build_export(config, tmp_path), tmp_path)
+    args = _flat((tmp_path / "config.toml").read_text("utf-8"))
+    assert args[switch] is True and args["mixed_precision"] == "bf16"
+    again = import_kohya([tmp_path / "config.toml"]).config
+    assert (again.model.fp8_base, again.model.fp8_base_unet) == (config.model.fp8_base, config.model.fp8_base_unet)

@@ -315,8 +315,8 @@ def test_cli_prints_a_clean_preset_and_reports_on_stderr(capsys):
     out, err = capsys.readouterr()
     loaded = loads_preset(out)
     assert loaded.config.network.dim == 32 and loaded.description == "imported from kohya_ss_lora.json"
-    assert "mapped (59):" in err and "NOT SUPPORTED (2):" in err and "rank_dropout" in err
-    assert "ignored (110), by reason:" in err and "warnings:" in err
+    assert "mapped (61):" in err and "NOT SUPPORTED (2):" in err and "rank_dropout" in err
+    assert "ignored (108), by reason:" in err and "warnings:" in err
 
 
 def test_cli_writes_the_preset_with_o(tmp_path, capsys):
@@ -396,3 +396,22 @@ def test_old_and_current_spelling_together_use_the_current_one_and_report_the_ol
     assert Path(result.config.network.init_weights).name == "new.safetensors"
     assert _reasons(result)["lora_network_weights"] == "network_weights is also set, and is used"
     assert set(_listed(result)["lora_network_weights"]) == {"ignored"}
+
+
+@pytest.mark.parametrize("fp8_base, fp8_base_unet", [(True, False), (False, True), ("True", "False")])
+def test_fp8_base_and_fp8_base_unet_map_to_the_model_fields(tmp_path, fp8_base, fp8_base_unet):
+    result = import_kohya([_write_json(tmp_path, fp8_base=fp8_base, fp8_base_unet=fp8_base_unet)])
+    model = result.config.model
+    assert (model.fp8_base, model.fp8_base_unet) == (fp8_base in (True, "True"), fp8_base_unet is True)
+    mapped = {m.key: m.field for m in result.mapped}
+    assert (mapped["fp8_base"], mapped["fp8_base_unet"]) == ("model.fp8_base", "model.fp8_base_unet")
+    assert not {"fp8_base", "fp8_base_unet"} & {u.key for u in result.unsupported + result.ignored}
+
+
+def test_an_sd_scripts_config_with_fp8_base_trains_with_fp8(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[model]\npretrained_model_name_or_path = "m.safetensors"\n[training]\nfp8_base = true\n'
+                    'mixed_precision = "bf16"\n', "utf-8")
+    result = import_kohya([path])
+    assert result.config.model.fp8_base and not result.config.model.fp8_base_unet
+    assert "fp8_base" in {m.key for m in result.mapped}

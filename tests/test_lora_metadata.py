@@ -225,3 +225,12 @@ def test_a_value_that_is_not_a_string_is_refused_before_writing(tmp_path):
     with pytest.raises(TypeError, match="ss_steps"):
         save_lora_file(tmp_path / "x.safetensors", _tensors(), {"ss_steps": 5})  # type: ignore[dict-item]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fp8_base_weights_are_recorded_as_train_network_py_records_them(config_and_plan):
+    config, plan = config_and_plan
+    meta = _metadata(config, plan)
+    assert (meta["ss_fp8_base"], meta["ss_fp8_base_unet"]) == ("False", "False")
+    config.model.fp8_base_unet = True
+    meta = _metadata(config, plan)
+    assert (meta["ss_fp8_base"], meta["ss_fp8_base_unet"]) == ("False", "True")

@@ -215,3 +215,10 @@ def test_builtin_preset_names_are_listed():
 def test_an_unknown_preset_name_lists_the_builtin_ones():
     with pytest.raises(PresetError, match="built-in presets: demo"):
         presets.find_preset("no-such-preset")
+
+
+def test_fp8_base_weights_round_trip_through_a_preset():
+    loaded = loads_preset("schema_version = 1\n[model]\nfp8_base = true\nfp8_base_unet = true\n")
+    assert loaded.config.model.fp8_base and loaded.config.model.fp8_base_unet
+    assert presets.config_to_dict(loaded.config)["model"] == {"fp8_base": True, "fp8_base_unet": True}
+    assert loads_preset(dumps_preset(loaded.config)).config == loaded.config

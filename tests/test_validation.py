@@ -228,3 +228,25 @@ def test_optimizer_availability_is_checked_without_importing_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_fp8_base_weights_without_mixed_precision_are_refused_as_sd_scripts_does(tmp_path):
+    from core.config.schema import MixedPrecision
+
+    for switch in ("fp8_base", "fp8_base_unet"):
+        config = _valid(tmp_path)
+        setattr(config.model, switch, True)
+        config.training.mixed_precision = MixedPrecision.NO
+        [problem] = errors(validate(config))
+        assert problem.path == f"model.{switch}"
+        assert "training.mixed_precision fp16 or bf16" in problem.message and "turn fp8 off" in problem.message
+        config.training.mixed_precision = MixedPrecision.BF16
+        assert validate(config) == []
+
+
+def test_both_fp8_switches_warn_that_the_text_encoders_stay_out_of_fp8(tmp_path):
+    config = _valid(tmp_path)
+    config.model.fp8_base = config.model.fp8_base_unet = True
+    [problem] = validate(config)
+    assert (problem.path, problem.severity) == ("model.fp8_base", WARNING)
+    assert "only the U-Net is in fp8" in problem.message

@@ -181,6 +181,68 @@ def test_sdxl_8gb_preset_trains_under_8_gb():
     assert forecast.resident_modules == 0
 
 
+@pytest.mark.slow
+def test_fp8_base_weights_halve_the_frozen_weights_of_sdxl():
+    config = load_preset(find_preset("sdxl-lora-8gb")).config
+    config.model.base_model = "sdxl.safetensors"
+    plain = forecast_vram(config, bucket=(1024, 1024))
+    config.model.fp8_base = True
+    fp8 = forecast_vram(config, bucket=(1024, 1024))
+    show("SDXL 1024 batch 1, sdxl-lora-8gb + fp8_base", fp8)
+    print(f"frozen weights {plain.frozen_weights / 1e9:.2f} GB -> {fp8.frozen_weights / 1e9:.2f} GB; "
+          f"driver {plain.driver / 1e9:.2f} GB -> {fp8.driver / 1e9:.2f} GB (training step alone "
+          f"{driver_bytes(fp8.training_peak) / 1e9:.2f} GB; aim 4.5 GB)")
+    # the U-Net's Linear and Conv2d weights at 1 byte; its norms and biases (0.1 %) stay in bf16
+    assert 0.5 < fp8.frozen_weights / plain.frozen_weights < 0.51
+    assert fp8.trained_weights == plain.trained_weights and fp8.optimizer_state == plain.optimizer_state
+    assert fp8.training_peak < plain.training_peak - 2.4e9
+
+
+# ---------------------------------------------------------------------------- fp8 base weights
+def test_an_fp8_layer_holds_its_upcast_weight_only_while_it_runs():
+    """Its input needs a gradient (a LoRA below it), yet backward keeps the fp8 weight, not the
+    bf16 copy that autocast's cast would leave saved for it."""
+    from core.models.fp8 import store_in_fp8
+
+    layer = torch.nn.Linear(1024, 256, bias=False, device="meta").requires_grad_(False)
+    store_in_fp8(layer, torch.bfloat16)
+    with StorageTracker() as tracker:
+        tracker.adopt([layer.weight], "frozen_weights")  # 256 KiB at 1 byte an element
+        x = torch.empty((4, 1024), device="meta", requires_grad=True)  # 16 KiB
+        y = layer(x)
+        # during the call: x and the weight cast to bf16 (8 + 512 KiB) and the bf16 output (2 KiB)
+        assert tracker.peak == 256 * 2**10 + 16 * 2**10 + 8 * 2**10 + 512 * 2**10 + 2 * 2**10
+        assert tracker.current == 256 * 2**10 + 16 * 2**10 + 2 * 2**10  # the casts are gone
+        y.backward(torch.empty_like(y))
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
+    del x, y
+
+
+def test_fp8_counts_the_frozen_linear_and_conv_weights_at_one_byte():
+    from core.models.sd1 import FAMILY
+    from core.training import setup
+
+    config = TrainConfig()
+    config.model.base_model = DEMO_MODEL
+    config.model.fp8_base = True
+    config.optimizer.type = OptimizerType.ADAMW
+    config.training.mixed_precision = MixedPrecision.FP16
+    forecast = forecast_vram(config)
+    show("demo, fp8 base weights", forecast)
+    # the same model prepared on the CPU holds the dtypes a GPU gets: fp8 layers, fp16 the rest
+    network = setup.prepare_network(config, FAMILY, FAMILY.build_demo(0), torch.device("cpu"), torch.float16,
+                                    torch.float16)
+    lora = {id(p) for p in network.handles.params(tuple(network.handles.targets))}
+    frozen = [t for module in network.components.denoisers().values() for t in [*module.parameters(),
+                                                                                 *module.buffers()]
+              if id(t) not in lora]
+    assert torch.float8_e4m3fn in {t.dtype for t in frozen}
+    assert forecast.frozen_weights == sum(rounded(t.numel() * t.element_size()) for t in frozen)
+    config.model.fp8_base = False
+    assert forecast.frozen_weights < forecast_vram(config).frozen_weights
+    assert any("fp8 base weights (unet, text_encoder)" in note for note in forecast.notes)
+
+
 # ---------------------------------------------------------------------------- where people see it
 @pytest.mark.slow
 def test_plan_json_carries_the_forecast_and_plan_and_check_print_it(capsys):

@@ -123,6 +123,20 @@ class ModelParams:
         help="Encode latents and decode samples with the VAE in fp32 instead of the training's "
              "half precision: for a VAE that makes NaN in fp16 (SDXL's original one does). "
              "Costs VRAM and time while caching and sampling; a CPU always uses fp32.")
+    fp8_base: bool = param(
+        False, label="fp8 base weights", kohya="fp8_base",
+        help="Keep the frozen weights of the U-Net's and the text encoders' linear and convolution "
+             "layers in 8-bit floating point (float8_e4m3fn), cast up to the training precision one "
+             "layer at a time as it runs (sd-scripts' fp8_base): the U-Net needs about half the VRAM "
+             "(SDXL: 5.1 -> 2.6 GB), at the cost of coarser base weights (3 mantissa bits). The LoRA "
+             "trains in fp32 and its file is written as without. Needs mixed precision fp16 or bf16. "
+             "On a CPU the weights are stored in fp8 too and computed in bf16 or fp32: it saves "
+             "memory, not time.")
+    fp8_base_unet: bool = param(
+        False, label="fp8 for the U-Net only", advanced=True, kohya="fp8_base_unet",
+        help="fp8 base weights for the U-Net alone: the text encoders keep the training precision "
+             "(sd-scripts' fp8_base_unet). On its own or with 'fp8 base weights', it puts the U-Net "
+             "in fp8 and never the text encoders.")
 
 
 @dataclass

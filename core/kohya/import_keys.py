@@ -107,7 +107,7 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
         "cache_info", "custom_attributes", "validation_split", "validation_seed",
         "resize_interpolation", "debug_dataset"),
     "memory or speed option (LoRA Kiln chooses these itself)": (
-        "fp8_base", "fp8_base_unet", "full_fp16", "full_bf16", "highvram", "lowvram",
+        "full_fp16", "full_bf16", "highvram", "lowvram",
         "persistent_data_loader_workers",
         "cpu_offload_checkpointing", "lowram"),
     "launcher setting (accelerate, several GPUs): LoRA Kiln trains in one process": (

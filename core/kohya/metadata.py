@@ -42,6 +42,7 @@ SCHEMA_KEYS = frozenset({
     "gradient_checkpointing", "gradient_accumulation_steps", "max_grad_norm", "noise_offset",
     "min_snr_gamma", "output_name", "training_comment", "prior_loss_weight", "enable_bucket",
     "min_bucket_reso", "max_bucket_reso", "bucket_no_upscale", "max_token_length",
+    "fp8_base", "fp8_base_unet",
 })
 # Per-subset options that sd-scripts (without a dataset config) writes as one global value.
 _SUBSET_FLAGS = ("flip_aug", "shuffle_caption", "random_crop")

@@ -152,6 +152,10 @@ def prepare_network(config: TrainConfig, family: Family, components: ModelCompon
                 buffer.data = buffer.data.to(home, weight_dtype)
             else:
                 buffer.data = buffer.data.to(home)
+    if config.model.fp8_base or config.model.fp8_base_unet:
+        from core.models.fp8 import store_components_in_fp8
+
+        log.info(store_components_in_fp8(config.model, denoisers, weight_dtype))
     components.vae.to(device, vae_dtype)
     components.vae.requires_grad_(False)
     components.vae.eval()

@@ -14,8 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from core.data.buckets import BucketError, adjusted_limits
-from core.config.schema import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration, LatentCache, NetworkType,
-                         OptimizerType, SavePrecision, Scheduler, TextEncoderCache, TrainConfig,
+from core.config.schema import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration, LatentCache, MixedPrecision,
+                         NetworkType, OptimizerType, SavePrecision, Scheduler, TextEncoderCache, TrainConfig,
                          text_encoder_lrs, trained_text_encoders)
 from core.models.checkpoint_files import SINGLE_FILE_SUFFIXES, ModelLoadError
 from core.models.family import UnsupportedFamily, families, family_for, family_named
@@ -257,6 +257,25 @@ def _text_encoder_cache_problems(config: TrainConfig, text_encoders: tuple[str, 
     return found
 
 
+def _fp8_problems(config: TrainConfig) -> list[Problem]:
+    """fp8 base weights are cast up to the mixed precision to compute, so sd-scripts refuses
+    them without one; its fp8_base_unet overrides fp8_base for the text encoders."""
+    model, precision = config.model, config.training.mixed_precision
+    if not (model.fp8_base or model.fp8_base_unet):
+        return []
+    found = []
+    if precision is MixedPrecision.NO:
+        found.append(Problem("model.fp8_base" if model.fp8_base else "model.fp8_base_unet",
+                             "fp8 base weights need training.mixed_precision fp16 or bf16 (as sd-scripts): "
+                             "each layer casts its fp8 weights up to that precision to compute; choose one, "
+                             "or turn fp8 off"))
+    if model.fp8_base and model.fp8_base_unet:
+        found.append(Problem("model.fp8_base", "'fp8 for the U-Net only' is on too, so the text encoders keep the "
+                                               "training precision and only the U-Net is in fp8 (as sd-scripts); "
+                                               "turn one of the two off", WARNING))
+    return found
+
+
 def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Problem]:
     found: list[Problem] = []
     add = lambda path, message, severity=ERROR: found.append(Problem(path, message, severity))  # noqa: E731
@@ -311,6 +330,7 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
         add("network.train_text_encoder", "both text encoders are switched off (train text encoder 1 "
                                           "and 2), so only the U-Net trains", WARNING)
     found += _text_encoder_cache_problems(config, text_encoders)
+    found += _fp8_problems(config)
     if net.type is NetworkType.LORA and (net.conv_dim != 1 or net.conv_alpha != 1.0):
         add("network.conv_dim", "conv dim and conv alpha are only used by LoCon", WARNING)
     if net.alpha > net.dim:

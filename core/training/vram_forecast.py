@@ -163,6 +163,7 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
     """The forecast for ``config`` at ``bucket`` (width, height; default dataset.resolution:
     give the plan's largest bucket, see :func:`largest_bucket`). ``subsets`` decide whether
     captions can be cached (default: the config's)."""
+    from core.models.fp8 import fp8_components
     from core.training.meta_kernels import MetaCuda
     from core.training.step import StepComputer
     from core.training.tensor_tracker import StorageTracker
@@ -248,6 +249,10 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
              else "latents not cached: the VAE stays on the GPU and encodes every batch",
              "text-encoder outputs cached: the encoders leave the GPU after caching" if text_cached
              else "text encoders stay on the GPU (trained, or their outputs cannot be cached)"]
+    fp8 = fp8_components(config.model, components.denoisers())
+    if fp8:
+        notes.append(f"fp8 base weights ({', '.join(fp8)}): frozen linear and convolution weights at 1 byte, "
+                     "each cast up for its layer's call and counted as it runs")
     if sampling is not None:
         notes.append("sampling: one U-Net step with guidance and one VAE decode at the sample size (estimate)")
     peak = max(training_peak, caching, sampling or 0)
