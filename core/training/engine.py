@@ -180,10 +180,13 @@ class Trainer:
         # On one GPU the U-Net waits on the CPU until latents and captions are cached, so the
         # VAE and text encoders have the card to themselves (an SDXL U-Net is 5 GB in bf16).
         # Several processes keep the usual order: DDP wraps a model on its device.
+        # Text encoders whose outputs will be cached wait there too, while the VAE caches latents.
         defer_unet = self.device.type == "cuda" and self.accelerator.num_processes == 1
         self.network = setup.load_network(config, self.device, self.weight_dtype, control.should_end,
                                           lambda text: self._status(text, "loading"),
-                                          unet_device=placement.CPU if defer_unet else None)
+                                          unet_device=placement.CPU if defer_unet else None,
+                                          encoders_wait=defer_unet and placement.can_cache_text_states(
+                                              config, [s.params for s in self.plan.subsets]))
         self.optimizer, self.lr_scheduler = setup.make_optimizer_and_schedule(config, self.network, total)
         placements = [not (defer_unet and name == "unet") for name in self.network.trained]
         prepared = self.accelerator.prepare(*self.network.trained.values(), self.optimizer,
@@ -224,6 +227,8 @@ class Trainer:
         # No option that draws is on, so these are the captions every epoch trains with.
         captions = [process_caption(s.record.caption, s.options, batch_rng(0, 0, 0)) for s in self.dataset.samples]
         cache = setup.make_text_cache(self.config, self.network.family.name, self.accelerator.mixed_precision)
+        for text_encoder in self.network.components.text_encoders.values():
+            text_encoder.to(self.device)  # from the CPU where it waited (setup.prepare_network)
         with self.accelerator.autocast():
             count = cache.fill(captions, self.computer.text, cancelled=self.control.should_end)
         self.computer.text_cache = cache

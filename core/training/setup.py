@@ -98,7 +98,7 @@ def run_family(config: TrainConfig) -> Family:
 
 def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
                  cancelled: Callable[[], bool], status: Callable[[str], None],
-                 unet_device: torch.device | None = None) -> Network:
+                 unet_device: torch.device | None = None, encoders_wait: bool = False) -> Network:
     from core.models.base_model import load_base_model
 
     family = run_family(config)
@@ -107,17 +107,19 @@ def load_network(config: TrainConfig, device: torch.device, weight_dtype: torch.
                                  cancelled=cancelled, status=status)
     status("attaching LoRA…")
     return prepare_network(config, family, components, device, weight_dtype,
-                           placement.vae_dtype(config, family, weight_dtype, device), unet_device)
+                           placement.vae_dtype(config, family, weight_dtype, device), unet_device, encoders_wait)
 
 
 def prepare_network(config: TrainConfig, family: Family, components: ModelComponents, device: torch.device,
                     weight_dtype: torch.dtype, vae_dtype: torch.dtype,
-                    unet_device: torch.device | None = None) -> Network:
+                    unet_device: torch.device | None = None, encoders_wait: bool = False) -> Network:
     """LoRA attached to loaded ``components`` (and its init_weights read), the attention kernel
     and checkpointing set, and every module moved to ``device`` in its training dtype -- the
     U-Net to ``unet_device`` when given: the engine keeps it on the CPU while latents and
     captions are cached, so the VAE and text encoders never share the GPU with it (see
-    place_unet). The VRAM forecast (core.training.vram_forecast) calls it with weightless
+    place_unet); with ``encoders_wait``, the text encoders that train no LoRA stay on the CPU
+    too, until their captions are encoded (the engine's _cache_text_states), so the VAE
+    caches latents alone on the card. The VRAM forecast (core.training.vram_forecast) calls it with weightless
     modules on the meta device."""
     from core.kohya.lora_format import describe_lora, ensure_family, load_kohya_into, read_kohya_file
     from core.models.lora import attach_lora
@@ -145,6 +147,8 @@ def prepare_network(config: TrainConfig, family: Family, components: ModelCompon
     denoisers = components.denoisers()
     for name, module in denoisers.items():
         home = unet_device if name == "unet" and unet_device is not None else device
+        if encoders_wait and name != "unet" and name not in handles.targets:
+            home = placement.CPU
         for param in module.parameters():
             param.data = param.data.to(home, torch.float32 if param.requires_grad else weight_dtype)
         for buffer_name, buffer in list(module.named_buffers()):

@@ -8,9 +8,10 @@ setup.make_optimizer_and_schedule, and then, in the engine's order, under a
 :class:`~core.training.tensor_tracker.StorageTracker`:
 
 1. caching: the VAE encodes one batch (dataset.vae_batch_size) at the largest bucket while
-   the U-Net waits on the CPU (as the engine does on one GPU), then leaves it (latents cached); the text encoders encode 16
-   captions (text_cache.TextStateCache.fill's batch) and leave it when their outputs can be
-   cached (placement.can_cache_text_states);
+   the U-Net waits on the CPU (as the engine does on one GPU), then leaves it (latents cached);
+   text encoders whose outputs can be cached (placement.can_cache_text_states) wait on the
+   CPU too, then come to the GPU, encode 16 captions (text_cache.TextStateCache.fill's batch)
+   and leave it;
 2. training: StepComputer.loss on a batch of the largest bucket, backward, gradient clipping,
    optimizer.step and zero_grad, as step.train_micro_batch runs them (its loss.item() and NaN
    guard cannot run on meta tensors, and move no memory). The optimizer state is made first by
@@ -203,8 +204,9 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
     with StorageTracker() as tracker, cuda:
         tracker.adopt(frozen, FROZEN)
         tracker.adopt([p for p in lora if id(p) not in unet], TRAINED)
-        tracker.adopt(encoders + vae, RESIDENT)
-        # 1. caching: the VAE and the text encoders on the GPU, the U-Net still on the CPU
+        # 1. caching: the VAE alone on the GPU while it encodes latents (text encoders whose
+        # outputs are cached wait on the CPU, as the U-Net does), then the text encoders
+        tracker.adopt(vae + ([] if text_cached else encoders), RESIDENT)
         tracker.reset_peak()
         caching = 0
         if latents_cached:
@@ -217,6 +219,7 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
             tracker.release(vae)
         text = None
         if text_cached:
+            tracker.adopt(encoders, RESIDENT)
             tracker.reset_peak()
             with torch.no_grad(), cuda.autocast():
                 text = computer.text([CAPTION] * TEXT_CACHE_BATCH)
