@@ -58,7 +58,7 @@ class MainWindow(QMainWindow):
         self.dataset_tab = DatasetTab(self.project)
         # One VRAM forecast for both tabs' panels, at the largest bucket of the Dataset tab's plan.
         self.vram = VramForecaster(self.project, self)
-        self.vram.set_plan(self.dataset_tab.plan())
+        self.vram.set_plan(self.dataset_tab.plan)
         self.dataset_tab.plan_changed.connect(self.vram.set_plan)
         self.parameters_tab = ParametersTab(self.project, vram=self.vram)
         self.training_tab = TrainingTab(self.project, vram=self.vram)

@@ -28,6 +28,11 @@ class VramStartDialog(QDialog):
         self.setObjectName("vramStartDialog")
         self.forecaster, self.inputs = forecaster, inputs
         self.decision: object = None
+        self.headline = QLabel()
+        self.headline.setWordWrap(True)
+        self.headline.setTextFormat(Qt.TextFormat.PlainText)
+        self.headline.setStyleSheet(f"color: {theme.ERROR}; font-weight: bold")
+        self.headline.hide()
         self.message = QLabel()
         self.message.setWordWrap(True)
         self.message.setTextFormat(Qt.TextFormat.PlainText)
@@ -54,11 +59,12 @@ class VramStartDialog(QDialog):
         for button in (self.apply_button, self.start_button, self.cancel_button):
             buttons.addWidget(button)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.headline)
         layout.addWidget(self.message)
         layout.addWidget(self.busy)
         layout.addWidget(self.choices, 1)
         layout.addLayout(buttons)
-        self.resize(680, 380)
+        self.resize(680, 300)
         self._waiting()
         forecaster.updated.connect(self._on_forecaster_updated)
 
@@ -93,12 +99,12 @@ class VramStartDialog(QDialog):
         self.start_button.setToolTip(f"Start as the settings are, although the forecast ({need}) exceeds {card}")
         self.apply_button.show()
         self.choices.show()
-        self.message.setStyleSheet(f"color: {theme.ERROR}")
-        text = (f"≈ {need} of your {card}: these settings will probably run out of GPU memory "
-                f"({state.card.name}).")
+        self.headline.setText(f"≈ {need} of your {card}" + (f" ({state.card.name})" if state.card.detected else ""))
+        self.headline.show()
+        text = "These settings will probably run out of GPU memory."
         advice = state.advice
         if advice is None:
-            self.message.setText(text + "\n\nLooking for the cheapest changes that would fit…")
+            self.message.setText(text + " Looking for the cheapest changes that would fit…")
             self.busy.show()
             self.choices.clear()
             self._on_choices_item_selection_changed()
@@ -111,11 +117,11 @@ class VramStartDialog(QDialog):
             item.setToolTip("\n".join(suggestion.forecast.lines()))
             self.choices.addItem(item)
         if advice.suggestions:
-            text += "\n\nThe cheapest changes that would fit, cheapest first (choose one):"
+            text += " The cheapest changes that would fit, cheapest first (choose one):"
             self.choices.setCurrentRow(0)
         else:
             closest = advice.closest
-            text += "\n\nNo change on the list fits this card" + (
+            text += " No change on the list fits this card" + (
                 f"; all of them together still need ≈ {gib(closest.forecast.driver)}." if closest else ".")
             text += " Lower the resolution or batch size further on the Parameters tab, or start anyway."
             self.choices.hide()

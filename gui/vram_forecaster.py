@@ -100,7 +100,10 @@ class _Runner:
             if self._running:
                 return
             self._running = True
-        threading.Thread(target=self._main, name="lorakiln-vram", daemon=True).start()
+        # Not a daemon: Python waits for it at exit (at most one forecast; a search for changes
+        # stops at its next one). A daemon thread still inside torch's C++ code when the
+        # interpreter ends is torn down there, and the process aborts ("terminate called").
+        threading.Thread(target=self._main, name="lorakiln-vram", daemon=False).start()
 
     def _main(self) -> None:
         if not self._detected:

@@ -195,7 +195,8 @@ def test_start_warns_when_the_forecast_exceeds_the_card_and_cancel_does_not_star
     use_forecaster(tab, qtbot, tmp_path, forecast=stand_in())
     runs = started_runs(tab, monkeypatch)
     dialog = open_warning(qtbot, tab)
-    assert dialog.isVisible() and dialog.message.text().startswith("≈ 9.1 GB of your 8 GB: ")
+    assert dialog.isVisible() and dialog.headline.text() == "≈ 9.1 GB of your 8 GB"
+    assert dialog.message.text().startswith("These settings will probably run out of GPU memory. The cheapest")
     texts = [dialog.choices.item(i).text() for i in range(dialog.choices.count())]
     assert texts[0] == "Turn on gradient checkpointing: the same result, about 30% slower  —  ≈ 7.4 GB"
     dialog.cancel_button.click()
