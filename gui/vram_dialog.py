@@ -125,6 +125,7 @@ class VramStartDialog(QDialog):
                 f"; all of them together still need ≈ {gib(closest.forecast.driver)}." if closest else ".")
             text += " Lower the resolution or batch size further on the Parameters tab, or start anyway."
             self.choices.hide()
+            self.apply_button.hide()
         if state.advice_error:
             text += f"\n\n(The changes could not be worked out: {state.advice_error})"
         self.message.setText(text)

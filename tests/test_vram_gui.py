@@ -238,6 +238,18 @@ def test_a_later_change_can_be_chosen_and_changes_only_its_fields(qtbot, tab, tm
     assert len(runs) == 1
 
 
+def test_when_nothing_fits_the_warning_says_so_and_still_lets_the_run_start(qtbot, tab, tmp_path, monkeypatch):
+    use_forecaster(tab, qtbot, tmp_path, forecast=stand_in()).set_card_choice(4)
+    runs = started_runs(tab, monkeypatch)
+    tab.start_button.click()
+    dialog = tab.vram_dialog
+    qtbot.waitUntil(lambda: "No change on the list fits" in dialog.message.text(), timeout=WAIT_MS)
+    assert dialog.headline.text() == "≈ 9.1 GB of your 4 GB" and "still need ≈ 5.9 GB" in dialog.message.text()
+    assert dialog.apply_button.isHidden() and dialog.choices.isHidden()
+    dialog.start_button.click()
+    assert len(runs) == 1 and "VRAM: started anyway at ≈ 9.1 GB of your 4 GB" in tab.log.toPlainText()
+
+
 def test_start_can_go_on_without_waiting_for_the_forecast(qtbot, tab, tmp_path, monkeypatch):
     calls, gate = [], threading.Event()
     use_forecaster(tab, qtbot, tmp_path, forecast=stand_in(calls, gate))

@@ -319,7 +319,8 @@ def iter_lines(advice: VramAdvice) -> Iterator[str]:
     yield f"{of}: does not fit"
     for suggestion in advice.suggestions:
         yield f"  {suggestion.label} (≈ {gib(suggestion.forecast.driver)})"
+    closest = advice.closest
     if not advice.suggestions:
-        yield "  no change on the list fits this card" + (
-            f"; the closest, {_short(advice.closest.label).lower()}, needs ≈ {gib(advice.closest.forecast.driver)}"
-            if advice.closest else "")
+        yield "  no change on the list fits this card" + ("" if closest is None else (
+            f"; all {len(closest.keys)} together still need ≈ {gib(closest.forecast.driver)}" if len(closest.keys) > 1
+            else f"; {_short(closest.label).lower()} would still need ≈ {gib(closest.forecast.driver)}"))
