@@ -273,3 +273,17 @@ def test_a_forecast_that_arrives_and_fits_starts_without_asking(qtbot, tab, tmp_
     gate.set()
     qtbot.waitUntil(lambda: len(runs) == 1, timeout=WAIT_MS)
     assert tab.vram_dialog is None
+
+
+def test_the_window_forecasts_once_for_both_tabs_at_the_dataset_plans_buckets(qtbot):
+    from gui.main_window import DISCARD, MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.ask_unsaved = lambda: DISCARD
+    window.open_initial_preset()  # the demo project: its images are planned by the Dataset tab
+    qtbot.waitUntil(lambda: window.dataset_tab.plan is not None, timeout=WAIT_MS)
+    assert window.parameters_tab.vram_panel.forecaster is window.training_tab.vram is window.vram
+    plan = window.dataset_tab.plan
+    assert window.vram.inputs().sizes == tuple(sorted({tuple(i.record.size) for i in plan.images}))
+    assert window.vram.inputs().subsets == tuple(s.params for s in plan.subsets)
