@@ -52,10 +52,16 @@ class MainWindow(QMainWindow):
         from gui.runs_tab import RunsTab
         from gui.training_tab import TrainingTab
 
+        from gui.vram_forecaster import VramForecaster
+
         self.tabs = QTabWidget()
         self.dataset_tab = DatasetTab(self.project)
-        self.parameters_tab = ParametersTab(self.project)
-        self.training_tab = TrainingTab(self.project)
+        # One VRAM forecast for both tabs' panels, at the largest bucket of the Dataset tab's plan.
+        self.vram = VramForecaster(self.project, self)
+        self.vram.set_plan(self.dataset_tab.plan)
+        self.dataset_tab.plan_changed.connect(self.vram.set_plan)
+        self.parameters_tab = ParametersTab(self.project, vram=self.vram)
+        self.training_tab = TrainingTab(self.project, vram=self.vram)
         self.tabs.addTab(self.dataset_tab, "Dataset")
         self.tabs.addTab(self.parameters_tab, "Parameters")
         self.runs_tab = RunsTab(self.project)
@@ -245,6 +251,7 @@ class MainWindow(QMainWindow):
             return
         settings().setValue("window/geometry", self.saveGeometry())
         self.dataset_tab.shutdown()  # stop background scans and thumbnail loads
+        self.vram.shutdown()
         event.accept()
 
     # ------------------------------------------------------------------ slots

@@ -20,6 +20,8 @@ from gui import theme
 from gui.form import MARK_COLORS, FormBinding, describe_problem, form_specs
 from gui.form_editors import FieldEditor
 from gui.project import Project
+from gui.vram_forecaster import VramForecaster
+from gui.vram_panel import VramPanel
 
 VALIDATE_DELAY_MS = 150  # typing a number validates once it pauses, not at every digit
 _SUMMARY_ROWS = 4
@@ -31,9 +33,10 @@ class ParametersTab(QWidget):
     # a problem whose field is not on this tab (an image folder's) was clicked in the summary
     problem_activated = Signal(str)
 
-    def __init__(self, project: Project, parent: QWidget | None = None) -> None:
+    def __init__(self, project: Project, parent: QWidget | None = None, vram: VramForecaster | None = None) -> None:
         super().__init__(parent)
         self.project = project
+        self.vram_panel = VramPanel(vram if vram is not None else VramForecaster(project, self))
         self.binding = FormBinding(project, self)
         self._validated: list[Problem] = []
         self._validity: tuple[bool, list[str]] | None = None
@@ -75,6 +78,7 @@ class ParametersTab(QWidget):
         body.addWidget(self._scroll, 1)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
+        layout.addWidget(self.vram_panel)
         layout.addWidget(self._summary)
         layout.addLayout(body, 1)
 

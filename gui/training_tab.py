@@ -14,7 +14,9 @@ from PySide6.QtWidgets import (QGridLayout, QMessageBox, QPlainTextEdit, QProgre
 
 from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, PhaseProgress, RunStarted,
                                   SampleImage, Status, StepMetrics, StepSkipped)
+from core.config.params import FieldError
 from core.training.metrics import format_duration
+from core.training.vram_advice import Suggestion, gib
 from gui.error_dialog import ErrorDialog
 from core.studies.run_queue import RunQueue
 from gui.project import Project
@@ -23,6 +25,9 @@ from gui.run_list import report
 from gui.run_controls import IDLE, PAUSED, RUNNING, STOPPING, RunControls
 from gui.sample_strip import SampleStrip
 from gui.training_plots import TrainingPlots
+from gui.vram_dialog import CANCEL, START, VramStartDialog
+from gui.vram_forecaster import VramForecaster, VramState
+from gui.vram_panel import VramPanel
 from gui.worker import TrainingWorker
 
 TICK_MS = 20  # one plot per tick: a cycle through the five plots fits in the 100 ms throttle
@@ -36,9 +41,12 @@ class TrainingTab(QWidget):
     running_changed = Signal(bool)
     run_started = Signal(str)  # the run folder, as soon as the engine has made it
 
-    def __init__(self, project: Project, parent: QWidget | None = None, queue: RunQueue | None = None) -> None:
+    def __init__(self, project: Project, parent: QWidget | None = None, queue: RunQueue | None = None,
+                 vram: VramForecaster | None = None) -> None:
         super().__init__(parent)
         self.project = project
+        self.vram = vram if vram is not None else VramForecaster(project, self)
+        self.vram_dialog: VramStartDialog | None = None  # the check before Start, while it is open
         self.queue = queue if queue is not None else RunQueue.load()
         self.state = IDLE
         self.run_config = None  # the snapshot the current (or last) run trains
@@ -120,8 +128,10 @@ class TrainingTab(QWidget):
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([640, 200])  # room for a handful of log lines and queue items from the start
 
+        self.vram_panel = VramPanel(self.vram)
         layout = QVBoxLayout(self)
         layout.addWidget(controls)
+        layout.addWidget(self.vram_panel)
         layout.addWidget(self.progress)
         layout.addWidget(splitter, 1)
 
@@ -357,6 +367,50 @@ class TrainingTab(QWidget):
 
     # ---------------------------------------------------------------- buttons
     def _on_start_button_clicked(self) -> None:
+        self.start_after_vram_check()
+
+    # ---------------------------------------------------------------- the check before Start
+    def start_after_vram_check(self) -> None:
+        """Start, unless the VRAM forecast of these settings exceeds the card: then ask first
+        (gui.vram_dialog). Only the Start button asks; queued and resumed runs start as given."""
+        if self.is_running() or self._blocked or self.queue_panel.running or self.vram_dialog is not None:
+            return
+        inputs = self.vram.refresh_now(self.project.config)
+        state = self.vram.state_for(inputs.key)
+        if state is not None and (state.error or state.fits):
+            self._start_checked(START, state)
+            return
+        dialog = VramStartDialog(self.vram, inputs, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.decided.connect(self._on_vram_dialog_decided)
+        self.vram_dialog = dialog
+        dialog.open()
+        dialog.refresh()
+
+    def _on_vram_dialog_decided(self, decision: object) -> None:
+        dialog, self.vram_dialog = self.vram_dialog, None
+        if decision == CANCEL or dialog is None:
+            return  # nothing changes
+        self._start_checked(decision, self.vram.state_for(dialog.inputs.key))
+
+    def _start_checked(self, decision: object, state: VramState | None) -> None:
+        if isinstance(decision, Suggestion):
+            # Applied as if the person had edited the fields, then started: they asked to train,
+            # and the change they chose is the one the dialog showed to fit.
+            try:
+                for change in decision.changes:
+                    self.project.set_value(change.path, change.value)
+            except FieldError as error:
+                self.show_message("Cannot apply the change", f"{error}\nNothing was started.")
+                return
+            self._append_log(f"VRAM: applied “{decision.label}” (≈ {gib(decision.forecast.driver)} of your "
+                             f"{state.card.size_label if state else 'card'})")
+        elif state is None:
+            self._append_log("VRAM forecast not ready: started without it")
+        elif state.error:
+            self._append_log(f"VRAM forecast unavailable ({state.error}): started without it")
+        elif state.fits is False:
+            self._append_log(f"VRAM: started anyway at ≈ {gib(state.forecast.driver)} of your {state.card.size_label}")
         self.start()
 
     def _on_pause_button_clicked(self) -> None:
