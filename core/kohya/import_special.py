@@ -112,6 +112,8 @@ def _network(ctx: ImportContext) -> None:
             (ctx.unsupported(key, value, error) if error else ctx.mapped(key, f"network.{field_name}", value))
         elif name == "algo" and lycoris and str(value).lower() in keys.LYCORIS_ALGOS:
             ctx.mapped(key, "network.type", value)
+        elif name == "preset" and lycoris and net.type is NetworkType.IA3 and str(value).lower() == "ia3":
+            ctx.ignored(key, value, "LoRA Kiln's IA3 adapts the layers of LyCORIS's ia3 preset")
         elif name in keys.LYCORIS_OPTIONS and lycoris:
             field_name = keys.LYCORIS_OPTIONS[name]
             error = set_field(ctx, net, field_name, value, f"network.{field_name}")

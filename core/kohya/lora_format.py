@@ -105,6 +105,7 @@ def load_kohya_into(handles: LoraHandles, family: Family, state_dict: dict[str, 
     """
     import torch
 
+    _ensure_same_type(state_dict, handles)
     expected: dict[str, tuple[str, str, torch.nn.Module]] = {
         family.kohya_name(c, p): (c, p, layer) for c, p, layer in handles.layers()}
     grouped: dict[str, dict[str, torch.Tensor]] = {}
@@ -148,11 +149,6 @@ def load_kohya_into(handles: LoraHandles, family: Family, state_dict: dict[str, 
     if mismatched:
         summary = describe_lora(state_dict, {})
         net = handles.network
-        if summary.network != network_label(net):
-            raise KohyaFormatError(
-                f"the LoRA file is a {summary.network} network, but the settings say {network_label(net)} "
-                f"({len(mismatched)} modules differ, e.g. {mismatched[0]}); set the network type "
-                "(and DoRA) to the file's to continue training it")
         raise KohyaFormatError(
             f"the LoRA file has {_file_shape_text(summary)}, but the settings say dim {net.dim} / "
             f"alpha {net.alpha:g}" + (f", conv dim {net.conv_dim} / conv alpha {net.conv_alpha:g}"
@@ -164,6 +160,17 @@ def load_kohya_into(handles: LoraHandles, family: Family, state_dict: dict[str, 
             param.copy_(tensor.to(param.dtype))
     missing = [name for name in expected if name not in grouped or name in incomplete]
     return LoadReport(loaded=loaded, missing=missing, unexpected=unexpected)
+
+
+def _ensure_same_type(state_dict: dict[str, torch.Tensor], handles: LoraHandles) -> None:
+    """Refuse a file of another network type (LoHa into LoKr, DoRA into plain LoRA): none of its
+    tensors would fit, and the message should say why. LoRA and LoCon share one layout."""
+    summary = describe_lora(state_dict, {})
+    wanted = network_label(handles.network)
+    if summary.n_modules and summary.network.replace("LoCon", "LoRA") != wanted.replace("LoCon", "LoRA"):
+        raise KohyaFormatError(
+            f"the LoRA file is a {summary.network} network, but the settings say {wanted}; set the network "
+            "type (and DoRA) to the file's to continue training it")
 
 
 def _parts_of(handles: LoraHandles, layer: torch.nn.Module) -> tuple[str, ...]:
