@@ -393,3 +393,12 @@ def test_the_vram_forecast_builds_each_type_on_the_meta_device(name):
     assert got > 0
     if name == "IA3":
         assert got < lora  # one number per channel of a few layers
+
+
+def test_the_file_size_estimate_counts_lohas_two_pairs_and_locons_layers():
+    # the disk-space check's count without loading a model: LoHa twice LoCon's weights
+    locon = NetworkParams(type=NetworkType.LOCON, dim=8, conv_dim=4)
+    loha = NetworkParams(type=L, dim=8, conv_dim=4)
+    for family in (SD1, SDXL):
+        assert family.lora_weights(loha) == 2 * family.lora_weights(locon)
+        assert family.lora_weights(NetworkParams(type=C, dim=8, conv_dim=4)) == family.lora_weights(locon)
