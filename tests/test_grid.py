@@ -229,6 +229,15 @@ def test_an_sdxl_lora_is_refused_naming_the_row_and_file(tmp_path):
         make_grid(_spec([GridRow("xl", path)]))
 
 
+def test_a_lycoris_file_is_refused_naming_its_type(tmp_path):
+    path = tmp_path / "loha.safetensors"
+    name = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_lora_file(path, {f"{name}.hada_w1_a": torch.zeros(32, 4), f"{name}.hada_w1_b": torch.zeros(4, 32),
+                          f"{name}.hada_w2_a": torch.zeros(32, 4), f"{name}.hada_w2_b": torch.zeros(4, 32)}, {})
+    with pytest.raises(GridError, match="row 'loha' .*: a LyCORIS LoHa file; grids apply LoRA and LoCon files only"):
+        make_grid(_spec([GridRow("loha", path)]))
+
+
 # ---------------------------------------------------------------- generated grids
 
 

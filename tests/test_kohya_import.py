@@ -167,8 +167,8 @@ def test_text_encoder_lr_zero_with_a_unet_lr_trains_the_unet_only(tmp_path):
     assert any("network_train_unet_only" in w for w in result.warnings)
 
 
-def test_network_types_other_than_lora_and_locon_are_unsupported(tmp_path):
-    result = import_kohya([_write_json(tmp_path, LoRA_type="LyCORIS/LoHa", use_tucker=True)])
+def test_network_types_lora_kiln_lacks_are_unsupported(tmp_path):
+    result = import_kohya([_write_json(tmp_path, LoRA_type="LyCORIS/Diag-OFT", use_tucker=True)])
     reasons = {u.key: u.reason for u in result.unsupported}
     assert result.config.network.type is NetworkType.LORA
     assert "imported as LoRA" in reasons["LoRA_type"]

@@ -306,3 +306,18 @@ def test_conv_dim_and_alpha_are_used_only_by_locon(tab, project):
     project.set_value("network.type", "LoCon")
     assert all(editor.isEnabled() for editor in conv)
 
+
+
+def test_the_lycoris_types_are_offered_and_enable_their_own_options(tab, project):
+    tab.advanced.setChecked(True)
+    combo = tab.editor("network.type").combo
+    assert [combo.itemText(i) for i in range(combo.count())] == ["LoRA", "LoCon", "LoHa", "LoKr", "IA3"]
+    lokr = [tab.editor(f"network.lokr_{name}") for name in ("factor", "full_matrix", "decompose_both")]
+    conv, dora = tab.editor("network.conv_dim"), tab.editor("network.dora_wd")
+    project.set_value("network.type", "LoKr")
+    assert all(editor.isEnabled() for editor in lokr) and conv.isEnabled() and dora.isEnabled()
+    project.set_value("network.type", "LoHa")
+    assert not any(editor.isEnabled() for editor in lokr) and conv.isEnabled() and dora.isEnabled()
+    assert not tab.editor("network.dropout").isEnabled()  # LyCORIS's LoHa has no dropout either
+    project.set_value("network.type", "IA3")
+    assert not dora.isEnabled() and not conv.isEnabled()

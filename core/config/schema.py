@@ -37,6 +37,19 @@ class TextEncoderCache(enum.StrEnum):
 class NetworkType(enum.StrEnum):
     LORA = "LoRA"
     LOCON = "LoCon"
+    LOHA = "LoHa"
+    LOKR = "LoKr"
+    IA3 = "IA3"
+
+    @property
+    def is_lycoris(self) -> bool:
+        """Saved in LyCORIS's layout (hada_*, lokr_*, IA3's weight) rather than Kohya's lora_down/up."""
+        return self in (NetworkType.LOHA, NetworkType.LOKR, NetworkType.IA3)
+
+    @property
+    def has_conv(self) -> bool:
+        """Adapts the ResNet, down- and upsampling convolutions too (conv_dim / conv_alpha)."""
+        return self in (NetworkType.LOCON, NetworkType.LOHA, NetworkType.LOKR)
 
 
 class OptimizerType(enum.StrEnum):
@@ -247,7 +260,12 @@ class DatasetParams:
 class NetworkParams:
     type: NetworkType = param(
         NetworkType.LORA, label="Network type",
-        help="LoRA trains the attention and feed-forward layers; LoCon adds the convolutions.")
+        help="LoRA trains the attention and feed-forward layers; LoCon adds the convolutions. The "
+             "LyCORIS types (saved as kohya_ss saves them, loaded by ComfyUI, AUTOMATIC1111/Forge and "
+             "sd-scripts): LoHa (a Hadamard product of two low-rank pairs, about twice LoRA's "
+             "weights per dim) and LoKr (a Kronecker product, very small files) adapt the same layers "
+             "as LoCon; IA3 only scales the attention keys, values and feed-forward outputs "
+             "(tiny files; wants a high learning rate, ~5e-3).")
     dim: int = param(
         8, label="Network dim (rank)", minimum=1, maximum=1024, kohya="network_dim",
         help="Rank of each LoRA module. Higher learns more detail and makes larger files.")
@@ -256,10 +274,26 @@ class NetworkParams:
         help="Scales the LoRA output by alpha / dim (kohya_ss default 1).")
     conv_dim: int = param(
         1, label="Conv dim", minimum=1, maximum=1024, kohya="conv_dim",
-        help="Rank of the 3x3 convolution modules (LoCon only).")
+        help="Rank of the 3x3 convolution modules (LoCon, LoHa and LoKr).")
     conv_alpha: float = param(
         1.0, label="Conv alpha", minimum=0.0, maximum=1024.0, kohya="conv_alpha",
-        help="Alpha of the 3x3 convolution modules (LoCon only).")
+        help="Alpha of the 3x3 convolution modules (LoCon, LoHa and LoKr).")
+    dora_wd: bool = param(
+        False, label="DoRA (weight decomposition)", advanced=True,
+        help="LyCORIS's dora_wd: train each adapted layer's weight as a direction plus a magnitude "
+             "per output channel (saved as dora_scale), which often learns closer to full fine-tuning. "
+             "For LoRA, LoCon, LoHa and LoKr; slower per step.")
+    lokr_factor: int = param(
+        -1, label="LoKr factor", minimum=-1, maximum=1024, advanced=True,
+        help="LoKr splits each dimension into two factors, the smaller one at most this (-1: as "
+             "square as possible). Smaller factors make smaller files.")
+    lokr_full_matrix: bool = param(
+        False, label="LoKr full matrix", advanced=True,
+        help="LoKr: keep both Kronecker factors as full matrices instead of low-rank pairs (LyCORIS's "
+             "full_matrix; the same as a dim of 10000). The dim then plays no part and the scale is 1.")
+    lokr_decompose_both: bool = param(
+        False, label="LoKr decompose both", advanced=True,
+        help="LoKr: make the smaller Kronecker factor low-rank too (LyCORIS's decompose_both).")
     dropout: float = param(
         0.0, label="Dropout", minimum=0.0, maximum=1.0, advanced=True, kohya="network_dropout",
         help="Dropout on the LoRA modules' hidden activations.")

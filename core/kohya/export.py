@@ -20,7 +20,7 @@ import tomli_w
 
 from core import __version__
 from core.system.atomic import write_text_atomic
-from core.config.schema import (GROUPS, Attention, Duration, LatentCache, ModelFamily, NetworkType, SubsetParams,
+from core.config.schema import (GROUPS, Attention, Duration, LatentCache, ModelFamily, SubsetParams,
                                 TextEncoderCache, TrainConfig)
 from core.data.scan import DatasetError, kohya_subsets
 from core.kohya.import_dataset import DATASET_KEYS, SUBSET_KEYS
@@ -136,10 +136,13 @@ def _config_sections(config: TrainConfig, folder: Path | None, notes: list[str],
 
 
 def _network(config: TrainConfig, section: dict[str, Any]) -> None:
+    from core.kohya.metadata import network_args, network_module
+
     net = config.network
-    section["network_module"] = NETWORK_MODULE
-    if net.type is NetworkType.LOCON:
-        section["network_args"] = [f"conv_dim={net.conv_dim}", f"conv_alpha={net.conv_alpha:g}"]
+    section["network_module"] = network_module(config)
+    args = network_args(config)
+    if args:
+        section["network_args"] = [f"{name}={value}" for name, value in args.items()]
     if not net.train_text_encoder:
         section["network_train_unet_only"] = True
     if not net.train_unet:

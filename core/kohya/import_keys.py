@@ -34,13 +34,30 @@ KEY_ALIASES: dict[str, str] = {
 
 # kohya_ss "LoRA_type" -> network. "Kohya LoCon" is networks.lora with conv_dim, exactly our
 # LoCon; LyCORIS's LoCon (LoCon, LyCORIS/LoCon) adapts the same layers, so it is trained
-# as Kohya's LoCon (the caller warns). Every other type is a different network.
+# as Kohya's LoCon (the caller warns). LoHa, LoKr and iA3 are LyCORIS's (lycoris.kohya).
 NETWORK_TYPES: dict[str, NetworkType] = {
     "standard": NetworkType.LORA,
     "kohya locon": NetworkType.LOCON,
     "locon": NetworkType.LOCON,
     "lycoris/locon": NetworkType.LOCON,
+    "loha": NetworkType.LOHA,
+    "lycoris/loha": NetworkType.LOHA,
+    "lokr": NetworkType.LOKR,
+    "lycoris/lokr": NetworkType.LOKR,
+    "ia3": NetworkType.IA3,
+    "lycoris/ia3": NetworkType.IA3,
 }
+# lycoris.kohya's network_args algo -> network ("lora" is LyCORIS's LoRA/LoCon module).
+LYCORIS_ALGOS: dict[str, NetworkType] = {
+    "lora": NetworkType.LORA, "locon": NetworkType.LOCON, "loha": NetworkType.LOHA,
+    "lokr": NetworkType.LOKR, "ia3": NetworkType.IA3,
+}
+# LyCORIS options LoRA Kiln trains with: kohya_ss key / network_args name -> NetworkParams field.
+LYCORIS_OPTIONS: dict[str, str] = {
+    "dora_wd": "dora_wd", "factor": "lokr_factor", "full_matrix": "lokr_full_matrix",
+    "decompose_both": "lokr_decompose_both",
+}
+LYCORIS_OPTION = "LyCORIS option not implemented in LoRA Kiln"
 
 # Optimizer names as kohya_ss and sd-scripts spell them (case does not matter there either).
 # "DAdaptation" is sd-scripts' old name; it builds DAdaptAdamPreprint, the first version of
@@ -84,8 +101,8 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
         "flux1_cache_text_encoder_outputs_to_disk", "ae", "clip_l", "t5xxl", "discrete_flow_shift",
         "model_prediction_type", "timestep_sampling", "split_mode", "train_blocks",
         "t5xxl_max_token_length", "guidance_scale", "mem_eff_save", "apply_t5_attn_mask", "split_qkv"),
-    "LyCORIS option (LoRA Kiln trains Kohya's LoRA and LoCon)": (
-        "factor", "bypass_mode", "dora_wd", "use_cp", "use_tucker", "use_scalar",
+    LYCORIS_OPTION: (
+        "factor", "bypass_mode", "dora_wd", "full_matrix", "use_cp", "use_tucker", "use_scalar",
         "rank_dropout_scale", "constrain", "rescaled", "train_norm", "decompose_both",
         "train_on_input", "LyCORIS_preset", "unit", "preset", "block_size"),
     "network option not implemented in LoRA Kiln": (
@@ -154,7 +171,7 @@ def _lycoris(raw: Mapping[str, Any]) -> bool:
 
 # Keys that only matter when another key enables them: (test on the whole file, why not).
 _CONDITIONS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool], str], ...] = (
-    (_REASON_GROUPS["LyCORIS option (LoRA Kiln trains Kohya's LoRA and LoCon)"], _lycoris,
+    (_REASON_GROUPS[LYCORIS_OPTION], _lycoris,
      "only used by LyCORIS network types"),
     (("huber_c", "huber_schedule"), lambda raw: str(raw.get("loss_type", "l2")).lower() != "l2",
      "only used with the huber or smooth_l1 loss"),

@@ -15,7 +15,7 @@ from core.kohya.import_common import DIRECT, KOHYA_SS
 from core.kohya.import_dataset import ARGUMENTS as DATASET_ARGUMENTS
 from core.kohya.import_misc import MISC_HANDLERS, flag, set_field
 from core.kohya.import_sdxl import SDXL_HANDLERS
-from core.config.params import param_specs
+from core.config.params import param_specs, spec_for
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from core.kohya.import_common import ImportContext
@@ -76,7 +76,8 @@ def _network(ctx: ImportContext) -> None:
         text = str(ctx.value("LoRA_type")).strip()
         kind = keys.NETWORK_TYPES.get(text.lower())
         if kind is None:
-            ctx.arg_unsupported("LoRA_type", "LoRA Kiln trains LoRA (Standard) and LoCon; imported as LoRA")
+            ctx.arg_unsupported("LoRA_type", "LoRA Kiln trains LoRA (Standard), LoCon, LoHa, LoKr and iA3; "
+                                "imported as LoRA")
         else:
             net.type = kind
             ctx.arg_mapped("LoRA_type", "network.type")
@@ -84,32 +85,55 @@ def _network(ctx: ImportContext) -> None:
                 ctx.warn("LoRA_type: LyCORIS's LoCon is trained as Kohya's LoCon (the same layers, "
                          "saved in the Kohya LoRA format)")
     if ctx.has("network_module"):
+        algo = str(given.get("algo", "lora")).strip().lower()
         if module == "networks.lora":
             net.type = NetworkType.LOCON if "conv_dim" in given else NetworkType.LORA
             ctx.arg_mapped("network_module", "network.type")
-        elif lycoris and str(given.get("algo", "")).lower() == "locon":
-            net.type = NetworkType.LOCON
+        elif lycoris and algo in keys.LYCORIS_ALGOS:
+            net.type = keys.LYCORIS_ALGOS[algo]
+            if net.type is NetworkType.LORA and "conv_dim" in given:
+                net.type = NetworkType.LOCON
             ctx.arg_mapped("network_module", "network.type")
-            ctx.warn("network_module: LyCORIS's LoCon is trained as Kohya's LoCon (the same layers)")
+            if net.type is NetworkType.LOCON:
+                ctx.warn("network_module: LyCORIS's LoCon is trained as Kohya's LoCon (the same layers)")
+        elif lycoris:
+            ctx.arg_unsupported("network_module", f"LyCORIS's algo {algo} is not implemented (LoRA Kiln trains "
+                                "lora, locon, loha, lokr and ia3); imported as LoRA")
         else:
             ctx.arg_unsupported("network_module", f"{module} is not implemented; imported as LoRA")
+    lycoris_type = lycoris or str(ctx.args.get("LoRA_type", "")).lower().startswith("lycoris") or net.type.is_lycoris
+    if ctx.has("network_dim"):
+        _network_dim(ctx)
     for name, value in items:
         key = f"{shown}.{name}"
         if name in ("conv_dim", "conv_alpha", "dropout"):
             field_name = "dropout" if name == "dropout" else name
             error = set_field(ctx, net, field_name, value, f"network.{field_name}")
             (ctx.unsupported(key, value, error) if error else ctx.mapped(key, f"network.{field_name}", value))
-        elif name == "algo" and net.type is NetworkType.LOCON:
+        elif name == "algo" and lycoris and str(value).lower() in keys.LYCORIS_ALGOS:
             ctx.mapped(key, "network.type", value)
+        elif name == "preset" and lycoris and net.type is NetworkType.IA3 and str(value).lower() == "ia3":
+            ctx.ignored(key, value, "LoRA Kiln's IA3 adapts the layers of LyCORIS's ia3 preset")
+        elif name in keys.LYCORIS_OPTIONS and lycoris:
+            field_name = keys.LYCORIS_OPTIONS[name]
+            error = set_field(ctx, net, field_name, value, f"network.{field_name}")
+            (ctx.unsupported(key, value, error) if error else ctx.mapped(key, f"network.{field_name}", value))
         else:
             unsupported, reason = keys.classify_other(name, value, {"LoRA_type": "LyCORIS" if lycoris else ""})
             (ctx.unsupported if unsupported else ctx.ignored)(key, value, reason)
     for name in ("conv_dim", "conv_alpha"):
         if ctx.has(name):
-            if net.type is NetworkType.LOCON:
+            if net.type.has_conv:
                 ctx.arg_direct(name, net, name, f"network.{name}")
             else:
-                ctx.arg_ignored(name, f"only used by LoCon (this network is {net.type.value})")
+                ctx.arg_ignored(name, f"only used by LoCon, LoHa and LoKr (this network is {net.type.value})")
+    # kohya_ss's own keys for the LyCORIS options (sd-scripts has them in network_args).
+    for name, field_name in keys.LYCORIS_OPTIONS.items():
+        if ctx.has(name) and lycoris_type:
+            if field_name.startswith("lokr_") and net.type is not NetworkType.LOKR:
+                ctx.arg_ignored(name, f"only used by LoKr (this network is {net.type.value})")
+            else:
+                ctx.arg_direct(name, net, field_name, f"network.{field_name}")
     if ctx.has("network_alpha"):
         try:
             zero = float(keys.loosen(ctx.value("network_alpha"), float)) == 0
@@ -121,6 +145,24 @@ def _network(ctx: ImportContext) -> None:
             ctx.warn(f"network_alpha 0 means alpha = dim in Kohya: imported as {net.dim}")
         else:
             ctx.arg_direct("network_alpha", net, "alpha", "network.alpha")
+
+
+def _network_dim(ctx: ImportContext) -> None:
+    # LyCORIS users ask for full-rank LoKr with a dim far above any rank (10000 and more): every
+    # factor is then stored whole, which is LoRA Kiln's "LoKr full matrix".
+    net = ctx.config.network
+    try:
+        dim = float(keys.loosen(ctx.value("network_dim"), float))
+    except (TypeError, ValueError, OverflowError):
+        dim = 0.0
+    limit = spec_for(type(net), "dim").info.maximum
+    if net.type is NetworkType.LOKR and dim > limit:
+        net.lokr_full_matrix = True
+        ctx.arg_mapped("network_dim", "network.lokr_full_matrix")
+        ctx.warn(f"network_dim: LoKr with dim {dim:g} keeps whole Kronecker factors (LyCORIS's full-rank "
+                 "LoKr): imported as network.lokr_full_matrix on")
+    else:
+        ctx.arg_direct("network_dim", net, "dim", "network.dim")
 
 
 def _optimizer(ctx: ImportContext) -> None:
@@ -258,7 +300,8 @@ def _rate_list(ctx: ImportContext) -> None:
 
 
 _SPECIAL: tuple[tuple[tuple[str, ...], Callable[[ImportContext], None]], ...] = (
-    (("LoRA_type", "network_module", "network_args", "conv_dim", "conv_alpha", "network_alpha"), _network),
+    (("LoRA_type", "network_module", "network_args", "conv_dim", "conv_alpha", "network_alpha", "network_dim",
+      *keys.LYCORIS_OPTIONS), _network),
     (("optimizer_type", "use_8bit_adam", "optimizer_args"), _optimizer),
     (("unet_lr", "text_encoder_lr", "network_train_unet_only", "network_train_text_encoder_only"),
      _learning_rates),

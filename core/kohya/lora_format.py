@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.models.lora import LoraHandles
 
@@ -48,6 +48,8 @@ class LoraSummary:
     has_conv: bool  # any module with a larger kernel (LoCon's 3x3 convolutions)
     conv_dims: set[int] = field(default_factory=set)  # ranks of those (conv_dim)
     conv_alphas: set[float] = field(default_factory=set)
+    network: str = "LoRA"  # as network_label names it: "LoRA", "LoCon", "LoHa", "LoKr + DoRA", ...
+    full_rank: int = 0  # LoKr modules stored as whole factors (no dim; scale 1)
 
 
 def to_kohya_state_dict(handles: LoraHandles, family: Family, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -58,6 +60,10 @@ def to_kohya_state_dict(handles: LoraHandles, family: Family, dtype: torch.dtype
     for component, path, layer in handles.layers():
         _, alpha = handles.targets[component][path]
         name = family.kohya_name(component, path)
+        if handles.is_lycoris(layer):
+            for rest, tensor in layer.file_tensors().items():
+                tensors[f"{name}.{rest}"] = tensor.detach().to("cpu", dtype, copy=True).contiguous()
+            continue
         down, up = handles.down_up(layer)
         # copy=True: the file must not share storage with weights training keeps changing.
         tensors[f"{name}.{DOWN}"] = down.detach().to("cpu", dtype, copy=True).contiguous()
@@ -99,13 +105,14 @@ def load_kohya_into(handles: LoraHandles, family: Family, state_dict: dict[str, 
     """
     import torch
 
+    _ensure_same_type(state_dict, handles)
     expected: dict[str, tuple[str, str, torch.nn.Module]] = {
         family.kohya_name(c, p): (c, p, layer) for c, p, layer in handles.layers()}
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     unexpected: list[str] = []
     for key, tensor in state_dict.items():
         name, rest = _split(key)
-        if name in expected and rest in (DOWN, UP, ALPHA):
+        if name in expected and rest in _parts_of(handles, expected[name][2]):
             grouped.setdefault(name, {})[rest] = tensor
         else:
             unexpected.append(key)
@@ -117,6 +124,11 @@ def load_kohya_into(handles: LoraHandles, family: Family, state_dict: dict[str, 
     for name, parts in grouped.items():
         component, path, layer = expected[name]
         rank, alpha = handles.targets[component][path]
+        if handles.is_lycoris(layer):
+            if not _plan_lycoris(name, layer, parts, plan, mismatched, unexpected, incomplete):
+                continue
+            loaded += 1
+            continue
         if DOWN not in parts or UP not in parts:
             unexpected.extend(f"{name}.{rest}" for rest in parts)
             incomplete.add(name)
@@ -148,6 +160,58 @@ def load_kohya_into(handles: LoraHandles, family: Family, state_dict: dict[str, 
             param.copy_(tensor.to(param.dtype))
     missing = [name for name in expected if name not in grouped or name in incomplete]
     return LoadReport(loaded=loaded, missing=missing, unexpected=unexpected)
+
+
+def _ensure_same_type(state_dict: dict[str, torch.Tensor], handles: LoraHandles) -> None:
+    """Refuse a file of another network type (LoHa into LoKr, DoRA into plain LoRA): none of its
+    tensors would fit, and the message should say why. LoRA and LoCon share one layout."""
+    summary = describe_lora(state_dict, {})
+    wanted = network_label(handles.network)
+    if summary.n_modules and summary.network.replace("LoCon", "LoRA") != wanted.replace("LoCon", "LoRA"):
+        raise KohyaFormatError(
+            f"the LoRA file is a {summary.network} network, but the settings say {wanted}; set the network "
+            "type (and DoRA) to the file's to continue training it")
+
+
+def _parts_of(handles: LoraHandles, layer: torch.nn.Module) -> tuple[str, ...]:
+    if handles.is_lycoris(layer):
+        return tuple(layer.file_tensors())
+    return (DOWN, UP, ALPHA)
+
+
+def _plan_lycoris(name: str, layer: torch.nn.Module, parts: dict[str, torch.Tensor],
+                  plan: list[tuple[torch.nn.Parameter, torch.Tensor]], mismatched: list[str],
+                  unexpected: list[str], incomplete: set[str]) -> bool:
+    """Queue the copies of one LyCORIS module's tensors; False when it cannot be loaded."""
+    own = layer.file_tensors()
+    needed = [rest for rest in own if rest not in (ALPHA, "on_input")]
+    if any(rest not in parts for rest in needed):
+        unexpected.extend(f"{name}.{rest}" for rest in parts)
+        incomplete.add(name)
+        return False
+    if ALPHA in own and not _alpha_matches(parts.get(ALPHA), layer.rank, float(own[ALPHA])):
+        mismatched.append(name)
+        return False
+    if "on_input" in parts and bool(parts["on_input"].item()) != bool(own["on_input"].item()):
+        mismatched.append(name)
+        return False
+    for rest in needed:
+        param, tensor = own[rest], parts[rest]
+        if tensor.numel() != param.numel():  # another dim, factor or model
+            mismatched.append(name)
+            return False
+        # reshape: LyCORIS flattens some factors of 1x1 convolutions, and so may others.
+        plan.append((param, tensor.reshape(param.shape)))
+    return True
+
+
+def network_label(network: Any) -> str:
+    """How a file or the settings name the network type: "LoRA", "LoCon", "LoHa", "LoKr",
+    "IA3", with " + DoRA" when weight-decomposed."""
+    from core.config.schema import NetworkType
+
+    label = NetworkType(network.type).value
+    return label + " + DoRA" if getattr(network, "dora_wd", False) else label
 
 
 def read_kohya_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -190,8 +254,8 @@ def _architecture(modules: dict[str, dict[str, torch.Tensor]], metadata: dict[st
     if any(n.startswith(("lora_te1_", "lora_te2_")) for n in names):
         return "sdxl"
     for name, parts in modules.items():
-        if name.startswith("lora_unet_") and name.endswith("attn2_to_k") and DOWN in parts:
-            found = _CONTEXT_DIMS.get(int(parts[DOWN].shape[1]))
+        if name.startswith("lora_unet_") and name.endswith("attn2_to_k") and _in_features(parts):
+            found = _CONTEXT_DIMS.get(_in_features(parts) or 0)
             if found:
                 return found
     version = metadata.get("ss_base_model_version", "")
@@ -206,37 +270,95 @@ def _architecture(modules: dict[str, dict[str, torch.Tensor]], metadata: dict[st
     if any(_SDXL_BLOCK.match(n) for n in names):
         return "sdxl"
     for name, parts in modules.items():
-        if name.startswith("lora_te_") and name.endswith("q_proj") and DOWN in parts:
-            found = {768: "sd1", 1024: "sd2"}.get(int(parts[DOWN].shape[1]))
+        if name.startswith("lora_te_") and name.endswith("q_proj") and _in_features(parts):
+            found = {768: "sd1", 1024: "sd2"}.get(_in_features(parts) or 0)
             if found:
                 return found
     return "unknown"
 
 
+# Module names (Kohya's, SD 1.x and SDXL) of the 3x3 convolutions: ResNet conv1/conv2
+# (in_layers_2/out_layers_3), the downsamplers' conv (op) and the upsamplers' conv.
+_CONV_NAME = re.compile(r"(conv1|conv2|_conv|_op|in_layers_2|out_layers_3)$")
+
+
+def module_kind(parts: dict[str, torch.Tensor]) -> str | None:
+    """The network type of one module's tensors, or None when they are no network module."""
+    if DOWN in parts:
+        return "LoRA"
+    if "hada_w1_a" in parts:
+        return "LoHa"
+    if "lokr_w1" in parts or "lokr_w1_a" in parts:
+        return "LoKr"
+    if "weight" in parts and "on_input" in parts:
+        return "IA3"
+    return None
+
+
+def module_rank(kind: str, parts: dict[str, torch.Tensor]) -> int | None:
+    """The dim of one module (None: IA3, or a LoKr module with whole factors)."""
+    if kind == "LoRA":
+        return int(parts[DOWN].shape[0])
+    if kind == "LoHa":
+        return int(parts["hada_w1_b"].shape[0])
+    if kind == "LoKr":
+        low = parts.get("lokr_w1_b", parts.get("lokr_w2_b"))
+        return None if low is None else int(low.shape[0])
+    return None
+
+
+def _in_features(parts: dict[str, torch.Tensor]) -> int | None:
+    kind = module_kind(parts)
+    if kind == "LoRA":
+        return int(parts[DOWN].shape[1])
+    if kind == "LoHa":
+        return int(parts["hada_w1_b"].shape[1])
+    if kind == "LoKr":
+        w1 = parts.get("lokr_w1", parts.get("lokr_w1_b"))
+        w2 = parts.get("lokr_w2", parts.get("lokr_w2_b"))
+        return None if w1 is None or w2 is None else int(w1.shape[1]) * int(w2.shape[1])
+    return None
+
+
 def describe_lora(state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> LoraSummary:
-    """What a LoRA file holds: its model family, module counts, ranks and alphas."""
+    """What a LoRA file holds: its model family, network type, module counts, ranks and alphas."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():
         name, rest = _split(key)
         modules.setdefault(name, {})[rest] = tensor
     summary = LoraSummary(architecture=_architecture(modules, metadata), n_modules=0, n_unet=0,
                           n_te=0, dims=set(), alphas=set(), has_conv=False)
+    kinds: set[str] = set()
+    dora = False
     for name, parts in modules.items():
-        down = parts.get(DOWN)
-        if down is None:
+        kind = module_kind(parts)
+        if kind is None:
             continue
+        kinds.add(kind)
+        dora = dora or "dora_scale" in parts
         summary.n_modules += 1
         summary.n_unet += name.startswith("lora_unet_")
         summary.n_te += name.startswith("lora_te")
-        rank = int(down.shape[0])
+        rank = module_rank(kind, parts)
+        if rank is None:
+            summary.full_rank += kind == "LoKr"
+            continue
         alpha = float(parts[ALPHA].float().item()) if ALPHA in parts else float(rank)
-        if down.dim() == 4 and tuple(down.shape[2:]) != (1, 1):
+        down = parts.get(DOWN)
+        if down is not None:
+            conv = down.dim() == 4 and tuple(down.shape[2:]) != (1, 1)
+        else:
+            conv = bool(_CONV_NAME.search(name))
+        if conv:
             summary.has_conv = True
             summary.conv_dims.add(rank)
             summary.conv_alphas.add(alpha)
         else:
             summary.dims.add(rank)
             summary.alphas.add(alpha)
+    lycoris = sorted(kinds - {"LoRA"})
+    label = "/".join(lycoris) if lycoris else ("LoCon" if summary.has_conv else "LoRA")
+    summary.network = label + (" + DoRA" if dora else "")
     return summary
 
 

@@ -124,12 +124,10 @@ def inspect_lora(path: str | Path) -> dict[str, Any]:
         raise InspectError(f"{file.name}: cannot read it as a LoRA file ({err})") from None
     summary = describe_lora(tensors, raw_meta)
     if summary.n_modules == 0:
-        kind = next((name for marker, name in (("hada_", "a LyCORIS LoHa"), ("lokr_", "a LyCORIS LoKr"),
-                                               ("lora_A", "a diffusers/peft LoRA")) if any(marker in k for k in tensors)),
-                    "not a LoRA")
+        kind = "a diffusers/peft LoRA" if any("lora_A" in k for k in tensors) else "not a LoRA"
         first = next(iter(tensors), "(no tensors)")
-        raise InspectError(f"{file.name}: not a Kohya-format LoRA ({kind}): none of its {len(tensors)} "
-                           f"tensors is a '.lora_down.weight' (first: {first})")
+        raise InspectError(f"{file.name}: not a Kohya-format LoRA or LyCORIS file ({kind}): none of its "
+                           f"{len(tensors)} tensors is a network module's (first: {first})")
     meta = {key: _parse(value) for key, value in raw_meta.items()}
     folders, buckets, tags = _dataset(meta)
     totals: Counter[str] = Counter()
@@ -138,11 +136,13 @@ def inspect_lora(path: str | Path) -> dict[str, Any]:
     started, finished = meta.get("ss_training_started_at"), meta.get("ss_training_finished_at")
     computed = _file_hash(file) if file.suffix.lower() == ".safetensors" else None
     stored = raw_meta.get("sshs_model_hash")
-    weights = [t for k, t in tensors.items() if k.endswith(("lora_down.weight", "lora_up.weight"))]
+    # the file's precision: its weights' dtype (alpha and IA3's on_input are scalars beside them)
+    weights = [t for k, t in tensors.items() if not k.endswith((".alpha", ".on_input"))]
     return {
         "file": str(file), "file_size": file.stat().st_size,
         "architecture": summary.architecture,
-        "network": "LoCon" if summary.has_conv else "LoRA",
+        "network": summary.network,
+        "lokr_full_rank_modules": summary.full_rank,
         "modules": {"total": summary.n_modules, "unet": summary.n_unet, "text_encoder": summary.n_te},
         "dim": sorted(summary.dims), "alpha": sorted(summary.alphas),
         "conv_dim": sorted(summary.conv_dims), "conv_alpha": sorted(summary.conv_alphas),
@@ -183,6 +183,8 @@ def format_inspection(info: dict[str, Any]) -> str:
              f"  dim / alpha       {_numbers(info['dim'])} / {_numbers(info['alpha'])}"]
     if info["conv_dim"]:
         lines.append(f"  conv dim / alpha  {_numbers(info['conv_dim'])} / {_numbers(info['conv_alpha'])}")
+    if info.get("lokr_full_rank_modules"):
+        lines.append(f"  full rank         {info['lokr_full_rank_modules']} LoKr modules with whole factors (scale 1)")
     lines.append(f"  precision         {', '.join(info['precision'])}")
     labels = dict((key, label) for label, key in TRAINING_KEYS)
     if info["training"]:

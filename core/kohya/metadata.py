@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 NETWORK_MODULE = "networks.lora"
+LYCORIS_MODULE = "lycoris.kohya"
 MODEL_HASH_KEY = "sshs_model_hash"
 LEGACY_HASH_KEY = "sshs_legacy_hash"
 
@@ -139,12 +140,31 @@ def dataset_dirs(plan: DatasetPlan, *, reg: bool) -> dict[str, dict[str, int]]:
     return dirs
 
 
-def network_args(config: TrainConfig) -> dict[str, str]:
-    """ss_network_args: sd-scripts stores the network_args strings it was given, so strings."""
+def network_module(config: TrainConfig) -> str:
+    """ss_network_module: Kohya's networks.lora for LoRA and LoCon, LyCORIS's lycoris.kohya for
+    LoHa, LoKr, IA3 and anything with DoRA (as kohya_ss trains them)."""
     net = config.network
-    if net.type is not NetworkType.LOCON:
-        return {}
-    return {"conv_dim": str(net.conv_dim), "conv_alpha": f"{net.conv_alpha:g}"}
+    return LYCORIS_MODULE if net.type.is_lycoris or net.dora_wd else NETWORK_MODULE
+
+
+def network_args(config: TrainConfig) -> dict[str, str]:
+    """ss_network_args: sd-scripts stores the network_args strings it was given, so strings; for
+    LyCORIS the ones kohya_ss passes lycoris.kohya (algo, conv_dim/alpha, dora_wd, LoKr's)."""
+    net = config.network
+    conv = {"conv_dim": str(net.conv_dim), "conv_alpha": f"{net.conv_alpha:g}"} if net.type.has_conv else {}
+    if network_module(config) == NETWORK_MODULE:
+        return conv
+    from core.models.lora import lycoris_algo
+
+    algo = "lora" if net.type is NetworkType.LORA else lycoris_algo(net)
+    args = {"algo": algo, **conv}
+    if net.type is NetworkType.IA3:
+        return {**args, "preset": "ia3"}  # LyCORIS's ia3 preset: the layers LoRA Kiln scales
+    args["dora_wd"] = str(net.dora_wd)
+    if net.type is NetworkType.LOKR:
+        args.update(factor=str(net.lokr_factor), full_matrix=str(net.lokr_full_matrix),
+                    decompose_both=str(net.lokr_decompose_both))
+    return args
 
 
 def _subset_entries(config: TrainConfig, plan: DatasetPlan) -> dict[str, str]:
@@ -201,7 +221,7 @@ def build_metadata(config: TrainConfig, plan: DatasetPlan, *, epoch: int, step: 
         "ss_session_id": session_id,
         "ss_training_started_at": str(training_started_at),
         "ss_training_finished_at": str(finished),
-        "ss_network_module": NETWORK_MODULE,
+        "ss_network_module": network_module(config),
         "ss_network_args": _json(network_args(config)),
         "ss_base_model_version": own["ss_base_model_version"],
         "ss_v2": own["ss_v2"],

@@ -45,6 +45,10 @@ ADAPTER = "kiln"
 UNET_BLOCKS = frozenset({"Transformer2DModel"})
 LOCON_BLOCKS = frozenset({"ResnetBlock2D", "Downsample2D", "Upsample2D"})
 TEXT_ENCODER_BLOCKS = frozenset({"CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP"})
+# IA3 scales fewer layers, LyCORIS's "ia3" preset: the attention keys and values and the
+# feed-forward's output projection (the last scaled on its input, see core.models.lycoris).
+IA3_UNET_NAMES = ("to_k", "to_v", "ff.net.2")
+IA3_TEXT_ENCODER_NAMES = ("k_proj", "v_proj", "fc2")
 
 
 class LoraError(RuntimeError):
@@ -63,10 +67,12 @@ def _base_layer(module: nn.Module) -> nn.Module:
 
 
 def _collect(model: nn.Module, blocks: frozenset[str],
-             spec: Callable[[nn.Module], tuple[int, float] | None]) -> Targets:
+             spec: Callable[[nn.Module], tuple[int, float] | None],
+             names: tuple[str, ...] | None = None) -> Targets:
     """Linear / Conv2d children of every module whose class is in ``blocks``, with their spec.
 
-    ``spec(layer)`` returns (rank, alpha) or None to skip. Descendants of a peft layer
+    ``spec(layer)`` returns (rank, alpha) or None to skip; ``names``, when given, keeps only
+    children whose path within the block ends with one of them. Descendants of a peft layer
     (its base_layer and its lora_A / lora_B) are not modules of the network, so skipped.
     """
     from torch import nn
@@ -83,6 +89,8 @@ def _collect(model: nn.Module, blocks: frozenset[str],
             if layer is not child:
                 wrapped.append(child_name)
             if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                continue
+            if names is not None and not any(child_name == n or child_name.endswith("." + n) for n in names):
                 continue
             chosen = spec(layer)
             if chosen is not None:
@@ -101,11 +109,14 @@ def unet_targets(unet: nn.Module, network: NetworkParams) -> Targets:
 
     def spec(layer: nn.Module) -> tuple[int, float] | None:
         if isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) != (1, 1):
-            # sd-scripts gives larger kernels LoRA only when conv_dim is set (LoCon).
+            # sd-scripts gives larger kernels LoRA only when conv_dim is set (LoCon; LyCORIS's
+            # LoHa and LoKr adapt the same blocks).
             return (conv_dim, conv_alpha) if locon else None
         return (dim, alpha)
 
-    locon = network.type is NetworkType.LOCON
+    if network.type is NetworkType.IA3:
+        return _collect(unet, UNET_BLOCKS, lambda layer: (1, 1.0), IA3_UNET_NAMES)
+    locon = network.type.has_conv
     blocks = UNET_BLOCKS | LOCON_BLOCKS if locon else UNET_BLOCKS
     return _collect(unet, blocks, spec)
 
@@ -115,9 +126,9 @@ def clip_targets(text_encoder: nn.Module, network: NetworkParams) -> Targets:
     blocks; paths as the model names them."""
     from torch import nn
 
-    pair = (network.dim, effective_alpha(network.alpha, network.dim))
-    return _collect(text_encoder, TEXT_ENCODER_BLOCKS,
-                    lambda layer: pair if isinstance(layer, nn.Linear) else None)
+    pair = (1, 1.0) if network.type is NetworkType.IA3 else (network.dim, effective_alpha(network.alpha, network.dim))
+    return _collect(text_encoder, TEXT_ENCODER_BLOCKS, lambda layer: pair if isinstance(layer, nn.Linear) else None,
+                    IA3_TEXT_ENCODER_NAMES if network.type is NetworkType.IA3 else None)
 
 
 def trained_components(family: Family, network: NetworkParams) -> tuple[str, ...]:
@@ -149,12 +160,17 @@ class LoraHandles:
         """The (lora_down, lora_up) weights of a peft layer: lora_A and lora_B."""
         return layer.lora_A[self.adapter].weight, layer.lora_B[self.adapter].weight
 
+    @staticmethod
+    def is_lycoris(layer: nn.Module) -> bool:
+        """A core.models.lycoris module (LoHa, LoKr, IA3, DoRA) rather than a peft LoRA layer."""
+        return hasattr(layer, "file_tensors")
+
     def params(self, components: tuple[str, ...]) -> list[torch.nn.Parameter]:
         """The trainable LoRA weights of ``components``, for one optimizer group."""
         params: list[torch.nn.Parameter] = []
         for component, _, layer in self.layers():
             if component in components:
-                params.extend(self.down_up(layer))
+                params.extend(layer.trainable() if self.is_lycoris(layer) else self.down_up(layer))
         return params
 
 
@@ -198,6 +214,34 @@ def check_and_prepare(model: nn.Module, targets: Targets) -> None:
             sub.weight.requires_grad_(True)
 
 
+def uses_lycoris_modules(network: NetworkParams) -> bool:
+    """LoHa, LoKr, IA3 and anything with DoRA are core.models.lycoris modules; plain LoRA and
+    LoCon stay peft layers."""
+    return network.type.is_lycoris or network.dora_wd
+
+
+def lycoris_algo(network: NetworkParams) -> str:
+    """LyCORIS's algo name of the network type ("lora" and "locon" are one module there)."""
+    return {NetworkType.LORA: "locon", NetworkType.LOCON: "locon", NetworkType.LOHA: "loha",
+            NetworkType.LOKR: "lokr", NetworkType.IA3: "ia3"}[network.type]
+
+
+def inject_lycoris(model: nn.Module, targets: Targets, network: NetworkParams) -> None:
+    """Replace each target module in place by its core.models.lycoris wrapper (the original at
+    ``path.base_layer``, as with peft), for module paths to keep their names."""
+    from core.models.lycoris import IA3_ON_INPUT, make_layer
+
+    algo = lycoris_algo(network)
+    for path, (rank, alpha) in targets.items():
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        base = _base_layer(getattr(parent, child))
+        layer = make_layer(algo, base, rank, alpha, dora=network.dora_wd, factor=network.lokr_factor,
+                           full_matrix=network.lokr_full_matrix, decompose_both=network.lokr_decompose_both,
+                           on_input=path.endswith(IA3_ON_INPUT))
+        setattr(parent, child, layer)
+
+
 def _add_dropout(handles: LoraHandles, p: float) -> None:
     """Kohya's network_dropout: dropout on lora_down's output, only in training mode."""
     import torch.nn.functional as F
@@ -206,7 +250,8 @@ def _add_dropout(handles: LoraHandles, p: float) -> None:
         return F.dropout(output, p=p, training=module.training)
 
     for _, _, layer in handles.layers():
-        layer.lora_A[handles.adapter].register_forward_hook(hook)
+        if not handles.is_lycoris(layer):  # validation refuses dropout for those
+            layer.lora_A[handles.adapter].register_forward_hook(hook)
 
 
 def attach_lora(components: ModelComponents, family: Family, network: NetworkParams) -> LoraHandles:
@@ -224,8 +269,11 @@ def attach_lora(components: ModelComponents, family: Family, network: NetworkPar
         raise LoraError("nothing to train: both the U-Net and the text encoder are switched off")
     alpha = effective_alpha(network.alpha, network.dim)
     for name, found in targets.items():
-        inject_lora(models[name], found, network.dim, alpha)
-        check_and_prepare(models[name], found)
+        if uses_lycoris_modules(network):
+            inject_lycoris(models[name], found, network)
+        else:
+            inject_lora(models[name], found, network.dim, alpha)
+            check_and_prepare(models[name], found)
     handles = LoraHandles(models, targets, network)
     if network.dropout > 0:
         _add_dropout(handles, network.dropout)

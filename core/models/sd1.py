@@ -136,9 +136,10 @@ class SD1Family:
         from core.config.schema import NetworkType
 
         weights = network.dim * LORA_PER_DIM
-        if network.type is NetworkType.LOCON:
+        if network.type.has_conv:
             weights += network.dim * LOCON_EXTRA_PER_DIM + network.conv_dim * LOCON_PER_CONV_DIM
-        return weights
+        # LoHa holds two pairs per module; LoKr and IA3 hold fewer than LoRA (counted as LoRA).
+        return weights * 2 if network.type is NetworkType.LOHA else weights
 
     def kohya_name(self, component: str, module_path: str) -> str:
         if component != "unet" and not module_path.startswith(_TE_ROOT):

@@ -168,11 +168,12 @@ class SDXLFamily:
         weights = 0
         if network.train_unet:
             weights += network.dim * UNET_PER_DIM
-            if network.type is NetworkType.LOCON:
+            if network.type.has_conv:
                 weights += network.dim * LOCON_EXTRA_PER_DIM + network.conv_dim * LOCON_PER_CONV_DIM
         if network.train_text_encoder:
             weights += network.dim * (TEXT_ENCODER_PER_DIM + TEXT_ENCODER_2_PER_DIM)
-        return weights
+        # LoHa holds two pairs per module; LoKr and IA3 hold fewer than LoRA (counted as LoRA).
+        return weights * 2 if network.type is NetworkType.LOHA else weights
 
     def kohya_name(self, component: str, module_path: str) -> str:
         from core.models.sdxl_names import sai_unet_path

@@ -185,6 +185,9 @@ def read_lora(row: GridRow, family: Family) -> dict[str, torch.Tensor]:
         raise GridError(f"{where}: cannot read it as a LoRA file ({err})") from None
     if summary.n_modules == 0:
         raise GridError(f"{where}: not a Kohya-format LoRA (none of its tensors is a '.lora_down.weight')")
+    if summary.network not in ("LoRA", "LoCon"):
+        raise GridError(f"{where}: a LyCORIS {summary.network} file; grids apply LoRA and LoCon files only "
+                        "(at a strength), so choose one of those or sample this run's own images")
     return tensors
 
 

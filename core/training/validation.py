@@ -15,8 +15,8 @@ from pathlib import Path
 
 from core.data.buckets import BucketError, adjusted_limits
 from core.config.schema import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration, LatentCache, MixedPrecision,
-                         NetworkType, OptimizerType, SavePrecision, Scheduler, TextEncoderCache, TrainConfig,
-                         text_encoder_lrs, trained_text_encoders)
+                          NetworkParams, NetworkType, OptimizerType, SavePrecision, Scheduler, TextEncoderCache,
+                          TrainConfig, text_encoder_lrs, trained_text_encoders)
 from core.models.checkpoint_files import SINGLE_FILE_SUFFIXES, ModelLoadError
 from core.models.family import UnsupportedFamily, families, family_for, family_named
 from core.config.optimizer_support import unavailable_message
@@ -235,6 +235,26 @@ def _other_family_fields(config: TrainConfig, family: str) -> list[Problem]:
     return found
 
 
+def _lycoris_problems(net: NetworkParams) -> list[Problem]:
+    """The LyCORIS options that cannot be combined with the chosen network type."""
+    found: list[Problem] = []
+    if net.dora_wd and net.type is NetworkType.IA3:
+        found.append(Problem("network.dora_wd", "IA3 has no weight update to decompose: turn DoRA off or "
+                                                "choose LoRA, LoCon, LoHa or LoKr", ERROR))
+    if net.dropout > 0 and (net.type.is_lycoris or net.dora_wd):
+        found.append(Problem("network.dropout", "LoHa, LoKr, IA3 and DoRA have no hidden activations to drop "
+                                                "out (LyCORIS ignores it too); set dropout to 0", ERROR))
+    if net.lokr_factor == 0:
+        found.append(Problem("network.lokr_factor", "a factor of 0 splits nothing: use -1 (as square as "
+                                                    "possible) or a positive factor", ERROR))
+    lokr_fields = {"lokr_factor": -1, "lokr_full_matrix": False, "lokr_decompose_both": False}
+    if net.type is not NetworkType.LOKR:
+        for name, default in lokr_fields.items():
+            if getattr(net, name) != default:
+                found.append(Problem(f"network.{name}", "only used by LoKr", WARNING))
+    return found
+
+
 def _text_encoder_cache_problems(config: TrainConfig, text_encoders: tuple[str, ...]) -> list[Problem]:
     """A disk cache of text-encoder outputs is asked for explicitly, so what prevents it is an
     error, as sd-scripts' cache_text_encoder_outputs asserts (the memory cache is 'when possible')."""
@@ -331,9 +351,10 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
                                           "and 2), so only the U-Net trains", WARNING)
     found += _text_encoder_cache_problems(config, text_encoders)
     found += _fp8_problems(config)
-    if net.type is NetworkType.LORA and (net.conv_dim != 1 or net.conv_alpha != 1.0):
-        add("network.conv_dim", "conv dim and conv alpha are only used by LoCon", WARNING)
-    if net.alpha > net.dim:
+    if not net.type.has_conv and (net.conv_dim != 1 or net.conv_alpha != 1.0):
+        add("network.conv_dim", "conv dim and conv alpha are only used by LoCon, LoHa and LoKr", WARNING)
+    found += _lycoris_problems(net)
+    if net.alpha > net.dim and net.type is not NetworkType.IA3:
         add("network.alpha", f"alpha {net.alpha:g} above dim {net.dim} amplifies the LoRA "
                              f"{net.alpha / net.dim:g}x; this is rarely intended", WARNING)
 
