@@ -329,6 +329,74 @@ def test_on_one_gpu_the_unet_waits_on_the_cpu_until_caching_is_done(tmp_path: Pa
     result = Trainer(tiny_config(tmp_path, steps=1), ListSink()).run()
     assert "Stop" in getattr(result, "traceback", "")
     assert asked["unet_device"] == (CPU if waits else None)
+    assert asked["encoders_wait"] is False  # the tiny config shuffles captions: no text cache
+
+
+@pytest.mark.parametrize("processes, waits", [(1, True), (2, False)])
+def test_on_one_gpu_cached_text_encoders_wait_on_the_cpu_while_latents_are_cached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int, waits: bool) -> None:
+    from types import SimpleNamespace
+
+    from core.training import memory
+
+    class Stop(Exception):
+        pass
+
+    asked: dict[str, object] = {}
+
+    def load_network(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        asked.update(kwargs)
+        raise Stop()
+
+    fake = SimpleNamespace(device=torch.device("cuda"), num_processes=processes, is_main_process=True,
+                           wait_for_everyone=lambda: None, scaler=None)
+    monkeypatch.setattr(setup, "make_accelerator", lambda *a, **k: fake)
+    monkeypatch.setattr(setup, "reset_accelerate_state", lambda distributed: None)
+    real_source = memory.source_for
+    monkeypatch.setattr(memory, "source_for", lambda device: real_source(CPU))
+    monkeypatch.setattr(setup, "load_network", load_network)
+    config = tiny_config(tmp_path, steps=1)
+    config.network.train_text_encoder = False
+    for subset in config.dataset.subsets:
+        subset.shuffle_caption = False
+    result = Trainer(config, ListSink()).run()
+    assert "Stop" in getattr(result, "traceback", "")
+    assert asked["encoders_wait"] is waits
+
+
+def test_waiting_text_encoders_stay_on_the_cpu_and_trained_ones_do_not() -> None:
+    cuda = torch.device("cuda")
+    assert setup.component_home("text_encoder", False, cuda, CPU, encoders_wait=True) == CPU
+    assert setup.component_home("text_encoder_2", True, cuda, CPU, encoders_wait=True) == cuda  # it trains
+    assert setup.component_home("text_encoder", False, cuda, CPU, encoders_wait=False) == cuda
+    assert setup.component_home("unet", True, cuda, CPU, encoders_wait=True) == CPU
+    assert setup.component_home("unet", True, cuda, None, encoders_wait=True) == cuda
+
+
+def test_the_engine_brings_waiting_text_encoders_to_the_device_to_encode_captions(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch):
+    """A CPU run with encoders_wait forced on: the encoders start on the CPU either way, so the
+    check is that caching moves each one to the engine's device first (spied) and trains."""
+    events: list[str] = []
+    real = setup.load_network
+
+    def load_network(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        network = real(*args, **{**kwargs, "encoders_wait": True})
+        encoder = network.components.text_encoders["text_encoder"]
+        original_to, original_forward = encoder.to, encoder.forward
+        encoder.to = lambda *a, **k: events.append("to") or original_to(*a, **k)
+        encoder.forward = lambda *a, **k: events.append("encode") or original_forward(*a, **k)
+        return network
+
+    monkeypatch.setattr(setup, "load_network", load_network)
+    config = tiny_config(tmp_path, steps=1)
+    config.network.train_text_encoder = False
+    for subset in config.dataset.subsets:
+        subset.shuffle_caption = False
+    result = Trainer(config, ListSink()).run()
+    assert getattr(result, "reason", None) == "completed", getattr(result, "traceback", result)
+    assert "encode" in events and events.index("to") < events.index("encode")  # to the device, then encode
+
 
 
 def test_placing_the_unet_keeps_its_parameters_and_the_optimizer_state() -> None:

@@ -23,7 +23,7 @@ def keys(config, subsets=None):
 
 def everything_off(tmp_path):
     """A config where every change on the list applies but the text-encoder cache (its encoder
-    trains) and fp8 (not in the schema yet)."""
+    trains) and fp8 (it needs mixed precision; the tiny config trains in fp32)."""
     config = tiny_config(tmp_path)
     config.dataset.resolution = (512, 512)
     config.dataset.min_bucket_reso, config.dataset.max_bucket_reso = 256, 1024
@@ -73,6 +73,18 @@ def test_changes_already_made_are_left_out(tmp_path):
     config.training.batch_size = 1
     config.network.train_text_encoder = False
     assert keys(config) == ["lower_resolution"]
+
+
+def test_fp8_base_weights_come_after_the_8bit_optimizer_when_training_in_half_precision(tmp_path):
+    config = everything_off(tmp_path)
+    assert "fp8_base" not in keys(config)  # fp32 training: fp8_base would be refused
+    config.training.mixed_precision = MixedPrecision.BF16
+    order = keys(config)
+    assert order.index("adamw8bit") + 1 == order.index("fp8_base") < order.index("smaller_batch")
+    fp8 = next(c for c in candidates(config) if c.key == "fp8_base")
+    assert [(c.path, c.value) for c in fp8.changes] == [("model.fp8_base", True)]
+    config.model.fp8_base_unet = True
+    assert "fp8_base" not in keys(config)  # already on (for the U-Net)
 
 
 def test_8bit_adamw_needs_bitsandbytes(tmp_path, monkeypatch):

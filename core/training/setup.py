@@ -146,9 +146,7 @@ def prepare_network(config: TrainConfig, family: Family, components: ModelCompon
     # the VAE in placement.vae_dtype (half on a GPU, as sd-scripts; fp32 by no_half_vae).
     denoisers = components.denoisers()
     for name, module in denoisers.items():
-        home = unet_device if name == "unet" and unet_device is not None else device
-        if encoders_wait and name != "unet" and name not in handles.targets:
-            home = placement.CPU
+        home = component_home(name, name in handles.targets, device, unet_device, encoders_wait)
         for param in module.parameters():
             param.data = param.data.to(home, torch.float32 if param.requires_grad else weight_dtype)
         for buffer_name, buffer in list(module.named_buffers()):
@@ -167,6 +165,15 @@ def prepare_network(config: TrainConfig, family: Family, components: ModelCompon
     for name, module in denoisers.items():
         module.train(name in trained)
     return Network(family, components, handles, trained)
+
+
+def component_home(name: str, trains: bool, device: torch.device, unet_device: torch.device | None,
+                   encoders_wait: bool) -> torch.device:
+    """Where prepare_network puts a denoiser: the U-Net on ``unet_device`` when given, a text
+    encoder that trains no LoRA on the CPU while it waits (``encoders_wait``), else ``device``."""
+    if name == "unet":
+        return device if unet_device is None else unet_device
+    return placement.CPU if encoders_wait and not trains else device
 
 
 def place_unet(network: Network, device: torch.device, optimizer: torch.optim.Optimizer) -> None:
