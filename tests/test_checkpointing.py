@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.config.schema import LatentCache, MixedPrecision, NetworkParams, OptimizerType, TrainConfig
+from core.config.schema import NetworkParams
 from core.training.checkpointing import enable_unet_checkpointing
+from tests.test_vram_forecast import sd15
 
 
 def lora_gradients(mode: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -88,15 +89,7 @@ def test_full_size_sd15_keeps_much_less_for_backward_than_per_block_checkpointin
     from core.training import setup
     from core.training.vram_forecast import forecast_vram
 
-    config = TrainConfig()
-    config.model.base_model = "model.safetensors"  # never read: the shipped configs are used
-    config.network.train_text_encoder = False
-    config.network.dim, config.network.alpha = 32, 16.0
-    config.optimizer.type = OptimizerType.ADAMW
-    config.dataset.latent_cache = LatentCache.MEMORY
-    config.training.mixed_precision = MixedPrecision.FP16
-    config.training.batch_size = 3
-    config.training.gradient_checkpointing = True
+    config = sd15(gradient_checkpointing=True, batch_size=3)
     ours = forecast_vram(config, bucket=(resolution, resolution))
     monkeypatch.setattr(setup, "enable_unet_checkpointing", lambda unet: unet.enable_gradient_checkpointing())
     theirs = forecast_vram(config, bucket=(resolution, resolution))

@@ -301,11 +301,9 @@ def test_with_the_skip_policy_backward_is_queued_before_the_loss_is_read() -> No
     assert _order(NonFinitePolicy.SKIP, float("nan")) == ["backward", "read loss"]  # no step for a NaN
 
 
-@pytest.mark.parametrize("processes, waits", [(1, True), (2, False)])
-def test_on_one_gpu_the_unet_waits_on_the_cpu_until_caching_is_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                    processes: int, waits: bool) -> None:
-    """The engine asks load_network to keep the U-Net on the CPU on a single CUDA device (and
-    not under DDP, which wraps a model on its device). Stubbed CUDA: the run stops at loading."""
+def _load_network_asked(config: TrainConfig, monkeypatch: pytest.MonkeyPatch, processes: int) -> dict[str, object]:
+    """What the engine asks load_network for on a stubbed CUDA device with ``processes``
+    processes: the run stops at loading."""
     from types import SimpleNamespace
 
     from core.training import memory
@@ -326,8 +324,17 @@ def test_on_one_gpu_the_unet_waits_on_the_cpu_until_caching_is_done(tmp_path: Pa
     real_source = memory.source_for
     monkeypatch.setattr(memory, "source_for", lambda device: real_source(CPU))
     monkeypatch.setattr(setup, "load_network", load_network)
-    result = Trainer(tiny_config(tmp_path, steps=1), ListSink()).run()
+    result = Trainer(config, ListSink()).run()
     assert "Stop" in getattr(result, "traceback", "")
+    return asked
+
+
+@pytest.mark.parametrize("processes, waits", [(1, True), (2, False)])
+def test_on_one_gpu_the_unet_waits_on_the_cpu_until_caching_is_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    processes: int, waits: bool) -> None:
+    """The engine asks load_network to keep the U-Net on the CPU on a single CUDA device (and
+    not under DDP, which wraps a model on its device)."""
+    asked = _load_network_asked(tiny_config(tmp_path, steps=1), monkeypatch, processes)
     assert asked["unet_device"] == (CPU if waits else None)
     assert asked["encoders_wait"] is False  # the tiny config shuffles captions: no text cache
 
@@ -335,33 +342,11 @@ def test_on_one_gpu_the_unet_waits_on_the_cpu_until_caching_is_done(tmp_path: Pa
 @pytest.mark.parametrize("processes, waits", [(1, True), (2, False)])
 def test_on_one_gpu_cached_text_encoders_wait_on_the_cpu_while_latents_are_cached(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int, waits: bool) -> None:
-    from types import SimpleNamespace
-
-    from core.training import memory
-
-    class Stop(Exception):
-        pass
-
-    asked: dict[str, object] = {}
-
-    def load_network(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        asked.update(kwargs)
-        raise Stop()
-
-    fake = SimpleNamespace(device=torch.device("cuda"), num_processes=processes, is_main_process=True,
-                           wait_for_everyone=lambda: None, scaler=None)
-    monkeypatch.setattr(setup, "make_accelerator", lambda *a, **k: fake)
-    monkeypatch.setattr(setup, "reset_accelerate_state", lambda distributed: None)
-    real_source = memory.source_for
-    monkeypatch.setattr(memory, "source_for", lambda device: real_source(CPU))
-    monkeypatch.setattr(setup, "load_network", load_network)
     config = tiny_config(tmp_path, steps=1)
     config.network.train_text_encoder = False
     for subset in config.dataset.subsets:
         subset.shuffle_caption = False
-    result = Trainer(config, ListSink()).run()
-    assert "Stop" in getattr(result, "traceback", "")
-    assert asked["encoders_wait"] is waits
+    assert _load_network_asked(config, monkeypatch, processes)["encoders_wait"] is waits
 
 
 def test_waiting_text_encoders_stay_on_the_cpu_and_trained_ones_do_not() -> None:
