@@ -17,6 +17,7 @@ import copy
 import hashlib
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,7 @@ class _Runner:
         self._detected = False
         self.latest = 0  # the newest generation: older advice searches stop
         self.stopped = False
+        self.thread: threading.Thread | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
@@ -103,7 +105,8 @@ class _Runner:
         # Not a daemon: Python waits for it at exit (at most one forecast; a search for changes
         # stops at its next one). A daemon thread still inside torch's C++ code when the
         # interpreter ends is torn down there, and the process aborts ("terminate called").
-        threading.Thread(target=self._main, name="lorakiln-vram", daemon=False).start()
+        self.thread = threading.Thread(target=self._main, name="lorakiln-vram", daemon=False)
+        self.thread.start()
 
     def _main(self) -> None:
         if not self._detected:
@@ -136,6 +139,21 @@ class _Runner:
             self.stopped = True
 
 
+_RUNNERS: weakref.WeakSet[_Runner] = weakref.WeakSet()
+
+
+def shutdown_all(timeout: float = 120.0) -> None:
+    """Stop every forecaster's thread and wait for a forecast under way to end: tests call it
+    after each Qt test, so that no window left open by one test forecasts (runs the U-Net on
+    the meta device) while the next one spies on the U-Net."""
+    runners = list(_RUNNERS)
+    for runner in runners:
+        runner.stop()
+    for runner in runners:
+        if runner.thread is not None:
+            runner.thread.join(timeout)
+
+
 class VramForecaster(QObject):
     updated = Signal()  # the state, the card or the pending flag changed
 
@@ -151,6 +169,7 @@ class VramForecaster(QObject):
         self._relay.advice_done.connect(self._on_relay_advice_done)
         self._runner = _Runner(self._relay, detect)
         runner = self._runner
+        _RUNNERS.add(runner)
         self.destroyed.connect(lambda *_: runner.stop())
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)

@@ -2,6 +2,7 @@
 (runs, caches, logs, settings) kept inside a temporary folder — before anything imports."""
 
 import os
+import sys
 import tempfile
 
 # Without a display pytest-qt aborts the whole run unless Qt is told to draw offscreen;
@@ -39,3 +40,5 @@ def _gui_thread_garbage_collection(request):
         yield
     finally:
         collector.release()
+        if "gui.vram_forecaster" in sys.modules:  # windows left open stop forecasting
+            sys.modules["gui.vram_forecaster"].shutdown_all()

@@ -287,3 +287,39 @@ def test_the_window_forecasts_once_for_both_tabs_at_the_dataset_plans_buckets(qt
     plan = window.dataset_tab.plan
     assert window.vram.inputs().sizes == tuple(sorted({tuple(i.record.size) for i in plan.images}))
     assert window.vram.inputs().subsets == tuple(s.params for s in plan.subsets)
+
+
+def test_shutdown_all_waits_for_a_forecast_under_way_and_runs_no_more(qtbot, tmp_path):
+    """What the test suite's teardown relies on (tests/conftest.py): a window left open by one
+    test never forecasts during the next, which may spy on the U-Net."""
+    from gui.vram_forecaster import shutdown_all
+
+    calls, gate = [], threading.Event()
+    project = project_with(tmp_path)
+    forecaster = VramForecaster(project, forecast=stand_in(calls, gate), detect=no_card)
+    forecaster.refresh_now()
+    qtbot.waitUntil(lambda: len(calls) == 1)  # under way, held at the gate
+    threading.Timer(0.2, gate.set).start()
+    shutdown_all()
+    assert not any(t.name == "lorakiln-vram" and t.is_alive() for t in threading.enumerate())
+    project.set_value("training.batch_size", 1)
+    forecaster.refresh_now()
+    qtbot.wait(200)
+    assert len(calls) == 1  # nothing forecast after the shutdown
+
+
+def test_a_weightless_demo_model_leaves_the_global_random_generator_alone(monkeypatch):
+    """The forecast builds the demo model on the meta device in a background thread; seeding
+    or restoring the process-wide generator there would change a run training meanwhile."""
+    import torch
+
+    from core.models.sd1 import FAMILY as SD1
+    from core.models.sdxl import FAMILY as SDXL
+
+    touched = []
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: touched.append(seed))
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: touched.append("restored"))
+    with torch.device("meta"):
+        SD1.build_demo(0)
+        SDXL.build_demo(0)
+    assert touched == []

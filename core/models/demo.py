@@ -10,6 +10,8 @@ caller's global torch RNG is left exactly as it was.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from core.models.sd15_files import BOS_TOKEN_ID, CLIP_MAX_LENGTH, EOS_TOKEN_ID, load_tokenizer
@@ -77,18 +79,31 @@ DEMO_TEXT_ENCODER_CONFIG: dict[str, Any] = {
 }
 
 
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """The global CPU generator seeded for building a demo model, and put back on exit, so that
+    building one never shifts the random stream of whoever called us (modules are built on the
+    CPU: no device generator is drawn from, hence devices=[]). Weightless modules (built under
+    ``torch.device("meta")``, as the VRAM forecast does) draw nothing, so the generator is left
+    alone: the forecast runs in a background thread of the app, and seeding or restoring the
+    process-wide generator there would change the random numbers of a run training meanwhile."""
+    import torch
+
+    if torch.get_default_device().type == "meta":
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def build_demo_modules(seed: int = 0) -> tuple[Any, Any, Any, Any]:
     """The demo's (U-Net, VAE, text encoder, tokenizer); the same seed always gives
     bit-identical weights. core.models.sd1 makes them a family's components."""
-    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    # fork_rng puts the global CPU generator back on exit, so building the demo model never
-    # shifts the random stream of whoever called us (modules are built on the CPU: no device
-    # generator is drawn from, hence devices=[]).
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         unet = UNet2DConditionModel(**DEMO_UNET_CONFIG)
         vae = AutoencoderKL(**DEMO_VAE_CONFIG)
         text_encoder = CLIPTextModel(CLIPTextConfig(**DEMO_TEXT_ENCODER_CONFIG))

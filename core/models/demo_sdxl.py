@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core.models.demo import DEMO_TEXT_ENCODER_CONFIG, DEMO_VAE_CONFIG
+from core.models.demo import DEMO_TEXT_ENCODER_CONFIG, DEMO_VAE_CONFIG, seeded
 
 TEXT_WIDTHS = (32, 64)  # encoder 1, encoder 2: different, so a single file tells them apart
 POOLED_WIDTH = 32
@@ -59,13 +59,10 @@ DEMO_SDXL_TEXT_ENCODER_2_CONFIG: dict[str, Any] = {
 def build_demo_sdxl_modules(seed: int = 0) -> tuple[Any, Any, Any, Any]:
     """(U-Net, VAE, text encoder, text encoder 2); the same seed always gives bit-identical
     weights."""
-    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    # As core.models.demo: the caller's random stream is put back on exit.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):  # as core.models.demo: the caller's random stream is left as it was
         unet = UNet2DConditionModel(**DEMO_SDXL_UNET_CONFIG)
         vae = AutoencoderKL(**DEMO_SDXL_VAE_CONFIG)
         text_encoder = CLIPTextModel(CLIPTextConfig(**DEMO_SDXL_TEXT_ENCODER_CONFIG))

@@ -30,6 +30,7 @@ shows more: :data:`CUDA_CONTEXT_BYTES` and :data:`ALLOCATOR_SLACK` are that allo
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -163,7 +164,18 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
                   subsets: Sequence[SubsetParams] | None = None) -> VramForecast:
     """The forecast for ``config`` at ``bucket`` (width, height; default dataset.resolution:
     give the plan's largest bucket, see :func:`largest_bucket`). ``subsets`` decide whether
-    captions can be cached (default: the config's)."""
+    captions can be cached (default: the config's). One at a time in a process: the app
+    forecasts in background threads (one per window), and a dry run enters process-wide
+    torch state (the meta device context's default device) that two at once could leave set."""
+    with _ONE_AT_A_TIME:
+        return _forecast(config, bucket, subsets)
+
+
+_ONE_AT_A_TIME = threading.Lock()
+
+
+def _forecast(config: TrainConfig, bucket: tuple[int, int] | None,
+              subsets: Sequence[SubsetParams] | None) -> VramForecast:
     from core.models.fp8 import fp8_components
     from core.training.meta_kernels import MetaCuda
     from core.training.step import StepComputer
