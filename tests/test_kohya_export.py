@@ -87,7 +87,8 @@ class _Exported:
         if key in self.dataset:
             return self.dataset[key]
         # sd-scripts reads these absent keys as off (0 would divide by zero there)
-        return a[key] if key in a or key not in ("save_every_n_steps", "sample_every_n_steps") else 0
+        return a[key] if key in a or key not in ("save_every_n_steps", "sample_every_n_steps", "adaptive_noise_scale",
+                                                 "ip_noise_gamma") else 0
 
 
 def _expected(key: str, value: Any) -> Any:
@@ -108,7 +109,7 @@ def test_every_mapped_kohya_ss_value_survives_import_and_export(tmp_path):
     found = _Exported(exported.config_toml, exported.dataset_toml, exported.prompts)
     original = json.loads(SAMPLE_JSON.read_text("utf-8"))
     original_args = dict(parse_arg(a) for a in split_args(original["optimizer_args"]))
-    assert len(result.mapped) == 61
+    assert len(result.mapped) == 66
     for key, field, _ in result.mapped:
         raw = original_args[key.split(".", 1)[1]] if key.startswith("optimizer_args.") else original[key]
         assert _norm(found.value(key, field)) == _norm(_expected(key, raw)), key

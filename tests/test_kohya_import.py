@@ -70,7 +70,7 @@ def test_every_key_of_the_sample_json_is_in_exactly_one_list(sample):
 
 def test_non_default_unsupported_values_are_reported_with_a_reason(sample):
     reasons = {u.key: u.reason for u in sample.unsupported}
-    assert set(reasons) == {"rank_dropout", "scale_weight_norms"}
+    assert set(reasons) == {"rank_dropout"}
     assert reasons["rank_dropout"] == "network option not implemented in LoRA Kiln"
 
 
@@ -315,8 +315,8 @@ def test_cli_prints_a_clean_preset_and_reports_on_stderr(capsys):
     out, err = capsys.readouterr()
     loaded = loads_preset(out)
     assert loaded.config.network.dim == 32 and loaded.description == "imported from kohya_ss_lora.json"
-    assert "mapped (61):" in err and "NOT SUPPORTED (2):" in err and "rank_dropout" in err
-    assert "ignored (108), by reason:" in err and "warnings:" in err
+    assert "mapped (66):" in err and "NOT SUPPORTED (1):" in err and "rank_dropout" in err
+    assert "ignored (104), by reason:" in err and "warnings:" in err
 
 
 def test_cli_writes_the_preset_with_o(tmp_path, capsys):
@@ -383,6 +383,41 @@ def test_every_schema_field_with_a_kohya_name_is_imported_under_that_name(tmp_pa
         if spec.info.path is not PathKind.NONE:
             want = str(tmp_path / want)
         assert getattr(target, name) == want, f"{group}.{name}"
+
+
+NOISE_KEYS = {"noise_offset": 0.05, "adaptive_noise_scale": 0.01, "multires_noise_iterations": 8,
+              "multires_noise_discount": 0.2}
+
+
+@pytest.mark.parametrize("kind, used", [("Original", {"noise_offset", "adaptive_noise_scale"}),
+                                        ("Multires", {"multires_noise_iterations", "multires_noise_discount"})])
+def test_kohya_ss_noise_offset_type_picks_the_noise_keys_it_passes(tmp_path, kind, used):
+    result = import_kohya([_write_json(tmp_path, noise_offset_type=kind, **NOISE_KEYS)])
+    listed, training, defaults = _listed(result), result.config.training, type(result.config.training)()
+    for key, value in NOISE_KEYS.items():
+        if key in used:
+            assert listed[key] == ["mapped"] and getattr(training, key) == value, key
+        else:
+            assert listed[key] == ["ignored"] and getattr(training, key) == getattr(defaults, key), key
+            assert _reasons(result)[key] == f"not used with noise_offset_type {kind} (kohya_ss does not pass it)"
+    assert listed["noise_offset_type"] == ["ignored"]
+
+
+def test_sd_scripts_configs_map_every_noise_and_loss_option(tmp_path):
+    args = {**NOISE_KEYS, "ip_noise_gamma": 0.1, "ip_noise_gamma_random_strength": True,
+            "debiased_estimation_loss": True, "scale_weight_norms": 1.0}
+    (tmp_path / "config.toml").write_text(tomli_w.dumps(args), "utf-8")
+    result = import_kohya([tmp_path / "config.toml"])
+    assert result.unsupported == []
+    training = result.config.training
+    for key, value in args.items():
+        target = result.config.network if key == "scale_weight_norms" else training
+        assert getattr(target, key) == value, key
+
+
+def test_the_sample_jsons_scale_weight_norms_is_mapped(sample):
+    assert sample.config.network.scale_weight_norms == 1.0
+    assert _listed(sample)["scale_weight_norms"] == ["mapped"]
 
 
 @pytest.mark.parametrize("first", ["lora_network_weights", "network_weights"])

@@ -234,3 +234,22 @@ def test_fp8_base_weights_are_recorded_as_train_network_py_records_them(config_a
     config.model.fp8_base_unet = True
     meta = _metadata(config, plan)
     assert (meta["ss_fp8_base"], meta["ss_fp8_base_unet"]) == ("False", "True")
+
+
+def test_noise_and_loss_options_are_recorded_as_train_network_py_records_them(config_and_plan):
+    config, plan = config_and_plan
+    training = config.training
+    training.noise_offset, training.adaptive_noise_scale = 0.05, 0.01
+    training.multires_noise_iterations, training.multires_noise_discount = 6, 0.2
+    training.ip_noise_gamma, training.ip_noise_gamma_random_strength = 0.1, True
+    training.debiased_estimation_loss = True
+    config.network.scale_weight_norms = 1.5
+    meta = _metadata(config, plan)
+    assert {key: meta[key] for key in (
+        "ss_adaptive_noise_scale", "ss_multires_noise_iterations", "ss_multires_noise_discount", "ss_ip_noise_gamma",
+        "ss_ip_noise_gamma_random_strength", "ss_debiased_estimation", "ss_scale_weight_norms")} == {
+        "ss_adaptive_noise_scale": "0.01", "ss_multires_noise_iterations": "6", "ss_multires_noise_discount": "0.2",
+        "ss_ip_noise_gamma": "0.1", "ss_ip_noise_gamma_random_strength": "True", "ss_debiased_estimation": "True",
+        "ss_scale_weight_norms": "1.5"}
+    training.debiased_estimation_loss = False
+    assert _metadata(config, plan)["ss_debiased_estimation"] == "False"

@@ -250,3 +250,44 @@ def test_both_fp8_switches_warn_that_the_text_encoders_stay_out_of_fp8(tmp_path)
     [problem] = validate(config)
     assert (problem.path, problem.severity) == ("model.fp8_base", WARNING)
     assert "only the U-Net is in fp8" in problem.message
+
+
+def test_adaptive_noise_scale_needs_a_noise_offset(tmp_path):
+    config = _valid(tmp_path)
+    config.training.adaptive_noise_scale = 0.01
+    assert _paths(validate(config)) == ["training.adaptive_noise_scale"]
+    config.training.noise_offset = 0.05
+    assert _paths(validate(config)) == []
+
+
+def test_multires_noise_with_a_noise_offset_is_a_warning(tmp_path):
+    config = _valid(tmp_path)
+    config.training.multires_noise_iterations, config.training.noise_offset = 6, 0.05
+    assert _paths(validate(config)) == []
+    assert "training.multires_noise_iterations" in _paths(validate(config), WARNING)
+
+
+def test_random_input_perturbation_strength_without_a_gamma_is_a_warning(tmp_path):
+    config = _valid(tmp_path)
+    config.training.ip_noise_gamma_random_strength = True
+    assert "training.ip_noise_gamma_random_strength" in _paths(validate(config), WARNING)
+    config.training.ip_noise_gamma = 0.1
+    assert "training.ip_noise_gamma_random_strength" not in _paths(validate(config), WARNING)
+
+
+def test_scale_weight_norms_is_refused_for_lycoris_modules(tmp_path):
+    from core.config.schema import NetworkType
+
+    config = _valid(tmp_path)
+    config.network.scale_weight_norms = 1.0
+    assert _paths(validate(config)) == []
+    config.network.type = NetworkType.LOHA
+    assert "network.scale_weight_norms" in _paths(validate(config))
+
+
+def test_the_noise_options_ranges(tmp_path):
+    config = _valid(tmp_path)
+    config.training.multires_noise_discount, config.training.ip_noise_gamma = 1.5, -0.1
+    config.network.scale_weight_norms = -1.0
+    assert set(_paths(validate(config))) == {"training.multires_noise_discount", "training.ip_noise_gamma",
+                                             "network.scale_weight_norms"}

@@ -276,3 +276,18 @@ def test_prodigy_and_dadapt_are_forecast_with_their_state(optimizer, copies):
     config.optimizer.type, config.optimizer.learning_rate = OptimizerType(optimizer), 1.0
     forecast = forecast_vram(config)
     assert forecast.optimizer_state == pytest.approx(copies * forecast.trained_weights, rel=0.02)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("noise_offset", 0.05), ("adaptive_noise_scale", 0.01), ("multires_noise_iterations", 6),
+    ("ip_noise_gamma", 0.1), ("ip_noise_gamma_random_strength", True), ("debiased_estimation_loss", True),
+    ("scale_weight_norms", 1.0)])
+def test_the_forecast_runs_with_each_noise_and_loss_option(option, value):
+    config = TrainConfig()
+    config.model.base_model = DEMO_MODEL
+    config.optimizer.type = OptimizerType.ADAMW
+    config.training.noise_offset = 0.05  # adaptive_noise_scale needs one
+    config.training.ip_noise_gamma = 0.1  # the random strength needs one
+    setattr(config.network if option == "scale_weight_norms" else config.training, option, value)
+    forecast = forecast_vram(config)
+    assert forecast.activations > 0 and forecast.peak > 0

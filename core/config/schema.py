@@ -313,6 +313,12 @@ class NetworkParams:
     init_weights: str = param(
         "", label="Start from LoRA", path=PathKind.FILE, advanced=True, kohya="network_weights",
         help="An existing Kohya-format LoRA file to continue training from.")
+    scale_weight_norms: float = param(
+        0.0, label="Scale weight norms", minimum=0.0, maximum=100.0, advanced=True,
+        kohya="scale_weight_norms",
+        help="Max-norm regularisation: after each optimizer step, any LoRA module whose weight "
+             "change (up x down x alpha/dim) has a norm above this is scaled down to it; 1 is "
+             "usual; 0 turns it off. The number of modules scaled is logged.")
 
 
 @dataclass
@@ -447,6 +453,37 @@ class TrainingParams:
     min_snr_gamma: float = param(
         0.0, label="Min-SNR gamma", minimum=0.0, maximum=100.0, advanced=True,
         kohya="min_snr_gamma", help="Min-SNR loss weighting; 5 is common, 0 turns it off.")
+    adaptive_noise_scale: float = param(
+        0.0, label="Adaptive noise scale", minimum=-1.0, maximum=1.0, advanced=True,
+        kohya="adaptive_noise_scale",
+        help="Adds this times each channel's mean latent value (absolute) to the noise offset, "
+             "so brighter or darker images get more; ~1/10 of the noise offset. Needs a noise "
+             "offset; 0 turns it off.")
+    multires_noise_iterations: int = param(
+        0, label="Multires noise iterations", minimum=0, maximum=64, advanced=True,
+        kohya="multires_noise_iterations",
+        help="Pyramid noise: adds noise upscaled from ever smaller sizes (6-10 is usual), which "
+             "strengthens low frequencies like a noise offset does; 0 turns it off. Not together "
+             "with a noise offset.")
+    multires_noise_discount: float = param(
+        0.3, label="Multires noise discount", minimum=0.0, maximum=1.0, advanced=True,
+        kohya="multires_noise_discount",
+        help="Weight of each smaller level of multires noise relative to the one above it "
+             "(0.1-0.3 is usual; higher gives more low-frequency noise).")
+    ip_noise_gamma: float = param(
+        0.0, label="Input perturbation noise", minimum=0.0, maximum=1.0, advanced=True,
+        kohya="ip_noise_gamma",
+        help="Perturbs the noise mixed into the U-Net's input (not the target it learns) by "
+             "this much extra noise; ~0.1 is recommended; 0 turns it off.")
+    ip_noise_gamma_random_strength: bool = param(
+        False, label="Random input-perturbation strength", advanced=True,
+        kohya="ip_noise_gamma_random_strength",
+        help="Draw the input perturbation's strength each step uniformly between 0 and the "
+             "value above.")
+    debiased_estimation_loss: bool = param(
+        False, label="Debiased estimation loss", advanced=True, kohya="debiased_estimation_loss",
+        help="Weights each sample's loss by 1/sqrt(SNR) of its timestep (1/(SNR+1) with "
+             "v-prediction), as sd-scripts does, so easy, barely noised steps count less.")
     max_grad_norm: float = param(
         1.0, label="Max grad norm", minimum=0.0, maximum=1000.0, advanced=True,
         kohya="max_grad_norm", help="Clip the gradient norm to this; 0 turns clipping off.")

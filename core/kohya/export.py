@@ -33,7 +33,8 @@ NETWORK_MODULE = "networks.lora"
 _BY_HAND = frozenset({"conv_dim", "conv_alpha", "max_train_epochs", "max_train_steps", "lr_warmup_steps"})
 # sd-scripts divides by these or reads 0 as a setting; its "off" is leaving them out.
 _OFF_WHEN_ZERO = frozenset({"save_every_n_epochs", "save_every_n_steps", "sample_every_n_steps",
-                            "sample_every_n_epochs", "min_snr_gamma"})
+                            "sample_every_n_epochs", "min_snr_gamma", "adaptive_noise_scale",
+                            "multires_noise_iterations", "ip_noise_gamma", "scale_weight_norms"})
 # Per-subset identity; every other subset option may move to [general] when all agree.
 _SUBSET_OWN = ("image_dir", "num_repeats", "class_tokens", "is_reg")
 _PROMPT_OPTION = re.compile(r"\s--(\w+)(?=\s|$)")

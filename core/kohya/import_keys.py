@@ -108,15 +108,14 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
     "network option not implemented in LoRA Kiln": (
         "rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight", "up_lr_weight",
         "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims",
-        "conv_block_alphas", "dim_from_weights", "scale_weight_norms", "loraplus_lr_ratio",
+        "conv_block_alphas", "dim_from_weights", "loraplus_lr_ratio",
         "loraplus_text_encoder_lr_ratio", "loraplus_unet_lr_ratio", "base_weights",
         "base_weights_multiplier", "network_multiplier"),
     "loss option not implemented in LoRA Kiln": (
-        "loss_type", "huber_schedule", "huber_c", "debiased_estimation_loss",
-        "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "masked_loss", "ip_noise_gamma",
-        "ip_noise_gamma_random_strength", "noise_offset_random_strength", "adaptive_noise_scale",
-        "multires_noise_iterations", "multires_noise_discount", "min_timestep", "max_timestep",
-        "noise_offset_type", "weighted_captions", "zero_terminal_snr"),
+        "loss_type", "huber_schedule", "huber_c",
+        "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "masked_loss",
+        "noise_offset_random_strength", "min_timestep", "max_timestep",
+        "weighted_captions", "zero_terminal_snr"),
     "dataset option not implemented in LoRA Kiln": (
         "color_aug", "caption_dropout_every_n_epochs", "keep_tokens_separator",
         "secondary_separator", "enable_wildcard", "face_crop_aug_range", "token_warmup_min",
@@ -156,8 +155,7 @@ UNSUPPORTED: dict[str, str] = {key: reason for reason, keys in _REASON_GROUPS.it
 
 # Values that mean "off" although they are not empty: kohya_ss's and sd-scripts' defaults.
 OFF_VALUES: dict[str, Any] = {
-    "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "noise_offset_type": "Original",
-    "multires_noise_discount": 0.3, "max_timestep": 1000,
+    "loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "max_timestep": 1000,
     "save_model_as": "safetensors", "LyCORIS_preset": "full", "preset": "full", "factor": -1,
     "unit": 1, "train_on_input": True, "dynamo_backend": "no", "dynamo_mode": "default",
     "num_machines": 1, "num_processes": 1, "num_cpu_threads_per_process": 2,
@@ -175,8 +173,6 @@ _CONDITIONS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool], s
      "only used by LyCORIS network types"),
     (("huber_c", "huber_schedule"), lambda raw: str(raw.get("loss_type", "l2")).lower() != "l2",
      "only used with the huber or smooth_l1 loss"),
-    (("multires_noise_discount", "multires_noise_iterations"),
-     lambda raw: raw.get("noise_offset_type") == "Multires", "only used with noise_offset_type Multires"),
     (_REASON_GROUPS["FLUX option"][1:], lambda raw: raw.get("flux1_checkbox") is True,
      "only used for FLUX models"),
     (("dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic"),

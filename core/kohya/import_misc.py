@@ -256,13 +256,25 @@ def _keep_last(ctx: ImportContext) -> None:
     ctx.arg_direct("save_last_n_epochs", ctx.config.output, "keep_last_n", "output.keep_last_n")
 
 
+# kohya_ss's noise_offset_type chooses which of these it passes to sd-scripts.
+_NOISE_KEYS = {"noise_offset": "original", "adaptive_noise_scale": "original",
+               "multires_noise_iterations": "multires", "multires_noise_discount": "multires"}
+
+
 def _noise_offset(ctx: ImportContext) -> None:
-    # kohya_ss passes noise_offset only with noise_offset_type "Original".
-    kind = str(ctx.args.get("noise_offset_type", "Original"))
-    if kind.lower() != "original":
-        ctx.arg_ignored("noise_offset", f"not used with noise_offset_type {kind} (kohya_ss does not pass it)")
-    else:
-        ctx.arg_direct("noise_offset", ctx.config.training, "noise_offset", "training.noise_offset")
+    # sd-scripts' own files have no noise_offset_type and every key there counts.
+    chosen = ctx.args.get("noise_offset_type")
+    kind = str(chosen if chosen is not None else "")
+    if ctx.has("noise_offset_type"):
+        ctx.arg_ignored("noise_offset_type", "kohya_ss's choice of which noise keys it passes; "
+                                             "those are read accordingly")
+    for name, needs in _NOISE_KEYS.items():
+        if not ctx.has(name):
+            continue
+        if kind and kind.lower() != needs:
+            ctx.arg_ignored(name, f"not used with noise_offset_type {kind} (kohya_ss does not pass it)")
+        else:
+            ctx.arg_direct(name, ctx.config.training, name, f"training.{name}")
 
 
 def _family(ctx: ImportContext) -> None:
@@ -302,7 +314,7 @@ MISC_HANDLERS: tuple[tuple[tuple[str, ...], Callable[[ImportContext], None]], ..
     (("sample_sampler",), _sampler),
     (("clip_skip",), _clip_skip),
     (("save_last_n_epochs",), _keep_last),
-    (("noise_offset",), _noise_offset),
+    (("noise_offset", "noise_offset_type", *_NOISE_KEYS), _noise_offset),
     (("v2", "sdxl"), _family),
     (("stop_text_encoder_training",), _stop_text_encoder),
     (("vae_batch_size",), _vae_batch_size),

@@ -43,7 +43,8 @@ SCHEMA_KEYS = frozenset({
     "gradient_checkpointing", "gradient_accumulation_steps", "max_grad_norm", "noise_offset",
     "min_snr_gamma", "output_name", "training_comment", "prior_loss_weight", "enable_bucket",
     "min_bucket_reso", "max_bucket_reso", "bucket_no_upscale", "max_token_length",
-    "fp8_base", "fp8_base_unet",
+    "fp8_base", "fp8_base_unet", "adaptive_noise_scale", "multires_noise_iterations",
+    "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "scale_weight_norms",
 })
 # Per-subset options that sd-scripts (without a dataset config) writes as one global value.
 _SUBSET_FLAGS = ("flip_aug", "shuffle_caption", "random_crop")
@@ -246,6 +247,8 @@ def build_metadata(config: TrainConfig, plan: DatasetPlan, *, epoch: int, step: 
             tag_frequency_override if tag_frequency_override is not None else tag_frequency(plan))),
         "ss_dataset_dirs": _json(dataset_dirs(plan, reg=False)),
         "ss_reg_dataset_dirs": _json(dataset_dirs(plan, reg=True)),
+        # sd-scripts names this one after the idea, not the argument (debiased_estimation_loss).
+        "ss_debiased_estimation": str(training.debiased_estimation_loss),
     }
     meta.update(_schema_entries(config))
     meta.update(_subset_entries(config, plan))

@@ -148,6 +148,7 @@ class Trainer:
         self.accelerator = setup.make_accelerator(precision, setup.leaves_lora_unused(config))
         self.device = self.accelerator.device
         self._memory = PhasePeaks(self.device)
+        self._max_norm: dict[str, float] = {}  # scale_weight_norms' figures of the last step
         self.weight_dtype = setup.weight_dtype(precision, self.device)
         from accelerate.utils import set_seed
 
@@ -347,6 +348,9 @@ class Trainer:
                 progress.batch_in_epoch += 1
                 if not sync:
                     continue
+                if config.network.scale_weight_norms:
+                    from core.training.max_norm import apply_max_norm
+                    self._max_norm = apply_max_norm(self.network.handles, config.network.scale_weight_norms)
                 self.lr_scheduler.step()  # a skipped step still counts: the schedule follows the plan
                 progress.step += 1
                 throughput.mark()
@@ -394,7 +398,7 @@ class Trainer:
                               memory_run_peak_mb=memory["run_peak"], it_per_s=rate,
                               images_per_s=rate * images * self.config.training.gradient_accumulation_steps,
                               eta_s=eta_seconds(self.step, total, rate),
-                              elapsed_s=self.progress.wall_seconds())
+                              elapsed_s=self.progress.wall_seconds(), max_norm=dict(self._max_norm))
         self._emit(metrics)
         self.metrics.step(metrics)
 

@@ -56,6 +56,9 @@ class StepMetrics:
     # far over every phase (loading and caching can exceed training). See core.training.memory.
     memory_peak_reserved_mb: float = 0.0
     memory_run_peak_mb: float = 0.0
+    # With scale_weight_norms, sd-scripts' max-norm figures after this step: keys_scaled,
+    # average_key_norm, max_key_norm (TensorBoard: max_norm/<name>); empty otherwise.
+    max_norm: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

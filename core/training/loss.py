@@ -5,13 +5,21 @@ from __future__ import annotations
 import torch
 
 
-def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator) -> torch.Tensor:
+def sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator,
+                 adaptive_noise_scale: float = 0.0) -> torch.Tensor:
     """Gaussian noise, plus a per-sample, per-channel constant when noise_offset is set
-    (it lets the model learn overall brightness, for very dark or bright images)."""
+    (it lets the model learn overall brightness, for very dark or bright images).
+
+    With adaptive_noise_scale the offset's strength grows (or, negative, shrinks, never
+    below 0) with each channel's absolute mean latent, as sd-scripts' apply_noise_offset."""
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
     if noise_offset:
+        strength: float | torch.Tensor = noise_offset
+        if adaptive_noise_scale:
+            channel_mean = latents.mean(dim=(2, 3), keepdim=True).abs()
+            strength = torch.clamp(noise_offset + adaptive_noise_scale * channel_mean, min=0.0)
         offset = torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=generator, dtype=torch.float32)
-        noise = noise + noise_offset * offset.to(latents.device, latents.dtype)
+        noise = noise + strength * offset.to(latents.device, latents.dtype)
     return noise
 
 
@@ -32,6 +40,14 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma
     ratio = snr(alphas_cumprod, timesteps)
     clipped = torch.minimum(ratio, torch.full_like(ratio, gamma))
     return clipped / (ratio + 1.0) if v_prediction else clipped / ratio
+
+
+def debiased_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, v_prediction: bool) -> torch.Tensor:
+    """Debiased estimation loss weights as sd-scripts applies them: 1/sqrt(SNR) for epsilon
+    prediction, 1/(SNR + 1) for v-prediction, with SNR capped at 1000 (timestep 0's SNR is
+    huge, and its weight would vanish)."""
+    ratio = torch.clamp(snr(alphas_cumprod, timesteps), max=1000.0)
+    return 1.0 / (ratio + 1.0) if v_prediction else 1.0 / torch.sqrt(ratio)
 
 
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ class RunMetrics:
             values = {"loss/current": metrics.loss, "loss/average": metrics.avg_loss}
             values.update({lr_tag(name): value for name, value in metrics.lr.items()})
             values.update({lr_tag(name, "lr/d*lr/"): value for name, value in metrics.dlr.items()})
+            values.update({f"max_norm/{name}": value for name, value in metrics.max_norm.items()})
             self._tensorboard.scalars(values, metrics.step)
 
     def epoch(self, epoch: int, step: int, mean: float) -> None:

@@ -11,7 +11,8 @@ from core.config.schema import TrainConfig
 from core.data.pipeline import Batch
 from core.models.components import ModelComponents
 from core.models.family import Family, TextConditioning
-from core.training.loss import min_snr_weights, sample_noise, sample_timesteps, weighted_loss
+from core.training.loss import debiased_weights, min_snr_weights, sample_noise, sample_timesteps, weighted_loss
+from core.training.noise import input_noise, pyramid_noise
 
 
 class StepComputer:
@@ -63,10 +64,13 @@ class StepComputer:
                 text = self.text_cache.conditioning(batch.captions, self.device)
             else:
                 text = self.text(batch.captions)
-            noise = sample_noise(latents, training.noise_offset, self.generator)
+            noise = sample_noise(latents, training.noise_offset, self.generator, training.adaptive_noise_scale)
+            if training.multires_noise_iterations:
+                noise = pyramid_noise(noise, training.multires_noise_iterations, training.multires_noise_discount,
+                                      self.generator)
             timesteps = sample_timesteps(latents.shape[0], self.c.noise_scheduler.config.num_train_timesteps,
                                          self.generator, self.device)
-            noisy = self.c.noise_scheduler.add_noise(latents, noise, timesteps)
+            noisy = self.c.noise_scheduler.add_noise(latents, input_noise(noise, training, self.generator), timesteps)
             prediction = self.unet(noisy, timesteps, **self.family.unet_inputs(text, batch)).sample
         if self.v_prediction:
             target = self.c.noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -76,6 +80,9 @@ class StepComputer:
         if training.min_snr_gamma:
             snr_weights = min_snr_weights(self.alphas_cumprod, timesteps, training.min_snr_gamma,
                                           self.v_prediction)
+        if training.debiased_estimation_loss:  # after min-SNR, as sd-scripts' post_process_loss
+            debiased = debiased_weights(self.alphas_cumprod, timesteps, self.v_prediction)
+            snr_weights = debiased if snr_weights is None else snr_weights * debiased
         return weighted_loss(prediction, target, batch.loss_weights, snr_weights)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from core.data.buckets import BucketError, adjusted_limits
 from core.config.schema import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration, LatentCache, MixedPrecision,
                           NetworkParams, NetworkType, OptimizerType, SavePrecision, Scheduler, TextEncoderCache,
-                          TrainConfig, text_encoder_lrs, trained_text_encoders)
+                          TrainConfig, TrainingParams, text_encoder_lrs, trained_text_encoders)
 from core.models.checkpoint_files import SINGLE_FILE_SUFFIXES, ModelLoadError
 from core.models.family import UnsupportedFamily, families, family_for, family_named
 from core.config.optimizer_support import unavailable_message
@@ -255,6 +255,28 @@ def _lycoris_problems(net: NetworkParams) -> list[Problem]:
     return found
 
 
+def _noise_problems(train: TrainingParams, net: NetworkParams) -> list[Problem]:
+    """The combinations of noise and loss options that sd-scripts refuses or that do nothing."""
+    found: list[Problem] = []
+    if train.adaptive_noise_scale and not train.noise_offset:
+        found.append(Problem("training.adaptive_noise_scale", "it scales the noise offset, which is 0: set a noise "
+                                                              "offset (e.g. 0.05) or set this to 0", ERROR))
+    if train.multires_noise_iterations and train.noise_offset:
+        # sd-scripts applies both (offset first); its older versions refused the pair.
+        found.append(Problem("training.multires_noise_iterations",
+                             "multires noise rescales the noise after the noise offset is added, which "
+                             "mostly washes the offset out (older sd-scripts refused the pair): usually "
+                             "one of them is set to 0", WARNING))
+    if train.ip_noise_gamma_random_strength and not train.ip_noise_gamma:
+        found.append(Problem("training.ip_noise_gamma_random_strength",
+                             "has no effect while input perturbation noise is 0", WARNING))
+    if net.scale_weight_norms and (net.type.is_lycoris or net.dora_wd):
+        found.append(Problem("network.scale_weight_norms", "LoRA Kiln applies max-norm regularisation to LoRA "
+                                                           "and LoCon only: set it to 0 for LoHa, LoKr, IA3 "
+                                                           "and DoRA", ERROR))
+    return found
+
+
 def _text_encoder_cache_problems(config: TrainConfig, text_encoders: tuple[str, ...]) -> list[Problem]:
     """A disk cache of text-encoder outputs is asked for explicitly, so what prevents it is an
     error, as sd-scripts' cache_text_encoder_outputs asserts (the memory cache is 'when possible')."""
@@ -354,6 +376,7 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
     if not net.type.has_conv and (net.conv_dim != 1 or net.conv_alpha != 1.0):
         add("network.conv_dim", "conv dim and conv alpha are only used by LoCon, LoHa and LoKr", WARNING)
     found += _lycoris_problems(net)
+    found += _noise_problems(train, net)
     if net.alpha > net.dim and net.type is not NetworkType.IA3:
         add("network.alpha", f"alpha {net.alpha:g} above dim {net.dim} amplifies the LoRA "
                              f"{net.alpha / net.dim:g}x; this is rarely intended", WARNING)
