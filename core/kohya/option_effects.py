@@ -42,6 +42,10 @@ OPTION_EFFECTS: dict[str, str] = {
     "unit": "LyCORIS: the block size of DyLoRA/(IA)3 variants",
     "block_size": "LyCORIS: the block size of the BOFT/diag-OFT networks",
     "train_on_input": "LyCORIS (IA)3: scales the layer's input instead of its output",
+    "factor": "LyCORIS LoKr: the size of the Kronecker factor",
+    "dora_wd": "LyCORIS: decomposes weights into magnitude and direction (DoRA)",
+    "full_matrix": "LyCORIS LoKr: keeps whole Kronecker factors (full rank)",
+    "decompose_both": "LyCORIS LoKr: decomposes both Kronecker factors",
     # loss and noise
     "loss_type": "chooses the loss (l2, l1, huber, smooth_l1)",
     "huber_schedule": "how the Huber loss's threshold changes with the timestep",
@@ -106,6 +110,7 @@ OPTION_EFFECTS: dict[str, str] = {
     "lr_scheduler_min_lr_ratio": "the lowest rate of the schedule, as a ratio of the rate",
     "optimizer_type": "chooses the optimizer",
     "resume": "continues from an sd-scripts training state folder",
+    "resume_from_huggingface": "continues from a training state on the Hugging Face hub",
     "additional_parameters": "passes extra command-line options to sd-scripts",
     "stop_text_encoder_training": "stops training the text encoder after this many steps",
     "block_lr": "SDXL fine-tuning: a learning rate per U-Net block",
