@@ -139,7 +139,7 @@ def test_the_import_report_shows_the_counts_and_what_unsupported_keys_did(window
     from core.kohya.import_config import import_kohya
 
     path = tmp_path / "k.json"
-    path.write_text(json.dumps({"LoRA_type": "Standard", "network_dim": 8, "masked_loss": True,
+    path.write_text(json.dumps({"LoRA_type": "Standard", "network_dim": 8, "color_aug": True,
                                 "model_list": "custom-x"}), encoding="utf-8")
     result = import_kohya([path])
     assert window.import_kohya([str(path)])
