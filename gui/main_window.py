@@ -188,10 +188,16 @@ class MainWindow(QMainWindow):
 
         self.project.load(LoadedPreset(result.config, None, f"imported from {', '.join(Path(p).name for p in paths)}"))
         self.project.mark_dirty()  # an imported config is unsaved work
-        report = [f"{len(result.mapped)} settings imported."]
+        from core.kohya.option_effects import what_it_does
+
+        # The same counts as `lorakiln import-kohya`'s last line, then what each key not
+        # carried over would have done in sd-scripts.
+        report = [result.summary() + "."]
         if result.unsupported:
-            report.append(f"{len(result.unsupported)} not supported by LoRA Kiln:")
-            report += [f"  {key} = {value!r}: {reason}" for key, value, reason in result.unsupported[:40]]
+            report.append("Not supported by LoRA Kiln:")
+            for key, value, reason in result.unsupported[:40]:
+                effect = what_it_does(key)
+                report.append(f"  {key} = {value!r}: {reason}" + (f" (in sd-scripts: {effect})" if effect else ""))
         report += result.warnings
         self.last_import_report = "\n".join(report)
         self.show_message("Kohya config imported", self.last_import_report)

@@ -170,12 +170,14 @@ def test_kohya_layout_folders_expand_into_subsets(tmp_path):
     assert "# note: dataset.subsets[2].image_dir" in exported.config_toml
 
 
-def test_the_demo_preset_exports_with_builtin_paths_resolved(tmp_path, capsys):
-    assert main(["export-kohya", "demo", "-o", str(tmp_path), "--set", "training.seed=7"]) == 0
+def test_the_demo_preset_on_a_real_model_exports_with_builtin_paths_resolved(tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    assert main(["export-kohya", "demo", "-o", str(tmp_path), "--set", "training.seed=7",
+                 "--set", f"model.base_model={model}"]) == 0
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'config.toml'}" in out and "train_network.py --config_file" in out
     args = _flat((tmp_path / "config.toml").read_text("utf-8"))
-    assert args["pretrained_model_name_or_path"] == str(resource_path("demo-model"))
+    assert args["pretrained_model_name_or_path"] == str(model)
     assert args["seed"] == 7 and args["optimizer_type"] == "AdamW"
     assert args["dataset_config"] == str(tmp_path.resolve() / "dataset.toml")
     assert args["sample_prompts"] == str(tmp_path.resolve() / "prompts.txt")
@@ -257,3 +259,13 @@ def test_fp8_base_weights_are_exported_as_sd_scripts_arguments_and_read_back(tmp
     assert args[switch] is True and args["mixed_precision"] == "bf16"
     again = import_kohya([tmp_path / "config.toml"]).config
     assert (again.model.fp8_base, again.model.fp8_base_unet) == (config.model.fp8_base, config.model.fp8_base_unet)
+
+
+@pytest.mark.parametrize("model", ["builtin:demo-model", "builtin:demo-sdxl"])
+def test_a_preset_on_a_built_in_model_is_refused_naming_the_field_and_the_fix(tmp_path, capsys, model):
+    # A built-in model is built by LoRA Kiln from a seed: no file or folder exists to name,
+    # and sd-scripts could not load its toy-size U-Net anyway.
+    assert main(["export-kohya", "demo", "-o", str(tmp_path), "--set", f"model.base_model={model}"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.base_model is {model}" in err and "--set model.base_model=" in err
+    assert not (tmp_path / "config.toml").exists()

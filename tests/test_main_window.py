@@ -129,7 +129,24 @@ def test_importing_a_kohya_config_loads_it_unsaved_with_a_report(window):
     sample = sorted(path.glob("*.json"))[0]
     assert window.import_kohya([str(sample)])
     assert window.project.dirty and window.project.path is None
-    assert "settings imported" in window.last_import_report
+    assert " mapped, " in window.last_import_report
+
+
+def test_the_import_report_shows_the_counts_and_what_unsupported_keys_did(window, tmp_path):
+    # The same counts as `lorakiln import-kohya`'s last line.
+    import json
+
+    from core.kohya.import_config import import_kohya
+
+    path = tmp_path / "k.json"
+    path.write_text(json.dumps({"LoRA_type": "Standard", "network_dim": 8, "color_aug": True,
+                                "model_list": "custom-x"}), encoding="utf-8")
+    result = import_kohya([path])
+    assert window.import_kohya([str(path)])
+    report = window.last_import_report.splitlines()
+    assert report[0] == f"{result.summary()}." and report[0].endswith("ignored (no effect), 1 not supported.")
+    assert any(line.strip().startswith("color_aug = True") and "(in sd-scripts: shifts the images' hue" in line
+               for line in report)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.kohya.export import build_export, write_export
+    from core.kohya.export import KohyaExportError, build_export, write_export
 
     try:
         loaded = load_with_overrides(args)
@@ -30,7 +30,11 @@ def run(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 2
     out_dir = Path(args.output_dir)
-    exported = build_export(loaded.config, out_dir)
+    try:
+        exported = build_export(loaded.config, out_dir)
+    except KohyaExportError as err:
+        print(f"lorakiln export-kohya: {err}", file=sys.stderr)
+        return 2
     try:
         written = write_export(exported, out_dir)
     except OSError as err:

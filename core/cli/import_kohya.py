@@ -16,6 +16,7 @@ from typing import Any
 
 from core.kohya.import_common import ImportResult, KohyaImportError, Mapped, Unsupported
 from core.kohya.import_config import import_kohya
+from core.kohya.option_effects import what_it_does
 from core.config.presets import dumps_preset, save_preset
 from core.training.validation import validate
 
@@ -46,15 +47,21 @@ def _table(rows: Sequence[tuple[str, str, str]], indent: str = "  ") -> list[str
     return [f"{indent}{k:<{key_width}}  {v:<{value_width}}  {t}".rstrip() for k, v, t in rows]
 
 
-def format_report(result: ImportResult) -> str:
-    """The import report: mapped, not supported, ignored (grouped by reason), warnings."""
+def format_report(result: ImportResult, summary: bool = True) -> str:
+    """The import report: mapped, not supported (with what each would have done), ignored
+    (grouped by reason), warnings, and last the counts on one line."""
     lines = ["read " + "; ".join(f"{Path(path).name} ({kind})" for path, kind in result.sources)]
     mapped: list[Mapped] = sorted(result.mapped, key=lambda m: m.field)
     lines.append(f"mapped ({len(mapped)}):")
     lines += _table([(m.key, _shown(m.value), "-> " + m.field) for m in mapped])
     lines.append(f"NOT SUPPORTED ({len(result.unsupported)}):" if result.unsupported
                  else "not supported: none")
-    lines += _table([(u.key, _shown(u.value), u.reason) for u in result.unsupported])
+    for row, item in zip(_table([(u.key, _shown(u.value), u.reason) for u in result.unsupported]),
+                         result.unsupported):
+        lines.append(row)
+        effect = what_it_does(item.key)
+        if effect:  # what the run loses: the reason alone does not say what the key did
+            lines.append(f"      would have: {effect}")
     if result.ignored:
         lines.append(f"ignored ({len(result.ignored)}), by reason:")
         groups: dict[str, list[Unsupported]] = {}
@@ -67,6 +74,8 @@ def format_report(result: ImportResult) -> str:
     if result.warnings:
         lines.append("warnings:")
         lines += [f"  {warning}" for warning in result.warnings]
+    if summary:
+        lines.append(result.summary())
     return "\n".join(lines)
 
 
@@ -77,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     except KohyaImportError as err:
         print(f"lorakiln import-kohya: {err}", file=sys.stderr)
         return 2
-    print(format_report(result), file=sys.stderr)
+    print(format_report(result, summary=False), file=sys.stderr)
     # The files may name paths of another machine, so only the settings themselves are checked.
     problems = validate(result.config, check_paths=False)
     if problems:
@@ -94,4 +103,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"saved {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(dumps_preset(result.config, description=description))
+    print(result.summary(), file=sys.stderr)  # the last line: what a glance at the end needs
     return 0

@@ -40,6 +40,10 @@ _SUBSET_OWN = ("image_dir", "num_repeats", "class_tokens", "is_reg")
 _PROMPT_OPTION = re.compile(r"\s--(\w+)(?=\s|$)")
 
 
+class KohyaExportError(ValueError):
+    """A configuration sd-scripts could not train as it stands; the message names the field."""
+
+
 @dataclass
 class KohyaExport:
     config_toml: str
@@ -74,6 +78,7 @@ def export_kohya(config: TrainConfig, out_dir: Path | None = None) -> tuple[str,
 
 def build_export(config: TrainConfig, out_dir: Path | None = None) -> KohyaExport:
     """Everything export writes; file references point into ``out_dir`` (absolute) when given."""
+    _refuse_builtin_model(config)
     folder = out_dir.resolve() if out_dir is not None else None
     notes: list[str] = []
     prompts = _prompts_text(config)
@@ -85,6 +90,19 @@ def build_export(config: TrainConfig, out_dir: Path | None = None) -> KohyaExpor
         "# (sd-scripts reads the sections below as plain argument names.)\n\n" + tomli_w.dumps(sections)
     dataset_toml = _header("sd-scripts dataset config", []) + "\n" + tomli_w.dumps(dataset)
     return KohyaExport(config_toml, dataset_toml, prompts, notes)
+
+
+def _refuse_builtin_model(config: TrainConfig) -> None:
+    # A built-in model is a toy-size model LoRA Kiln builds from a seed: there is no file or
+    # folder to name, and written out it still would not load in sd-scripts, whose U-Net has
+    # SD 1.x's fixed block widths. A config naming a folder that does not exist (or one that
+    # fails there) is worse than a clear refusal here.
+    base = config.model.base_model.strip()
+    if is_builtin(base):
+        raise KohyaExportError(
+            f"model.base_model is {base}, LoRA Kiln's tiny built-in demo model (random weights, built by "
+            "LoRA Kiln, not a file), which sd-scripts cannot load; choose a real SD 1.x or SDXL checkpoint "
+            "first, e.g. --set model.base_model=/path/to/model.safetensors")
 
 
 def write_export(exported: KohyaExport, out_dir: Path) -> list[Path]:

@@ -63,6 +63,11 @@ class ImportResult:
     ignored: list[Unsupported] = field(default_factory=list)  # empty, off or overridden values
     sources: list[tuple[str, str]] = field(default_factory=list)  # (file, what it was read as)
 
+    def summary(self) -> str:
+        """The report's last line, the same in the CLI and the GUI."""
+        return (f"{len(self.mapped)} mapped, {len(self.ignored)} ignored (no effect), "
+                f"{len(self.unsupported)} not supported")
+
 
 def _direct_fields() -> dict[str, tuple[str, ParamSpec]]:
     """kohya name -> (group, field) for every one-to-one field outside the dataset section.
@@ -95,6 +100,7 @@ class ImportContext:
         self.done: set[str] = set()
         self.defaulted: set[str] = set()  # filled from SD_SCRIPTS_DEFAULTS, not in the file
         self.defaults_used: list[str] = []  # those of them that set a field
+        self.doc_keys: dict[str, str] = {}  # dataset-config key -> the key as the file writes it
         # Current names first: when a file has both spellings, the current one is used and the
         # old one is reported as ignored (never silently overwritten by it, or it by the other).
         for key, value in sorted(args.items(), key=lambda item: item[0] in keys.KEY_ALIASES):
@@ -204,10 +210,11 @@ def read_config_bytes(path: Path) -> bytes:
     return read_regular_bytes(path, limit=MAX_CONFIG_BYTES)
 
 
-def read_source(path: Path, raw: bytes | None = None) -> tuple[str, dict[str, Any]]:
+def read_source(path: Path, raw: bytes | None = None, notes: list[str] | None = None) -> tuple[str, dict[str, Any]]:
     """(what the file is, its contents); raises KohyaImportError naming the file.
 
-    ``raw`` is the file's bytes when the caller has read them already.
+    ``raw`` is the file's bytes when the caller has read them already; a key a JSON file
+    sets twice is warned about into ``notes``.
     """
     if raw is None:
         try:
@@ -220,7 +227,7 @@ def read_source(path: Path, raw: bytes | None = None) -> tuple[str, dict[str, An
         raise KohyaImportError(path, "the file is not UTF-8 text; is it really a Kohya config?") from None
     if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _object(pairs, path, notes))
         except json.JSONDecodeError as err:
             raise KohyaImportError(path, f"not valid JSON: {err.msg} at line {err.lineno}, "
                                          f"column {err.colno}") from None
@@ -234,7 +241,9 @@ def read_source(path: Path, raw: bytes | None = None) -> tuple[str, dict[str, An
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise KohyaImportError(path, f"not valid TOML: {err}") from None
+        # TOML forbids setting a key twice in one table; the parser only says "overwrite".
+        twice = "; a key is set twice in one table: keep one of them" if "overwrite" in str(err).lower() else ""
+        raise KohyaImportError(path, f"not valid TOML: {err}{twice}") from None
     except (ValueError, RecursionError) as err:
         raise KohyaImportError(path, f"not a usable TOML file: {parser_trouble(err)}") from None
     _check_depth(path, data)
@@ -245,7 +254,21 @@ def read_source(path: Path, raw: bytes | None = None) -> tuple[str, dict[str, An
         if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
             raise KohyaImportError(path, "'datasets' must be a list of tables ([[datasets]] sections)")
         return DATASET, data
-    return CONFIG, data
+    from core.kohya.import_easy import EASY, is_easy_config
+
+    return (EASY if is_easy_config(data) else CONFIG), data
+
+
+def _object(pairs: list[tuple[str, Any]], path: Path, notes: list[str] | None) -> dict[str, Any]:
+    # JSON allows a key twice and json.loads keeps the last silently; kohya_ss reads it so too,
+    # but a file that says two things about one option deserves a look.
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found and notes is not None:
+            notes.append(f"{path.name}: '{key}' is set twice ({found[key]!r}, then {value!r}); the later "
+                         "value is used, as kohya_ss reads it")
+        found[key] = value
+    return found
 
 
 def _check_depth(path: Path, data: Any) -> None:

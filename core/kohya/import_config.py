@@ -10,12 +10,14 @@ spellings, reasons for unsupported keys) is in core.kohya.import_keys.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from core.kohya import import_keys as keys
-from core.kohya.import_common import (CONFIG, DATASET, ImportContext, ImportResult, KohyaImportError, flatten_config,
-                                      read_source)
+from core.kohya.import_common import (CONFIG, DATASET, KOHYA_SS, ImportContext, ImportResult, KohyaImportError,
+                                      flatten_config, read_source)
+from core.kohya.import_easy import EASY, read_easy_config
+from core.kohya.import_family import refusal
 from core.kohya.import_dataset import assemble_dataset, linked_dataset_config
 from core.kohya.import_special import map_arguments
 
@@ -28,7 +30,8 @@ def import_kohya(paths: Sequence[Path | str]) -> ImportResult:
     if not 1 <= len(files) <= 2:
         raise KohyaImportError(", ".join(map(str, files)) or "import",
                                "give one config file, or a config and a dataset config")
-    sources = [(file, *read_source(file)) for file in files]
+    read_notes: list[str] = []
+    sources = [(file, *read_source(file, notes=read_notes)) for file in files]
     mains = [s for s in sources if s[1] != DATASET]
     datasets = [s for s in sources if s[1] == DATASET]
     if len(mains) > 1:
@@ -37,13 +40,34 @@ def import_kohya(paths: Sequence[Path | str]) -> ImportResult:
     if len(datasets) > 1:
         raise KohyaImportError(files[1], "two dataset configs given; give a config and a dataset config")
     notes: list[str] = []
+    easy = None
     if mains:
         main_path, kind, data = mains[0]
-        args = flatten_config(data, str(main_path), notes) if kind == CONFIG else data
-        ctx = ImportContext(kind, args, main_path.resolve().parent, str(main_path))
+        if kind == EASY:
+            easy = read_easy_config(data)
+            if easy.train_mode.strip().lower() != "lora":
+                raise KohyaImportError(main_path, f"train_mode is {easy.train_mode!r}: LoRA Kiln trains LoRAs "
+                                                  "only (train_mode = \"lora\")")
+            args, notes = easy.args, easy.warnings
+            if not datasets:  # its [[subsets]] and dataset_args are the dataset config
+                datasets = [(main_path, DATASET, easy.dataset)]
+        else:
+            args = flatten_config(data, str(main_path), notes) if kind == CONFIG else data
+        problem = refusal(args, from_kohya_ss=kind == KOHYA_SS)
+        if problem:
+            raise KohyaImportError(main_path, problem)
+        ctx = ImportContext(CONFIG if kind == EASY else kind, args, main_path.resolve().parent, str(main_path))
+        if easy is not None:
+            ctx.shown.update({name: key for name, key in easy.shown.items() if name in ctx.shown})
+            ctx.doc_keys = easy.doc_keys
+            for key, value, why in easy.ignored:
+                ctx.ignored(key, value, why)
+            for name, value in easy.implied.items():  # not in the file, so not in the report
+                ctx.args[name], ctx.shown[name] = value, name
+                ctx.defaulted.add(name)
     else:
         ctx = ImportContext(None, {}, datasets[0][0].resolve().parent, str(datasets[0][0]))
-    ctx.result.warnings += notes
+    ctx.result.warnings += read_notes + notes
     ctx.result.sources = [(str(path), kind) for path, kind, _ in sources]
     if ctx.kind == CONFIG:
         _fill_sd_scripts_defaults(ctx)
@@ -55,7 +79,7 @@ def import_kohya(paths: Sequence[Path | str]) -> ImportResult:
         if ctx.has(name):
             unsupported, reason = keys.classify_other(name, ctx.value(name), ctx.args)
             (ctx.arg_unsupported if unsupported else ctx.arg_ignored)(name, reason)
-    _warn_defaults_used(ctx)
+    _warn_defaults_used(ctx, easy.implied if easy is not None else ())
     return ctx.result
 
 
@@ -66,7 +90,8 @@ def _fill_sd_scripts_defaults(ctx: ImportContext) -> None:
         ctx.defaulted.add(name)
 
 
-def _warn_defaults_used(ctx: ImportContext) -> None:
+def _warn_defaults_used(ctx: ImportContext, implied: Collection[str]) -> None:
+    ctx.defaults_used = [name for name in ctx.defaults_used if name not in implied]
     if ctx.defaults_used:
         ctx.warn(f"not in {Path(ctx.file).name}, so sd-scripts' defaults are used (they differ from "
                  "LoRA Kiln's): " + ", ".join(f"{k} = {ctx.args[k]!r}" for k in ctx.defaults_used))

@@ -169,6 +169,7 @@ def _doc_level(ctx: ImportContext, name: str, table: Any, base_dir: Path, allowe
         return level
     for key, value in table.items():
         full = f"{name}.{key}"
+        full = ctx.doc_keys.get(full, full)  # the key as a file of another layout writes it
         if key == "subsets" and name.startswith("datasets") and "subsets[" not in name:
             continue  # the caller reads them
         if key in allowed:

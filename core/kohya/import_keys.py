@@ -82,6 +82,12 @@ OPTIMIZER_OWN_DEFAULTS: dict[OptimizerType, dict[str, Any]] = {
     OptimizerType.ADAFACTOR: {"weight_decay": 0.0},
 }
 
+# sd-scripts' Adafactor where it differs from LoRA Kiln's (relative_step, scale_parameter and
+# warmup_init all False): relative_step=True unless optimizer_args say otherwise
+# (train_util.get_optimizer), scale_parameter=True as transformers' default; warmup_init
+# is False in both.
+ADAFACTOR_SD_SCRIPTS_ARGS: dict[str, Any] = {"relative_step": True, "scale_parameter": True}
+
 # sd-scripts' k-diffusion spellings of samplers we have under the plain name.
 SAMPLER_ALIASES: dict[str, Sampler] = {"k_euler": Sampler.EULER, "k_euler_a": Sampler.EULER_A,
                                        "k_lms": Sampler.LMS}
@@ -100,7 +106,20 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
         "flux1_checkbox", "flux1_cache_text_encoder_outputs",
         "flux1_cache_text_encoder_outputs_to_disk", "ae", "clip_l", "t5xxl", "discrete_flow_shift",
         "model_prediction_type", "timestep_sampling", "split_mode", "train_blocks",
-        "t5xxl_max_token_length", "guidance_scale", "mem_eff_save", "apply_t5_attn_mask", "split_qkv"),
+        "t5xxl_max_token_length", "guidance_scale", "mem_eff_save", "apply_t5_attn_mask", "split_qkv",
+        # kohya_ss writes these into every config, FLUX.1 or not
+        "single_mod_dim", "in_dims", "train_double_block_indices", "train_single_block_indices",
+        "img_attn_dim", "img_mlp_dim", "img_mod_dim", "txt_attn_dim", "txt_mlp_dim", "txt_mod_dim",
+        "single_dim", "blocks_to_swap", "single_blocks_to_swap", "double_blocks_to_swap",
+        "blockwise_fused_optimizers", "flux_fused_backward_pass", "cpu_offload_checkpointing",
+        "t5xxl_lr", "train_t5xxl", "enable_all_linear", "sigmoid_scale", "t5xxl_device", "t5xxl_dtype",
+        "save_t5xxl", "save_clip"),
+    "SD3 option": (
+        "sd3_checkbox", "sd3_cache_text_encoder_outputs", "sd3_cache_text_encoder_outputs_to_disk",
+        "sd3_fused_backward_pass", "clip_g", "clip_g_dropout_rate", "sd3_clip_l", "sd3_clip_l_dropout_rate",
+        "sd3_disable_mmap_load_safetensors", "sd3_enable_scaled_pos_embed", "logit_mean", "logit_std",
+        "mode_scale", "pos_emb_random_crop_rate", "sd3_t5_dropout_rate", "sd3_t5xxl",
+        "sd3_text_encoder_batch_size", "weighting_scheme"),
     LYCORIS_OPTION: (
         "factor", "bypass_mode", "dora_wd", "full_matrix", "use_cp", "use_tucker", "use_scalar",
         "rank_dropout_scale", "constrain", "rescaled", "train_norm", "decompose_both",
@@ -122,22 +141,11 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
         "token_warmup_step", "alpha_mask", "metadata_file", "in_json", "dataset_repeats",
         "cache_info", "custom_attributes", "validation_split", "validation_seed",
         "resize_interpolation", "debug_dataset"),
-    "memory or speed option (LoRA Kiln chooses these itself)": (
-        "full_fp16", "full_bf16", "highvram", "lowvram",
-        "persistent_data_loader_workers",
-        "cpu_offload_checkpointing", "lowram"),
+    "precision option not implemented in LoRA Kiln": ("full_fp16", "full_bf16"),
     "launcher setting (accelerate, several GPUs): LoRA Kiln trains in one process": (
-        "num_cpu_threads_per_process", "num_processes", "num_machines", "multi_gpu", "gpu_ids",
-        "main_process_port", "dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph",
-        "dynamo_use_dynamic", "extra_accelerate_launch_args", "ddp_timeout",
-        "ddp_gradient_as_bucket_view", "ddp_static_graph"),
-    "Hugging Face upload: LoRA Kiln works offline": (
-        "huggingface_repo_id", "huggingface_token", "huggingface_repo_type",
-        "huggingface_repo_visibility", "huggingface_path_in_repo", "save_state_to_huggingface",
-        "resume_from_huggingface", "async_upload"),
-    "experiment tracker: LoRA Kiln logs to its run folder and TensorBoard": (
-        "wandb_api_key", "wandb_run_name", "log_tracker_name", "log_tracker_config", "log_config",
-        "use_wandb", "log_prefix"),
+        "num_processes", "num_machines", "multi_gpu", "gpu_ids", "extra_accelerate_launch_args",
+        "ddp_timeout", "ddp_gradient_as_bucket_view", "ddp_static_graph"),
+    "Hugging Face upload: LoRA Kiln works offline": ("resume_from_huggingface",),
     "metadata option not implemented in LoRA Kiln": (
         "metadata_author", "metadata_description", "metadata_license", "metadata_tags",
         "metadata_title"),
@@ -147,11 +155,28 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
     "schedule option not implemented in LoRA Kiln": (
         "lr_scheduler_args", "lr_scheduler_type", "lr_decay_steps", "lr_scheduler_timescale",
         "lr_scheduler_min_lr_ratio"),
-    "kohya_ss GUI setting (no effect on training)": ("model_list", "training_preset", "save_as_bool"),
     "sd-scripts state folders cannot be resumed; LoRA Kiln resumes its own runs": ("resume",),
     "extra command-line arguments are not read: check them by hand": ("additional_parameters",),
 }
 UNSUPPORTED: dict[str, str] = {key: reason for reason, keys in _REASON_GROUPS.items() for key in keys}
+
+# Keys that change nothing in what is trained: the report lists them as ignored (no effect),
+# not as options LoRA Kiln lacks.
+_NO_EFFECT_GROUPS: dict[str, tuple[str, ...]] = {
+    "kohya_ss GUI setting (no effect on training)": (
+        "model_list", "training_preset", "save_as_bool", "api_name", "save_toml"),
+    "memory or speed option, no effect on what is trained (LoRA Kiln chooses these itself)": (
+        "highvram", "lowvram", "lowram", "persistent_data_loader_workers", "num_cpu_threads_per_process",
+        "main_process_port", "dynamo_backend", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic",
+        "disable_mmap_load_safetensors"),
+    "experiment-tracker setting, no effect on training (LoRA Kiln logs to its run folder and TensorBoard)": (
+        "wandb_api_key", "wandb_run_name", "log_tracker_name", "log_tracker_config", "log_config",
+        "use_wandb", "log_prefix"),
+    "Hugging Face upload, no effect on training (LoRA Kiln works offline)": (
+        "huggingface_repo_id", "huggingface_token", "huggingface_repo_type", "huggingface_repo_visibility",
+        "huggingface_path_in_repo", "save_state_to_huggingface", "async_upload"),
+}
+NO_EFFECT: dict[str, str] = {key: reason for reason, keys in _NO_EFFECT_GROUPS.items() for key in keys}
 
 # Values that mean "off" although they are not empty: kohya_ss's and sd-scripts' defaults.
 OFF_VALUES: dict[str, Any] = {
@@ -159,7 +184,7 @@ OFF_VALUES: dict[str, Any] = {
     "save_model_as": "safetensors", "LyCORIS_preset": "full", "preset": "full", "factor": -1,
     "unit": 1, "train_on_input": True, "dynamo_backend": "no", "dynamo_mode": "default",
     "num_machines": 1, "num_processes": 1, "num_cpu_threads_per_process": 2,
-    "model_list": "custom", "training_preset": "none", "algo": "lora",
+    "model_list": "custom", "training_preset": "none", "algo": "lora", "dataset_repeats": 1,
 }
 
 
@@ -174,14 +199,14 @@ _CONDITIONS: tuple[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool], s
     (("huber_c", "huber_schedule"), lambda raw: str(raw.get("loss_type", "l2")).lower() != "l2",
      "only used with the huber or smooth_l1 loss"),
     (_REASON_GROUPS["FLUX option"][1:], lambda raw: raw.get("flux1_checkbox") is True,
-     "only used for FLUX models"),
+     "a kohya_ss FLUX.1 field, only used for FLUX.1 models"),
+    (_REASON_GROUPS["SD3 option"][1:], lambda raw: raw.get("sd3_checkbox") is True,
+     "a kohya_ss SD3 field, only used for SD3 models"),
     (("dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic"),
      lambda raw: str(raw.get("dynamo_backend", "no")).lower() != "no", "only used with a dynamo backend"),
     (("wandb_api_key", "wandb_run_name"),
      lambda raw: "wandb" in str(raw.get("log_with", "")) or raw.get("use_wandb") is True,
      "only used when logging to wandb"),
-    (_REASON_GROUPS["Hugging Face upload: LoRA Kiln works offline"][1:],
-     lambda raw: bool(raw.get("huggingface_repo_id")), "only used with a Hugging Face repository"),
 )
 CONDITIONS: dict[str, tuple[Callable[[Mapping[str, Any]], bool], str]] = {
     key: (test, why) for keys, test, why in _CONDITIONS for key in keys}
@@ -224,6 +249,8 @@ def classify_other(key: str, value: Any, raw: Mapping[str, Any]) -> tuple[bool, 
         return False, OFF
     if key in OFF_VALUES and same_value(value, OFF_VALUES[key]):
         return False, "Kohya's default (off)"
+    if key in NO_EFFECT:
+        return False, NO_EFFECT[key]
     if key in CONDITIONS:
         test, why = CONDITIONS[key]
         if not test(raw):

@@ -182,7 +182,7 @@ def _logging(ctx: ImportContext) -> None:
             if text == "all":
                 ctx.warn("log_with = all: only TensorBoard logs are written (no wandb)")
         else:
-            ctx.arg_unsupported("log_with", keys.UNSUPPORTED["wandb_api_key"])
+            ctx.arg_ignored("log_with", keys.NO_EFFECT["wandb_api_key"])
 
 
 def _sample_prompts(ctx: ImportContext) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from core.kohya import import_keys as keys
-from core.config.schema import NetworkType, OptimizerParams
+from core.config.schema import NetworkType, OptimizerParams, OptimizerType
 from core.kohya.import_common import DIRECT, KOHYA_SS
 from core.kohya.import_dataset import ARGUMENTS as DATASET_ARGUMENTS
 from core.kohya.import_misc import MISC_HANDLERS, flag, set_field
@@ -200,6 +200,29 @@ def _optimizer(ctx: ImportContext) -> None:
     if own:
         ctx.warn(f"optimizer_args: {opt.type.value}'s own defaults are used for what the file does not "
                  "set, as in sd-scripts: " + ", ".join(f"{k}={v}" for k, v in own.items()))
+    if chosen is OptimizerType.ADAFACTOR:
+        _adafactor(ctx)
+
+
+def _adafactor(ctx: ImportContext) -> None:
+    # sd-scripts' get_optimizer: relative_step is True unless optimizer_args say otherwise (and
+    # warmup_init turns it back on); the rest are transformers' Adafactor defaults. With
+    # relative_step Adafactor chooses its own step size, and sd-scripts swaps the schedule for
+    # its "adafactor" one, which only reports the learning rate.
+    extra = ctx.config.optimizer.extra_args
+    filled = {k: v for k, v in keys.ADAFACTOR_SD_SCRIPTS_ARGS.items() if k not in extra}
+    extra.update(filled)
+    if extra.get("warmup_init") is True and extra.get("relative_step") is False:
+        extra["relative_step"] = True
+        ctx.warn("optimizer_args: warmup_init=True needs relative_step, so sd-scripts sets relative_step=True, "
+                 "and so does the import")
+    if filled:
+        ctx.warn("optimizer_args: Adafactor gets sd-scripts' defaults for what the file does not set: "
+                 + ", ".join(f"{k}={v}" for k, v in filled.items()))
+    if extra.get("relative_step") is True:
+        ctx.warn("Adafactor with relative_step=True sets its own step size (growing with the steps, scaled by "
+                 "each weight's size): the learning rate and the schedule only show, as in sd-scripts; set "
+                 "optimizer.extra_args.relative_step = false to train at the learning rate instead")
 
 
 def _optimizer_args(ctx: ImportContext) -> set[str]:

@@ -39,8 +39,11 @@ def build_optimizer(groups: list[ParamGroup], opt: OptimizerParams) -> torch.opt
         rates = ", ".join(f"{g['name']} {g['lr']:g}" for g in param_groups)
         raise OptimizerSetupError(f"optimizer: {opt.type.value} needs the same learning rate for the "
                                   f"U-Net and the text encoder (or 0 for one of them); got {rates}")
+    # Adafactor's relative step chooses its own step size and refuses an lr beside it; the
+    # groups keep theirs, which the schedule scales and the logs show, as in sd-scripts.
+    lr = None if kwargs.get("relative_step") is True else param_groups[0]["lr"]
     try:
-        return cls(param_groups, lr=param_groups[0]["lr"], **kwargs)
+        return cls(param_groups, lr=lr, **kwargs)
     except (TypeError, ValueError) as err:
         raise OptimizerSetupError(f"optimizer: {cls.__name__} refused its settings: {err}") from None
 
