@@ -16,7 +16,8 @@ from core.training.engine import Trainer
 from core.training.events import Failed, ListSink
 
 
-def per_sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator) -> torch.Tensor:
+def per_sample_noise(latents: torch.Tensor, noise_offset: float, generator: torch.Generator,
+                     adaptive_noise_scale: float = 0.0) -> torch.Tensor:
     # Each process draws from its own generator, seeded alike, so two processes would give
     # their two samples the same noise where one process gives them different noise. Noise
     # made from the sample itself is the same however the samples are spread.
