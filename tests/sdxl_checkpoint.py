@@ -73,3 +73,21 @@ def sdxl_state_dict(unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any,
 def write_sdxl_checkpoint(path: str | Path, unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any, *,
                           dtype: torch.dtype | None = None) -> Path:
     return write_state_dict(path, sdxl_state_dict(unet, vae, text_encoder, text_encoder_2, dtype=dtype))
+
+
+def full_size_sdxl_on_meta() -> dict[str, torch.nn.Module]:
+    """Full-size SDXL's U-Net and both text encoders from the shipped configs, on the meta
+    device (shapes, no weights): for checks of the complete key set."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from core.models.sdxl_files import sdxl_config_dir
+
+    root = sdxl_config_dir()
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text("utf-8")))
+        te1 = CLIPTextModel(CLIPTextConfig.from_json_file(root / "text_encoder" / "config.json"))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_json_file(root / "text_encoder_2" / "config.json"))
+    return {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}

@@ -187,17 +187,9 @@ def test_dora_adds_dora_scale_per_output_channel_to_the_lora_layout():
 
 @pytest.fixture(scope="module")
 def full_sdxl() -> dict[str, torch.nn.Module]:
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from tests.sdxl_checkpoint import full_size_sdxl_on_meta
 
-    from core.models.sdxl_files import sdxl_config_dir
-
-    root = sdxl_config_dir()
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text("utf-8")))
-        te1 = CLIPTextModel(CLIPTextConfig.from_json_file(root / "text_encoder" / "config.json"))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_json_file(root / "text_encoder_2" / "config.json"))
-    return {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}
+    return full_size_sdxl_on_meta()
 
 
 def _sdxl_shapes(full: dict[str, torch.nn.Module], network: NetworkParams) -> dict[str, dict[str, tuple[int, ...]]]:

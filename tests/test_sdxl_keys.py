@@ -5,7 +5,6 @@ the LoRA size the disk check uses, and the file's metadata."""
 
 from __future__ import annotations
 
-import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -15,21 +14,14 @@ import torch
 
 from core.config.schema import NetworkParams, NetworkType, TrainConfig
 from core.models.sdxl import FAMILY
-from core.models.sdxl_files import sdxl_config_dir
 from core.models.sdxl_names import UnknownModulePath, sai_unet_path
 
 
 @pytest.fixture(scope="module")
 def full() -> dict[str, torch.nn.Module]:
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from tests.sdxl_checkpoint import full_size_sdxl_on_meta
 
-    root = sdxl_config_dir()
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text("utf-8")))
-        te1 = CLIPTextModel(CLIPTextConfig.from_json_file(root / "text_encoder" / "config.json"))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_json_file(root / "text_encoder_2" / "config.json"))
-    return {"unet": unet, "text_encoder": te1, "text_encoder_2": te2}
+    return full_size_sdxl_on_meta()
 
 
 def _names(full: dict[str, torch.nn.Module], network: NetworkParams) -> dict[str, list[str]]:

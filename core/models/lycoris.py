@@ -30,6 +30,7 @@ in float32, and start with dW = 0 as LyCORIS's do.
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ def _row_norm(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1).norm(dim=1).reshape(weight.shape[0], *[1] * (weight.dim() - 1))
 
 
-class LycorisLayer(nn.Module):
+class LycorisLayer(nn.Module, metaclass=ABCMeta):
     """A wrapped Linear or Conv2d; subclasses define the parameters and :meth:`delta_weight`."""
 
     algo = ""  # LyCORIS's name of the type ("loha", "lokr", "ia3", "locon")
@@ -83,13 +84,13 @@ class LycorisLayer(nn.Module):
             self.dora_scale = nn.Parameter(_row_norm(base.weight.detach().float()))
 
     # ---- what a subclass provides
+    @abstractmethod
     def delta_weight(self) -> torch.Tensor:
         """dW, in the base weight's shape, scale included (DoRA not applied)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _factors(self) -> dict[str, nn.Parameter]:
         """The trained tensors by their names in the file (without dora_scale)."""
-        raise NotImplementedError
 
     # ---- shared
     def file_tensors(self) -> dict[str, torch.Tensor]:
