@@ -202,6 +202,14 @@ class SubsetParams:
         False, label="Random crop", advanced=True, kohya="random_crop",
         help="Crop the overflow at a random offset instead of the centre. "
              "Cannot be combined with a latent cache.")
+    mask_dir: str = param(
+        "", label="Mask folder", path=PathKind.DIR, advanced=True, kohya="conditioning_data_dir",
+        help="With masked loss: a folder of loss masks, one per image with the image's file "
+             "name stem and size (red channel or grey, white = trained, black = ignored).")
+    alpha_mask: bool = param(
+        False, label="Alpha channel as mask", advanced=True, kohya="alpha_mask",
+        help="Weight the loss by each image's transparency (opaque = trained); images without "
+             "an alpha channel are trained everywhere.")
 
 
 @dataclass
@@ -234,6 +242,10 @@ class DatasetParams:
     prior_loss_weight: float = param(
         1.0, label="Prior loss weight", minimum=0.0, maximum=100.0, advanced=True,
         kohya="prior_loss_weight", help="Loss weight of regularisation images.")
+    masked_loss: bool = param(
+        False, label="Masked loss", advanced=True, kohya="masked_loss",
+        help="Weight each image's loss per pixel by its mask (each subset's mask folder, or "
+             "its alpha channel): areas outside the mask teach nothing.")
     latent_cache: LatentCache = param(
         LatentCache.OFF, label="Latent cache",
         help="Encode each image once with the VAE, in memory or on disk, instead of every step.")

@@ -22,6 +22,7 @@ from core.data.caption_augment import process_caption
 from core.data.images import random_crop_offset
 from core.data.dataset_plan import DatasetPlan
 from core.data.latent_cache import LatentCache
+from core.data.masks import MaskError, load_mask_image, mask_tensor, missing_masks, missing_masks_message
 from core.data.samples import Sample, load_pixels, samples
 from core.data.size_conditioning import training_time_ids
 
@@ -45,13 +46,16 @@ class Batch:
     # conditioning as sd-scripts computes it (core.data.size_conditioning). Always filled, as
     # it costs nothing; a family without it ignores it. None only in batches made elsewhere.
     size_conditioning: torch.Tensor | None = None
+    # [B, 1, H, W] float32 loss masks in [0, 1] at the bucket's pixel size, cropped and flipped
+    # as the images; None when the run has no masked loss.
+    masks: torch.Tensor | None = None
 
     def pin_memory(self) -> Batch:
         """The batch in page-locked memory (the loader calls this with pin_memory=True), so
         its copy to the GPU can run asynchronously (non_blocking=True)."""
         return replace(self, loss_weights=self.loss_weights.pin_memory(),
                        pixels=_pinned(self.pixels), latents=_pinned(self.latents),
-                       size_conditioning=_pinned(self.size_conditioning))
+                       size_conditioning=_pinned(self.size_conditioning), masks=_pinned(self.masks))
 
 
 def _pinned(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -86,7 +90,10 @@ class BucketBatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, plan: DatasetPlan, *, batch_size: int, seed: int,
-                 prior_loss_weight: float = 1.0, latent_cache: LatentCache | None = None) -> None:
+                 prior_loss_weight: float = 1.0, latent_cache: LatentCache | None = None,
+                 masked_loss: bool = False) -> None:
+        """``masked_loss``: batches carry each image's mask from its subset's mask folder (an
+        alpha_mask subset's images carry theirs with or without it)."""
         self.plan = plan
         self.batch_size = batch_size
         self.seed = seed
@@ -94,6 +101,10 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         self.samples = samples(plan, prior_loss_weight)
         if latent_cache is not None:
             _check_no_random_crop(self.samples)
+        self.masked_loss = masked_loss
+        self.masking = masked_loss or any(s.options.alpha_mask for s in self.samples)
+        if masked_loss:
+            _check_masks_present(self.samples)
         self._members = _members(plan)
         self.epoch = 0
         self._batches: list[tuple[Bucket, list[str]]] = []
@@ -129,12 +140,20 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         # The rest needs only the plan (a random crop's offset does not count, as in sd-scripts),
         # so cached latents need nothing stored beside them.
         target = (trained.shape[-1] * scale, trained.shape[-2] * scale)
+        masks = None
+        if self.masking:
+            # Masks are read from their files for every batch, cached latents or not: they are
+            # small, and a mask edited between runs can never meet stale latents.
+            masks = torch.stack([
+                mask_tensor(load_mask_image(s.record.path, s.record.size, s.options, self.masked_loss),
+                            s.assignment, o, f) for s, o, f in zip(chosen, offsets, flipped)])
         size_conditioning = torch.tensor(
             [training_time_ids(s.record.size, s.assignment.bucket, f, target) for s, f in zip(chosen, flipped)],
             dtype=torch.float32)
         return Batch(bucket=bucket, keys=[s.key for s in chosen], captions=captions,
                      loss_weights=torch.tensor([s.loss_weight for s in chosen], dtype=torch.float32),
-                     pixels=pixels, latents=latents, flipped=flipped, size_conditioning=size_conditioning)
+                     pixels=pixels, latents=latents, flipped=flipped, size_conditioning=size_conditioning,
+                     masks=masks)
 
     def _cached(self, sample: Sample, flipped: bool) -> torch.Tensor:
         assert self.latent_cache is not None
@@ -170,6 +189,19 @@ def _check_no_random_crop(chosen: Sequence[Sample]) -> None:
         if sample.options.random_crop:
             raise ValueError(f"{sample.record.display_path}: random crop cannot be used with a "
                              "latent cache (the cache holds one fixed crop per image)")
+
+
+def _check_masks_present(chosen: Sequence[Sample]) -> None:
+    """Every image of a subset with a mask folder has its mask (sd-scripts refuses to start
+    otherwise too), so a run never stops on a missing mask hours in."""
+    by_folder: dict[str, list] = {}
+    for sample in chosen:
+        if sample.options.mask_dir:
+            by_folder.setdefault(sample.options.mask_dir, []).append(sample.record.path)
+    for folder, paths in by_folder.items():
+        missing = missing_masks(sorted(set(paths)), folder)
+        if missing:
+            raise MaskError(missing_masks_message(missing, folder))
 
 
 def _pass_through(batch: Batch) -> Batch:

@@ -288,7 +288,8 @@ class Trainer:
             placement.offload(self.network.components.vae)  # until sampling borrows it back
         self.dataset = BucketBatchDataset(self.plan, batch_size=config.training.batch_size,
                                           seed=config.training.seed,
-                                          prior_loss_weight=config.dataset.prior_loss_weight, latent_cache=cache)
+                                          prior_loss_weight=config.dataset.prior_loss_weight, latent_cache=cache,
+                                          masked_loss=config.dataset.masked_loss)
 
     def _take_resumed(self, state: TrainingState) -> None:
         """Where the saved state left off; its RNGs are restored last, after latent caching."""

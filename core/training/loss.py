@@ -50,15 +50,30 @@ def debiased_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, v_pr
     return 1.0 / (ratio + 1.0) if v_prediction else 1.0 / torch.sqrt(ratio)
 
 
-def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=[1, 2, 3])
+def latent_masks(masks: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+    """[B, 1, H, W] pixel masks averaged down to the latents' (h, w), as sd-scripts'
+    apply_masked_loss does (area interpolation): a latent pixel's weight is the share of its
+    8x8 image pixels that are masked in."""
+    return torch.nn.functional.interpolate(masks.float(), size=latent_size, mode="area")
+
+
+def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor,
+                   masks: torch.Tensor | None = None) -> torch.Tensor:
+    """Each sample's mean squared error; with ``masks`` ([B, 1, H, W] in pixels) each latent
+    pixel's error is weighted by its mask before the mean. As in sd-scripts the mean is over
+    all pixels, not divided by the mask's area: a half-masked image counts half as much."""
+    loss = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none")
+    if masks is not None:
+        loss = loss * latent_masks(masks.to(loss.device), tuple(loss.shape[-2:]))
+    return loss.mean(dim=[1, 2, 3])
 
 
 def weighted_loss(prediction: torch.Tensor, target: torch.Tensor, loss_weights: torch.Tensor,
-                  snr_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over the batch of each sample's MSE times its weight (prior loss weight for
-    regularisation images) and, with min-SNR, its SNR weight."""
-    loss = per_sample_mse(prediction, target) * loss_weights.to(prediction.device)
+                  snr_weights: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of each sample's (masked) MSE times its weight (prior loss weight
+    for regularisation images) and, with min-SNR, its SNR weight. The order is sd-scripts':
+    mask per pixel, mean per sample, then the per-sample weights."""
+    loss = per_sample_mse(prediction, target, masks) * loss_weights.to(prediction.device)
     if snr_weights is not None:
         loss = loss * snr_weights.to(loss.device)
     return loss.mean()

@@ -83,7 +83,7 @@ class StepComputer:
         if training.debiased_estimation_loss:  # after min-SNR, as sd-scripts' post_process_loss
             debiased = debiased_weights(self.alphas_cumprod, timesteps, self.v_prediction)
             snr_weights = debiased if snr_weights is None else snr_weights * debiased
-        return weighted_loss(prediction, target, batch.loss_weights, snr_weights)
+        return weighted_loss(prediction, target, batch.loss_weights, snr_weights, batch.masks)
 
 
 def train_micro_batch(accelerator, computer: StepComputer, optimizer, models: list[torch.nn.Module],  # noqa: ANN001

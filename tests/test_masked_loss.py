@@ -1,0 +1,224 @@
+"""Masked loss: the mask weights the loss per latent pixel, follows its image through the
+bucket resize, crop and flip, comes from a mask folder or the alpha channel, survives the
+latent cache, and a missing or mis-sized mask stops the run before it starts, by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from contextlib import nullcontext
+from PIL import Image
+
+from core.config.schema import DatasetParams, Duration, SubsetParams, TrainConfig, TrainingParams
+from core.data.dataset_plan import DatasetPlan
+from core.data.images import ImageLoadError
+from core.data.latent_cache import LatentCache
+from core.data.masks import MaskError
+from core.data.pipeline import Batch, BucketBatchDataset
+from core.data.plan import plan_dataset
+from core.data.samples import samples
+from core.training.loss import weighted_loss
+
+
+def _plan(subsets: list[SubsetParams], resolution: int = 128, masked_loss: bool = True) -> DatasetPlan:
+    data = DatasetParams(subsets=subsets, resolution=(resolution, resolution), min_bucket_reso=64,
+                         max_bucket_reso=256, bucket_reso_steps=64, masked_loss=masked_loss)
+    training = TrainingParams(batch_size=2, duration=Duration.EPOCHS, max_train_epochs=1)
+    return plan_dataset(data, training)
+
+
+def _pattern(w: int, h: int, seed: int) -> np.ndarray:
+    """Smooth enough that resampling keeps it recognisable, varied enough that a wrong crop or
+    a missed flip shows."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.NEAREST))
+
+
+def _masked_folder(root: Path, sizes: list[tuple[int, int]]) -> tuple[Path, Path]:
+    """Images whose three channels equal their masks' grey, so the two can be compared."""
+    images, masks = root / "img", root / "mask"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for i, (w, h) in enumerate(sizes):
+        grey = _pattern(w, h, i)
+        Image.fromarray(np.stack([grey] * 3, axis=-1)).save(images / f"img{i}.png")
+        Image.fromarray(grey).save(masks / f"img{i}.png")
+    return images, masks
+
+
+# ------------------------------------------------------------------ the loss
+
+
+def test_loss_ignores_what_lies_outside_the_mask() -> None:
+    torch.manual_seed(0)
+    prediction = torch.randn(1, 4, 8, 8, requires_grad=True)
+    target = torch.randn(1, 4, 8, 8)
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[..., :32] = 1.0  # the left half of the image: latent columns 0..3
+    loss = weighted_loss(prediction, target, torch.ones(1), masks=masks)
+    changed = target.clone()
+    changed[..., 4:] += 5.0
+    assert weighted_loss(prediction, changed, torch.ones(1), masks=masks).item() == pytest.approx(loss.item())
+    loss.backward()
+    assert prediction.grad is not None
+    assert torch.all(prediction.grad[..., 4:] == 0)
+    assert torch.all(prediction.grad[..., :4] != 0)
+
+
+def test_mask_weights_are_not_renormalised_by_the_masked_area() -> None:
+    # sd-scripts multiplies by the mask and takes the plain mean: a half mask halves the loss.
+    prediction, target = torch.ones(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[..., :32] = 1.0
+    assert weighted_loss(prediction, target, torch.ones(1), masks=masks).item() == pytest.approx(0.5)
+    # a latent pixel half covered by the mask gets half the weight (area averaging)
+    partial = torch.zeros(1, 1, 64, 64)
+    partial[..., :4] = 1.0
+    expected = 0.5 / 8
+    assert weighted_loss(prediction, target, torch.ones(1), masks=partial).item() == pytest.approx(expected)
+
+
+def test_min_snr_weights_apply_after_the_masked_mean() -> None:
+    prediction, target = torch.ones(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
+    masks = torch.ones(2, 1, 64, 64)
+    masks[1] = 0.0
+    loss = weighted_loss(prediction, target, torch.ones(2), snr_weights=torch.tensor([0.5, 4.0]), masks=masks)
+    assert loss.item() == pytest.approx((0.5 + 0.0) / 2)
+
+
+class _PointwiseUnet(torch.nn.Module):
+    """A 1x1 convolution: each latent pixel's prediction depends on that pixel alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, **_: object) -> SimpleNamespace:
+        return SimpleNamespace(sample=self.conv(noisy))
+
+
+def _step_loss(latents: torch.Tensor, masks: torch.Tensor) -> float:
+    from diffusers import DDPMScheduler
+
+    from core.training.step import StepComputer
+
+    torch.manual_seed(3)
+    unet = _PointwiseUnet()
+    components = SimpleNamespace(unet=unet, text_encoders={}, noise_scheduler=DDPMScheduler())
+    family = SimpleNamespace(unet_inputs=lambda text, batch: {})
+    computer = StepComputer(TrainConfig(), family, components, torch.device("cpu"),  # type: ignore[arg-type]
+                            torch.Generator().manual_seed(11), nullcontext)
+    computer.text_cache = SimpleNamespace(conditioning=lambda captions, device: None)
+    batch = Batch(bucket=(64, 64), keys=["a"], captions=["x"], loss_weights=torch.ones(1), pixels=None,
+                  latents=latents, flipped=[False], masks=masks)
+    return computer.loss(batch).item()
+
+
+def test_training_step_loss_does_not_see_the_image_outside_its_half_mask() -> None:
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[..., :32] = 1.0
+    changed = latents.clone()
+    changed[..., 4:] = -changed[..., 4:] + 3.0
+    assert _step_loss(changed, masks) == pytest.approx(_step_loss(latents, masks))
+    # ...while without the mask the same change does change the loss
+    ones = torch.ones_like(masks)
+    assert _step_loss(changed, ones) != pytest.approx(_step_loss(latents, ones))
+
+
+# ------------------------------------------------------------------ the data
+
+
+def test_mask_is_cropped_and_flipped_exactly_like_its_image(tmp_path: Path) -> None:
+    # non-square sizes, so the resize and the crop both act; random crop and flip on
+    images, masks = _masked_folder(tmp_path, [(230, 90), (90, 230), (200, 70), (190, 75)])
+    plan = _plan([SubsetParams(image_dir=str(images), mask_dir=str(masks), random_crop=True, flip_aug=True,
+                               num_repeats=4)])
+    dataset = BucketBatchDataset(plan, batch_size=2, seed=5, masked_loss=True)
+    flips = 0
+    for epoch in (1, 2):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            batch = dataset[index]
+            assert batch.pixels is not None and batch.masks is not None
+            w, h = batch.bucket
+            assert w != h
+            assert tuple(batch.masks.shape) == (len(batch.keys), 1, h, w)
+            grey = (batch.pixels[:, :1] + 1.0) * 127.5 / 255.0
+            assert torch.allclose(grey, batch.masks, atol=1.5 / 255)
+            flips += sum(batch.flipped)
+    assert flips > 0
+
+
+def test_alpha_channel_is_the_mask_and_an_opaque_image_trains_everywhere(tmp_path: Path) -> None:
+    folder = tmp_path / "img"
+    folder.mkdir()
+    rgba = np.full((128, 128, 4), 200, dtype=np.uint8)
+    rgba[:, 64:, 3] = 0
+    rgba[:, :64, 3] = 255
+    rgba[:8, :8, 3] = 128
+    Image.fromarray(rgba, "RGBA").save(folder / "cut.png")
+    Image.fromarray(np.full((128, 128, 3), 90, dtype=np.uint8)).save(folder / "plain.png")
+    plan = _plan([SubsetParams(image_dir=str(folder), alpha_mask=True)], masked_loss=False)
+    dataset = BucketBatchDataset(plan, batch_size=2, seed=0)
+    batch = dataset[0]
+    assert batch.masks is not None
+    by_name = {Path(key).name: mask for key, mask in zip(batch.keys, batch.masks)}
+    expected = torch.from_numpy(rgba[:, :, 3].astype(np.float32) / 255.0)
+    assert torch.equal(by_name["cut.png"][0], expected)
+    assert torch.equal(by_name["plain.png"], torch.ones(1, 128, 128))
+
+
+def test_without_masked_loss_batches_carry_no_masks(tmp_path: Path) -> None:
+    images, masks = _masked_folder(tmp_path, [(128, 128)])
+    plan = _plan([SubsetParams(image_dir=str(images), mask_dir=str(masks))], masked_loss=False)
+    assert BucketBatchDataset(plan, batch_size=2, seed=0)[0].masks is None
+
+
+def test_cached_latents_come_with_their_current_masks(tmp_path: Path) -> None:
+    images, masks = _masked_folder(tmp_path, [(128, 128), (200, 70)])
+    plan = _plan([SubsetParams(image_dir=str(images), mask_dir=str(masks), flip_aug=True)])
+    cache = LatentCache("memory", None, "fake-vae")
+    cache.fill(samples(plan), lambda px: F.avg_pool2d(px, 8).repeat(1, 2, 1, 1)[:, :4], flip_aug_keys=True)
+    dataset = BucketBatchDataset(plan, batch_size=2, seed=1, latent_cache=cache, masked_loss=True)
+
+    def mask_of(name: str) -> tuple[torch.Tensor, bool]:
+        for index in range(len(dataset)):
+            batch = dataset[index]
+            for key, mask, flipped in zip(batch.keys, batch.masks, batch.flipped):  # type: ignore[arg-type]
+                if Path(key).name == name:
+                    assert batch.latents is not None and batch.pixels is None
+                    return mask, flipped
+        raise AssertionError(name)
+
+    mask, flipped = mask_of("img0.png")
+    expected = torch.from_numpy(_pattern(128, 128, 0).astype(np.float32) / 255.0)
+    assert torch.equal(mask[0], expected.flip(-1) if flipped else expected)
+    # a mask edited after caching is what the next batch carries: never a stale one
+    Image.fromarray(np.zeros((128, 128), dtype=np.uint8)).save(masks / "img0.png")
+    assert torch.equal(mask_of("img0.png")[0], torch.zeros(1, 128, 128))
+
+
+def test_missing_masks_stop_the_run_before_it_starts_naming_the_images(tmp_path: Path) -> None:
+    images, masks = _masked_folder(tmp_path, [(128, 128), (128, 128), (200, 70)])
+    (masks / "img1.png").unlink()
+    plan = _plan([SubsetParams(image_dir=str(images), mask_dir=str(masks))])
+    with pytest.raises(MaskError, match=r"img1\.png") as error:
+        BucketBatchDataset(plan, batch_size=2, seed=0, masked_loss=True)
+    assert str(masks) in str(error.value) and "img0.png" not in str(error.value)
+
+
+def test_a_mask_of_another_size_is_refused_naming_the_mask(tmp_path: Path) -> None:
+    images, masks = _masked_folder(tmp_path, [(128, 128)])
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(masks / "img0.png")
+    dataset = BucketBatchDataset(_plan([SubsetParams(image_dir=str(images), mask_dir=str(masks))]),
+                                 batch_size=2, seed=0, masked_loss=True)
+    with pytest.raises(ImageLoadError, match=r"mask.*64x64.*128x128") as error:
+        dataset[0]
+    assert error.value.path == str(masks / "img0.png")
