@@ -222,3 +222,33 @@ def test_a_mask_of_another_size_is_refused_naming_the_mask(tmp_path: Path) -> No
     with pytest.raises(ImageLoadError, match=r"mask.*64x64.*128x128") as error:
         dataset[0]
     assert error.value.path == str(masks / "img0.png")
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _config(tmp_path: Path, images: Path, mask_dir: str, masked_loss: bool = True) -> TrainConfig:
+    from core.config.schema import DEMO_MODEL
+
+    config = TrainConfig()
+    config.model.base_model = DEMO_MODEL
+    config.output.output_dir = str(tmp_path / "out")
+    config.dataset.masked_loss = masked_loss
+    config.dataset.subsets = [SubsetParams(image_dir=str(images), mask_dir=mask_dir)]
+    return config
+
+
+def test_validation_names_images_without_a_mask_and_a_missing_mask_folder(tmp_path: Path) -> None:
+    from core.training.validation import ERROR, WARNING, validate
+
+    images, masks = _masked_folder(tmp_path, [(128, 128), (128, 128)])
+    assert [p for p in validate(_config(tmp_path, images, str(masks))) if "mask_dir" in p.path] == []
+    (masks / "img1.png").unlink()
+    problems = [p for p in validate(_config(tmp_path, images, str(masks))) if p.path.endswith("mask_dir")]
+    assert [p.severity for p in problems] == [ERROR]
+    assert "img1.png" in problems[0].message and "img0.png" not in problems[0].message
+    gone = [p for p in validate(_config(tmp_path, images, str(tmp_path / "nowhere"))) if p.path.endswith("mask_dir")]
+    assert [p.severity for p in gone] == [ERROR] and "does not exist" in gone[0].message
+    unused = [p for p in validate(_config(tmp_path, images, str(masks), masked_loss=False))
+              if p.path.endswith("mask_dir")]
+    assert [p.severity for p in unused] == [WARNING] and "masked loss is off" in unused[0].message

@@ -93,7 +93,41 @@ def _check_paths(config: TrainConfig, total_steps: int | None) -> list[Problem]:
             found.append(Problem(f"dataset.subsets[{i}].image_dir", "choose the subset's image folder"))
         else:
             found += _path_problem(f"dataset.subsets[{i}].image_dir", subset.image_dir, True)
-    return found + _output_problems(config, total_steps)
+    return found + _mask_problems(config) + _output_problems(config, total_steps)
+
+
+def _mask_problems(config: TrainConfig) -> list[Problem]:
+    """A mask folder that is missing, unused, or lacks some images' masks (named). Masks of
+    the wrong size are found when their images load; reading every mask's header here would
+    slow every check of the form."""
+    from core.data.masks import missing_masks, missing_masks_message
+    from core.data.imageinfo import is_image_file
+
+    found = []
+    for i, subset in enumerate(config.dataset.subsets):
+        field_path = f"dataset.subsets[{i}].mask_dir"
+        if not subset.mask_dir:
+            if config.dataset.masked_loss and not subset.alpha_mask:
+                found.append(Problem(field_path, "masked loss is on but this folder has no mask folder (and "
+                                                 "no alpha mask): its images train everywhere", WARNING))
+            continue
+        if not config.dataset.masked_loss:
+            found.append(Problem(field_path, "a mask folder is set but masked loss is off, so it is not "
+                                             "used; turn on dataset.masked_loss to use it", WARNING))
+            continue
+        problems = _path_problem(field_path, subset.mask_dir, True)
+        if problems or subset.kohya_layout or not subset.image_dir:
+            found += problems
+            continue
+        folder = _existing(subset.image_dir)
+        try:
+            images = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+        except OSError:
+            continue
+        missing = missing_masks(images, _existing(subset.mask_dir))
+        if missing:
+            found.append(Problem(field_path, missing_masks_message(missing, subset.mask_dir)))
+    return found
 
 
 def _choose_base_model(family_setting: str) -> str:
