@@ -109,7 +109,7 @@ def test_every_mapped_kohya_ss_value_survives_import_and_export(tmp_path):
     found = _Exported(exported.config_toml, exported.dataset_toml, exported.prompts)
     original = json.loads(SAMPLE_JSON.read_text("utf-8"))
     original_args = dict(parse_arg(a) for a in split_args(original["optimizer_args"]))
-    assert len(result.mapped) == 66
+    assert len(result.mapped) == 67  # masked_loss is mapped now
     for key, field, _ in result.mapped:
         raw = original_args[key.split(".", 1)[1]] if key.startswith("optimizer_args.") else original[key]
         assert _norm(found.value(key, field)) == _norm(_expected(key, raw)), key

@@ -252,3 +252,56 @@ def test_validation_names_images_without_a_mask_and_a_missing_mask_folder(tmp_pa
     unused = [p for p in validate(_config(tmp_path, images, str(masks), masked_loss=False))
               if p.path.endswith("mask_dir")]
     assert [p.severity for p in unused] == [WARNING] and "masked loss is off" in unused[0].message
+
+
+# ------------------------------------------------------------------ Kohya import and export
+
+
+def test_kohya_ss_json_masked_loss_and_alpha_mask_are_mapped(tmp_path: Path) -> None:
+    import json
+
+    from core.kohya.import_config import import_kohya
+
+    data = json.loads((Path(__file__).parent / "data" / "kohya" / "kohya_ss_lora.json").read_text("utf-8"))
+    data.update(masked_loss=True, alpha_mask=True)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data), "utf-8")
+    result = import_kohya([path])
+    assert result.config.dataset.masked_loss is True
+    assert result.config.dataset.subsets and all(s.alpha_mask for s in result.config.dataset.subsets)
+    assert not [u for u in result.unsupported if "mask" in u.key]
+
+
+def test_dataset_toml_conditioning_data_dir_round_trips_through_export(tmp_path: Path) -> None:
+    import tomllib
+
+    from core.kohya.export import build_export, write_export
+    from core.kohya.import_config import import_kohya
+
+    (tmp_path / "config.toml").write_text(
+        'pretrained_model_name_or_path = "model.safetensors"\nmasked_loss = true\n'
+        'dataset_config = "dataset.toml"\n', "utf-8")
+    (tmp_path / "dataset.toml").write_text(
+        '[general]\nresolution = 512\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "img"\n'
+        'conditioning_data_dir = "masks"\n[[datasets.subsets]]\nimage_dir = "cut"\nalpha_mask = true\n', "utf-8")
+    first = import_kohya([tmp_path / "config.toml"])
+    assert first.unsupported == []
+    data = first.config.dataset
+    assert data.masked_loss is True
+    assert [(s.mask_dir, s.alpha_mask) for s in data.subsets] == [(str(tmp_path / "masks"), False),
+                                                                  ("", True)]
+    out = tmp_path / "out"
+    exported = build_export(first.config, out)
+    args = tomllib.loads(exported.config_toml)
+    assert any(section.get("masked_loss") is True for section in args.values() if isinstance(section, dict))
+    doc = tomllib.loads(exported.dataset_toml)
+    assert "masked_loss" not in doc.get("general", {}) and "masked_loss" not in doc["datasets"][0]
+    subsets = doc["datasets"][0]["subsets"]
+    assert subsets[0]["conditioning_data_dir"] == str(tmp_path / "masks")
+    assert {**doc.get("general", {}), **subsets[1]}["alpha_mask"] is True
+    write_export(exported, out)
+    again = import_kohya([out / "config.toml"])
+    assert again.unsupported == []
+    assert again.config.dataset.masked_loss is True
+    assert [(s.mask_dir, s.alpha_mask) for s in again.config.dataset.subsets] == [
+        (str(tmp_path / "masks"), False), ("", True)]

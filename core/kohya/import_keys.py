@@ -23,7 +23,8 @@ OFF = "empty or off"  # the reason given for every ignored empty or switched-off
 
 # DatasetParams fields that sd-scripts reads as ordinary training arguments, never from a
 # dataset config's [general] or [[datasets]] tables.
-DATASET_ARGUMENT_FIELDS = frozenset({"prior_loss_weight", "vae_batch_size", "max_data_loader_n_workers"})
+DATASET_ARGUMENT_FIELDS = frozenset({"prior_loss_weight", "vae_batch_size", "max_data_loader_n_workers",
+                                     "masked_loss"})
 
 # kohya_ss renamed a few keys over the years; old presets still carry the old names.
 KEY_ALIASES: dict[str, str] = {
@@ -132,13 +133,13 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
         "base_weights_multiplier", "network_multiplier"),
     "loss option not implemented in LoRA Kiln": (
         "loss_type", "huber_schedule", "huber_c",
-        "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "masked_loss",
+        "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
         "noise_offset_random_strength", "min_timestep", "max_timestep",
         "weighted_captions", "zero_terminal_snr"),
     "dataset option not implemented in LoRA Kiln": (
         "color_aug", "caption_dropout_every_n_epochs", "keep_tokens_separator",
         "secondary_separator", "enable_wildcard", "face_crop_aug_range", "token_warmup_min",
-        "token_warmup_step", "alpha_mask", "metadata_file", "in_json", "dataset_repeats",
+        "token_warmup_step", "metadata_file", "in_json", "dataset_repeats",
         "cache_info", "custom_attributes", "validation_split", "validation_seed",
         "resize_interpolation", "debug_dataset"),
     "precision option not implemented in LoRA Kiln": ("full_fp16", "full_bf16"),
