@@ -316,7 +316,7 @@ def test_cli_prints_a_clean_preset_and_reports_on_stderr(capsys):
     loaded = loads_preset(out)
     assert loaded.config.network.dim == 32 and loaded.description == "imported from kohya_ss_lora.json"
     assert "mapped (67):" in err and "NOT SUPPORTED (1):" in err and "rank_dropout" in err
-    assert "ignored (104), by reason:" in err and "warnings:" in err
+    assert "ignored (103), by reason:" in err and "warnings:" in err
 
 
 def test_cli_writes_the_preset_with_o(tmp_path, capsys):
