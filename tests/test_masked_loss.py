@@ -305,3 +305,13 @@ def test_dataset_toml_conditioning_data_dir_round_trips_through_export(tmp_path:
     assert again.config.dataset.masked_loss is True
     assert [(s.mask_dir, s.alpha_mask) for s in again.config.dataset.subsets] == [
         (str(tmp_path / "masks"), False), ("", True)]
+
+
+def test_lora_metadata_says_whether_the_loss_was_masked(tmp_path: Path) -> None:
+    from tests.test_lora_metadata import _config as metadata_config, _metadata
+
+    config = metadata_config(tmp_path)
+    plan = plan_dataset(config.dataset, config.training)
+    assert _metadata(config, plan)["ss_masked_loss"] == "False"
+    config.dataset.masked_loss = True
+    assert _metadata(config, plan)["ss_masked_loss"] == "True"

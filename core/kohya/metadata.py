@@ -45,6 +45,7 @@ SCHEMA_KEYS = frozenset({
     "min_bucket_reso", "max_bucket_reso", "bucket_no_upscale", "max_token_length",
     "fp8_base", "fp8_base_unet", "adaptive_noise_scale", "multires_noise_iterations",
     "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "scale_weight_norms",
+    "masked_loss",
 })
 # Per-subset options that sd-scripts (without a dataset config) writes as one global value.
 _SUBSET_FLAGS = ("flip_aug", "shuffle_caption", "random_crop")
