@@ -315,3 +315,29 @@ def test_lora_metadata_says_whether_the_loss_was_masked(tmp_path: Path) -> None:
     assert _metadata(config, plan)["ss_masked_loss"] == "False"
     config.dataset.masked_loss = True
     assert _metadata(config, plan)["ss_masked_loss"] == "True"
+
+
+def test_check_shows_masked_loss_with_its_mask_counts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from core.cli.main import main
+    from core.config.presets import save_preset
+
+    images, masks = _masked_folder(tmp_path, [(128, 128), (128, 128), (128, 128)])
+    (masks / "img2.png").unlink()
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    Image.fromarray(np.zeros((64, 64, 4), dtype=np.uint8), "RGBA").save(cut / "a.png")
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(cut / "b.png")
+    config = _config(tmp_path, images, str(masks))
+    config.dataset.subsets.append(SubsetParams(image_dir=str(cut), alpha_mask=True))
+    preset = tmp_path / "preset.toml"
+    save_preset(config, preset)
+    main(["check", str(preset)])
+    out = capsys.readouterr().out
+    assert ("masked loss: on (2 from mask folders, 1 from the alpha channel, 1 trained everywhere, "
+            "1 MISSING their mask)") in out
+    assert "img2.png" in out  # validation names the image without a mask
+    config.dataset.masked_loss = False
+    config.dataset.subsets[1].alpha_mask = False
+    save_preset(config, preset)
+    main(["check", str(preset)])
+    assert "masked loss: off" in capsys.readouterr().out

@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"preset: {source}" + (f" — {loaded.description}" if loaded.description else ""))
     for problem in problems:
         print(f"  {problem.severity}: {problem}")
+    from core.data.masks import mask_summary
+
+    print(mask_summary(loaded.config.dataset))
     if args.show:
         print(dumps_preset(loaded.config, sparse=args.show == "sparse", description=loaded.description))
     if args.output:

@@ -131,3 +131,42 @@ def mask_tensor(mask: Image.Image | None, assignment: BucketAssignment,
         return torch.ones((1, height, width), dtype=torch.float32)
     values = np.asarray(prepare(mask, assignment, crop_offset, flip), dtype=np.float32) / 255.0
     return torch.from_numpy(values).unsqueeze(0).contiguous()
+
+
+def mask_summary(dataset: DatasetParams, base_dir: Path | None = None) -> str:
+    """One line for `check`: masked loss on or off and, when on, how many images have a mask
+    from a mask folder, from their alpha channel, and none (trained everywhere)."""
+    from core.data.imageinfo import ImageProblem, read_image_info
+    from core.data.scan import DatasetError, resolve_subsets
+
+    if not masking_on(dataset):
+        return "masked loss: off"
+    try:
+        subsets = resolve_subsets(dataset, base_dir)
+    except DatasetError as error:
+        return f"masked loss: on (masks not counted: {error})"
+    folder = alpha = everywhere = missing = 0
+    for subset in subsets:
+        try:
+            images = sorted(p for p in subset.image_dir.iterdir() if p.is_file() and is_image_file(p))
+        except OSError:
+            continue
+        source = mask_source(subset.params, dataset.masked_loss)
+        if source == "folder":
+            lacking = len(missing_masks(images, subset.params.mask_dir))
+            missing += lacking
+            folder += len(images) - lacking
+        elif source == "alpha":
+            for path in images:
+                try:
+                    has = read_image_info(path).mode in _ALPHA_MODES
+                except (ImageProblem, OSError):
+                    has = False
+                alpha += has
+                everywhere += not has
+        else:
+            everywhere += len(images)
+    parts = [f"{folder} from mask folders", f"{alpha} from the alpha channel", f"{everywhere} trained everywhere"]
+    if missing:
+        parts.append(f"{missing} MISSING their mask")
+    return f"masked loss: on ({', '.join(parts)})"
