@@ -11,19 +11,21 @@ from __future__ import annotations
 
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QListView, QProgressBar,
-                               QPushButton, QSplitter, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout, QLabel, QListView,
+                               QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
 from core.data.buckets import BucketError
 from core.data.scan import ScanResult
 from core.data.dataset_plan import DatasetPlan, PlanImage
+from core.data.masks import mask_files, mask_source, masking_on
 from core.data.plan import plan_from_scan
 from gui.caption_editor import CaptionEditor
 from gui.dataset_scan import DatasetScanner
 from gui.plan_view import PlanView, bucket_label
 from gui.project import Project
 from gui.subsets_panel import SubsetsPanel
-from gui.thumbnails import IMAGE_ROLE, THUMB, ThumbnailLoader, ThumbnailModel
+from gui.thumbnails import (IMAGE_ROLE, THUMB, Key, ThumbnailLoader, ThumbnailModel, decode_alpha_mask,
+                            decode_folder_mask, image_key)
 
 Bucket = tuple[int, int]
 RESCAN_DELAY_MS = 300  # folder edits come in bursts (typing a path, spinning repeats)
@@ -45,7 +47,14 @@ class DatasetTab(QWidget):
 
         self.scanner = DatasetScanner(self)
         self.loader = ThumbnailLoader(THUMB, self)
-        self.thumbnail_model = ThumbnailModel(self.loader, self)
+        self.mask_loaders = {"folder": ThumbnailLoader(THUMB, self, decode=decode_folder_mask),
+                             "alpha": ThumbnailLoader(THUMB, self, decode=decode_alpha_mask)}
+        self.thumbnail_model = ThumbnailModel(self.loader, self, mask_loaders=self.mask_loaders)
+        self._masks: dict[str, tuple[str, Key]] = {}  # image path -> (kind, mask key), while shown
+        self.show_masks = QCheckBox("Show masks")
+        self.show_masks.setChecked(True)
+        self.show_masks.setToolTip("Tint what each image's loss mask leaves out (masked loss: the tinted "
+                                   "area teaches nothing). Needs masked loss with a mask folder, or alpha masks.")
         self.subsets = SubsetsPanel(project)
         self.plan_view = PlanView()
         self.caption_editor = CaptionEditor()
@@ -68,6 +77,7 @@ class DatasetTab(QWidget):
         self.scanner.failed.connect(self._on_scanner_failed)
         self.scanner.cancelled.connect(self._on_scanner_cancelled)
         self.cancel_button.clicked.connect(self._on_cancel_button_clicked)
+        self.show_masks.toggled.connect(self._on_show_masks_toggled)
         self.filter_combo.currentIndexChanged.connect(self._on_filter_combo_changed)
         self.plan_view.bucket_clicked.connect(self._on_plan_view_bucket_clicked)
         self.thumbnails.selectionModel().currentChanged.connect(self._on_thumbnails_current_changed)
@@ -101,6 +111,7 @@ class DatasetTab(QWidget):
         top_row = QHBoxLayout()
         top_row.addWidget(QLabel("Bucket:"))
         top_row.addWidget(self.filter_combo)
+        top_row.addWidget(self.show_masks)
         top_row.addStretch(1)
         top_row.addWidget(self.scan_status)
         top_row.addWidget(self.scan_progress)
@@ -181,6 +192,8 @@ class DatasetTab(QWidget):
         self._rescan_timer.stop()
         self.scanner.shutdown()
         self.loader.shutdown()
+        for loader in self.mask_loaders.values():
+            loader.shutdown()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt API
         self.shutdown()
@@ -234,6 +247,7 @@ class DatasetTab(QWidget):
     def _apply_plan(self, plan: DatasetPlan) -> None:
         self._plan, self._error = plan, ""
         self.plan_view.set_plan(plan)
+        self._refresh_masks()
         self._rebuild_filter(plan)
         self._show_filtered()
         self.plan_changed.emit(plan)
@@ -274,6 +288,34 @@ class DatasetTab(QWidget):
         else:
             self._show_selected()  # the same image, perhaps in a new bucket
 
+    # ---------------------------------------------------------------- masks
+    def _refresh_masks(self) -> None:
+        """Where each planned image's mask is, found once per plan (listing each mask folder
+        once), and the toggle enabled only when the run would use masks."""
+        config = self.project.config.dataset
+        on = self._plan is not None and masking_on(config)
+        self.show_masks.setEnabled(on)
+        self._masks = {}
+        if on and self.show_masks.isChecked():
+            assert self._plan is not None
+            folders: dict[str, dict] = {}
+            for image in self._plan.images:
+                subset = self._plan.subsets[image.record.subset_index].params
+                kind = mask_source(subset, config.masked_loss)
+                if kind == "alpha":
+                    self._masks[str(image.record.path)] = (kind, image_key(image))
+                elif kind == "folder":
+                    found = folders.setdefault(subset.mask_dir, mask_files(subset.mask_dir)).get(image.record.path.stem)
+                    if found is not None:
+                        self._masks[str(image.record.path)] = (kind, (str(found), _mtime_ns(found)))
+        self.thumbnail_model.set_mask_source(self._mask_of if self._masks else None)
+
+    def _mask_of(self, image: PlanImage) -> tuple[str, Key] | None:
+        return self._masks.get(str(image.record.path))
+
+    def _on_show_masks_toggled(self, checked: bool) -> None:
+        self._refresh_masks()
+
     def _on_filter_combo_changed(self, index: int) -> None:
         if not 0 <= index < len(self._filter_choices):
             return
@@ -309,3 +351,10 @@ class DatasetTab(QWidget):
     def _on_project_loaded(self) -> None:
         self._scan = None  # a different dataset: never re-plan the old scan with the new settings
         self.rescan(now=True)
+
+
+def _mtime_ns(path) -> int:  # noqa: ANN001 - a Path
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0

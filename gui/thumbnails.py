@@ -13,6 +13,7 @@ import itertools
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 
 from PIL import Image, ImageOps
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QPointF, QRectF, QRunnable, Qt, \
@@ -33,6 +34,9 @@ Key = tuple[str, int]  # (path, mtime_ns)
 _PLACEHOLDER = QColor("#d9d9d9")
 _RESIZABLE = frozenset({"RGB", "RGBA", "L", "LA", "CMYK", "YCbCr"})
 _ALPHA = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# The tint over what a loss mask leaves out: masked-out pixels teach nothing.
+MASK_TINT = QColor(200, 0, 160)
+MASK_TINT_ALPHA = 0.7  # how opaque the tint is where the mask is 0
 
 
 def fit_rect(size: tuple[int, int], box: tuple[float, float]) -> Rect:
@@ -82,9 +86,38 @@ def decode_thumbnail(path: str | os.PathLike[str], side: int) -> QImage:
     return QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888).copy()
 
 
+def _mask_overlay(mask: Image.Image, side: int) -> QImage:
+    """An ARGB tint over the masked-out part of a ``side``-fitted mask (white = trained)."""
+    mask = mask.copy()
+    mask.thumbnail((side, side), Image.Resampling.BILINEAR)
+    strength = mask.point(lambda v: int((255 - v) * MASK_TINT_ALPHA))
+    tint = Image.new("RGBA", mask.size, (MASK_TINT.red(), MASK_TINT.green(), MASK_TINT.blue(), 0))
+    tint.putalpha(strength)
+    data = tint.tobytes("raw", "RGBA")
+    return QImage(data, tint.width, tint.height, 4 * tint.width, QImage.Format.Format_RGBA8888).copy()
+
+
+def decode_folder_mask(path: str | os.PathLike[str], side: int) -> QImage:
+    """The tint of a mask file from a mask folder (its red channel, as training reads it)."""
+    with Image.open(path) as image:
+        mask = ImageOps.exif_transpose(image).convert("RGB").getchannel("R")
+    return _mask_overlay(mask, side)
+
+
+def decode_alpha_mask(path: str | os.PathLike[str], side: int) -> QImage:
+    """The tint of an image's alpha channel; a null image when it has none (trained everywhere)."""
+    with Image.open(path) as image:
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode not in _ALPHA and "transparency" not in upright.info:
+            return QImage()
+        mask = upright.convert("RGBA").getchannel("A")
+    return _mask_overlay(mask, side)
+
+
 def compose_thumbnail(image: QImage | None, item: PlanImage, side: int = THUMB,
-                      broken: bool = False) -> QPixmap:
-    """The thumbnail with the cropped-away parts darkened and the kept area framed."""
+                      broken: bool = False, mask: QImage | None = None) -> QPixmap:
+    """The thumbnail with the cropped-away parts darkened and the kept area framed; with
+    ``mask`` (an overlay from decode_*_mask) the part the loss mask leaves out tinted."""
     pixmap = QPixmap(side, side)
     pixmap.fill(Qt.GlobalColor.transparent)
     painter = QPainter(pixmap)
@@ -92,6 +125,8 @@ def compose_thumbnail(image: QImage | None, item: PlanImage, side: int = THUMB,
     x, y, w, h = fit_rect(item.record.size, (side, side))
     if image is not None and not image.isNull():
         painter.drawImage(QRectF(x, y, w, h), image)
+        if mask is not None and not mask.isNull():
+            painter.drawImage(QRectF(x, y, w, h), mask)
     else:
         painter.fillRect(QRectF(x, y, w, h), _PLACEHOLDER)
         if broken:
@@ -139,16 +174,18 @@ class _Relay(QObject):
 
 
 class _LoadJob(QRunnable):
-    def __init__(self, key: Key, side: int, relay: _Relay, shared: _Shared) -> None:
+    def __init__(self, key: Key, side: int, relay: _Relay, shared: _Shared,
+                 decode: Callable[[str, int], QImage]) -> None:
         super().__init__()
         self._key, self._side, self._relay, self._shared = key, side, relay, shared
+        self._decode = decode
         self._generation = shared.generation
 
     def run(self) -> None:
         if self._shared.stopped or self._shared.generation != self._generation:
             return  # cancelled while queued: the view no longer needs it
         try:
-            image: QImage | None = decode_thumbnail(self._key[0], self._side)
+            image: QImage | None = self._decode(self._key[0], self._side)
         except Exception:  # noqa: BLE001 - any decoder failure shows as a broken thumbnail
             image = None
         if not self._shared.stopped:
@@ -160,9 +197,12 @@ class ThumbnailLoader(QObject):
 
     loaded = Signal(object)  # the key whose thumbnail (or failure) is now known
 
-    def __init__(self, side: int = THUMB, parent: QObject | None = None) -> None:
+    def __init__(self, side: int = THUMB, parent: QObject | None = None,
+                 decode: Callable[[str, int], QImage] = decode_thumbnail) -> None:
+        """``decode`` turns (path, side) into the image kept: a thumbnail, or a mask's tint."""
         super().__init__(parent)
         self.side = side
+        self._decode = decode
         self._shared = _Shared()
         shared = self._shared
         # The pool is created before the relay, so as a child it is destroyed first: its
@@ -189,7 +229,7 @@ class ThumbnailLoader(QObject):
         self._pending.add(key)
         # Newest first: after a fast scroll the items now on screen load before the ones
         # that scrolled past.
-        self._pool.start(_LoadJob(key, self.side, self._relay, self._shared), next(self._priority))
+        self._pool.start(_LoadJob(key, self.side, self._relay, self._shared, self._decode), next(self._priority))
 
     def cancel_pending(self) -> None:
         """Drop queued loads (a rescan makes them stale); running ones finish into the cache."""
@@ -219,12 +259,22 @@ def image_key(item: PlanImage) -> Key:
     return str(item.record.path), item.record.info.mtime_ns
 
 
+# Where an image's loss mask is drawn from: ("folder" or "alpha", the file's key), or None.
+MaskSource = Callable[[PlanImage], "tuple[str, Key] | None"]
+
+
 class ThumbnailModel(QAbstractListModel):
     """One row per planned image; the decoration is requested from the loader on demand."""
 
-    def __init__(self, loader: ThumbnailLoader, parent: QObject | None = None) -> None:
+    def __init__(self, loader: ThumbnailLoader, parent: QObject | None = None,
+                 mask_loaders: dict[str, ThumbnailLoader] | None = None) -> None:
+        """``mask_loaders``: a loader per mask kind ("folder", "alpha") for set_mask_source."""
         super().__init__(parent)
         self._loader = loader
+        self._mask_loaders = mask_loaders or {}
+        self._mask_source: MaskSource | None = None
+        for mask_loader in self._mask_loaders.values():
+            mask_loader.loaded.connect(self._on_mask_loader_loaded)
         self._images: list[PlanImage] = []
         self._rows: dict[Key, list[int]] = {}
         self._composed: OrderedDict[int, tuple[bool, QIcon]] = OrderedDict()
@@ -247,6 +297,25 @@ class ThumbnailModel(QAbstractListModel):
         self._rows = {}
         for row, item in enumerate(self._images):
             self._rows.setdefault(image_key(item), []).append(row)
+
+    def set_mask_source(self, source: MaskSource | None) -> None:
+        """Draw each image's loss mask over it (None: no masks); repaints every row."""
+        self._mask_source = source
+        self._composed.clear()
+        if self._images:
+            self.dataChanged.emit(self.index(0), self.index(len(self._images) - 1),
+                                  [Qt.ItemDataRole.DecorationRole])
+
+    def _mask(self, item: PlanImage) -> tuple[bool, QImage | None]:
+        """(known, overlay) for the item's mask; known with None: no mask to draw."""
+        found = self._mask_source(item) if self._mask_source is not None else None
+        if found is None or found[0] not in self._mask_loaders:
+            return True, None
+        loader = self._mask_loaders[found[0]]
+        known, overlay = loader.lookup(found[1])
+        if not known:
+            loader.request(found[1])
+        return known, overlay
 
     def image_at(self, row: int) -> PlanImage | None:
         return self._images[row] if 0 <= row < len(self._images) else None
@@ -284,11 +353,13 @@ class ThumbnailModel(QAbstractListModel):
             self._composed.move_to_end(row)
             return cached[1]
         known, image = self._loader.lookup(image_key(item))
+        mask_known, mask = self._mask(item)
         if not known:
             self._loader.request(image_key(item))
             if cached is not None:
                 return cached[1]
-        pixmap = compose_thumbnail(image, item, self._loader.side, broken=known and image is None)
+        pixmap = compose_thumbnail(image, item, self._loader.side, broken=known and image is None, mask=mask)
+        known = known and mask_known
         icon = QIcon()
         # The same pixmap when selected: Qt's default tints it, which would falsify the colours.
         for mode in (QIcon.Mode.Normal, QIcon.Mode.Selected, QIcon.Mode.Active):
@@ -297,6 +368,14 @@ class ThumbnailModel(QAbstractListModel):
         while len(self._composed) > COMPOSED_LIMIT:
             self._composed.popitem(last=False)
         return icon
+
+    def _on_mask_loader_loaded(self, key: Key) -> None:
+        # Few rows show at once and a mask may serve any of them: repaint what lacks its mask.
+        rows = [row for row, (done, _) in self._composed.items() if not done]
+        for row in rows:
+            self._composed.pop(row, None)
+            index = self.index(row)
+            self.dataChanged.emit(index, index, [Qt.ItemDataRole.DecorationRole])
 
     def _on_loader_loaded(self, key: Key) -> None:
         for row in self._rows.get(key, ()):

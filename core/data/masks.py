@@ -58,6 +58,11 @@ def _stems(folder: Path) -> dict[str, Path]:
     return found
 
 
+def mask_files(mask_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """The image files of a mask folder by file-name stem (the first by name for a stem)."""
+    return _stems(Path(mask_dir).expanduser())
+
+
 def find_mask(image_path: Path, mask_dir: str | os.PathLike[str]) -> Path | None:
     """The mask file of ``image_path`` in ``mask_dir``: any image file with its stem."""
     return _stems(Path(mask_dir).expanduser()).get(Path(image_path).stem)
