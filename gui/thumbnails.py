@@ -36,7 +36,7 @@ _RESIZABLE = frozenset({"RGB", "RGBA", "L", "LA", "CMYK", "YCbCr"})
 _ALPHA = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 # The tint over what a loss mask leaves out: masked-out pixels teach nothing.
 MASK_TINT = QColor(200, 0, 160)
-MASK_TINT_ALPHA = 0.7  # how opaque the tint is where the mask is 0
+MASK_TINT_ALPHA = 0.55  # how opaque the tint is where the mask is 0
 
 
 def fit_rect(size: tuple[int, int], box: tuple[float, float]) -> Rect:
