@@ -341,3 +341,31 @@ def test_check_shows_masked_loss_with_its_mask_counts(tmp_path: Path, capsys: py
     save_preset(config, preset)
     main(["check", str(preset)])
     assert "masked loss: off" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ a whole run
+
+
+def test_a_run_with_all_black_masks_trains_on_nothing_and_a_missing_mask_fails_it_by_name(tmp_path: Path) -> None:
+    from core.training.engine import Trainer
+    from core.training.events import CallbackSink, Failed, Finished, StepMetrics
+    from tests.engine_fixtures import tiny_config
+
+    config = tiny_config(tmp_path, steps=2)
+    images = Path(config.dataset.subsets[0].image_dir) / "2_kiln"
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for image in images.glob("*.png"):
+        with Image.open(image) as opened:
+            Image.new("L", opened.size, 0).save(masks / image.name)
+    config.dataset.masked_loss = True
+    config.dataset.subsets[0].mask_dir = str(masks)
+    events: list = []
+    result = Trainer(config, CallbackSink(events.append)).run()
+    assert isinstance(result, Finished), getattr(result, "traceback", result)
+    assert [e.loss for e in events if isinstance(e, StepMetrics)] == [0.0, 0.0]
+
+    (masks / "img3.png").unlink()
+    config.output.output_dir = str(tmp_path / "runs2")
+    result = Trainer(config, CallbackSink(events.append)).run()
+    assert isinstance(result, Failed) and result.kind == "data" and "img3.png" in result.summary, result

@@ -139,6 +139,8 @@ def diagnose(error: BaseException, config: TrainConfig) -> Diagnosis:
         return Diagnosis("config", f"network.init_weights: {error}",
                          ("set network.dim / network.alpha to the file's values, or choose another "
                           "starting LoRA",))
+    if type(error).__name__ == "MaskError":
+        return Diagnosis("data", str(error), ("add the missing masks, or turn off dataset.masked_loss",))
     if type(error).__name__ == "ImageLoadError":
         return Diagnosis("data", str(error), ("replace or remove that image, then plan the dataset again",))
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
