@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, Q
 from core.config.schema import GROUP_TITLES, GROUPS
 from core.training.validation import ERROR, Problem, validate
 from gui import theme
-from gui.form import MARK_COLORS, FormBinding, describe_problem, form_specs
+from gui.form import MARK_COLORS, SHOWN_WHEN, FormBinding, describe_problem, form_specs
 from gui.form_editors import FieldEditor
 from gui.project import Project
 from gui.vram_forecaster import VramForecaster
@@ -169,7 +169,9 @@ class ParametersTab(QWidget):
     def _on_project_loaded(self) -> None:
         self.validate_now()  # a load is one event, not typing: no reason to wait
 
-    def _on_project_changed(self, _path: str) -> None:
+    def _on_project_changed(self, path: str) -> None:
+        if any(path.strip() == controller for controller, _ in SHOWN_WHEN.values()):
+            self._apply_visibility()  # the fields that follow it appear with the choice, not later
         self._timer.start()
 
     def _on_binding_edit_problems_changed(self) -> None:
@@ -218,11 +220,11 @@ class ParametersTab(QWidget):
         for row in self.binding.rows.values():
             group = row.path.split(".", 1)[0]
             # A field with an error stays in view even when it is hidden otherwise: advanced
-            # fields with the box unticked, and fields of another model family (SDXL's second
-            # text encoder for an SD 1.x model).
+            # fields with the box unticked, fields of another model family (SDXL's second
+            # text encoder for an SD 1.x model), and fields of another optimizer or network type.
             error = self.binding.has_error(row.path)
             visible = (show_advanced or not row.spec.info.advanced or error) and \
-                (row.spec.info.applies_to(family) or error)
+                (row.spec.info.applies_to(family) or error) and (self.binding.in_context(row.path) or error)
             self._forms[group].setRowVisible(row.editor, visible)
             if visible:
                 shown_groups.add(group)
