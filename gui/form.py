@@ -254,6 +254,9 @@ class FormBinding(QObject):
         controller, values = SHOWN_WHEN.get(path, ("", ()))
         return not controller or self.project.value(controller) in values
 
+    def has_problem(self, path: str) -> bool:
+        return path in self._edit_errors or bool(self._problems.get(path))
+
     def has_error(self, path: str) -> bool:
         return path in self._edit_errors or any(p.severity == ERROR for p in self._problems.get(path, []))
 

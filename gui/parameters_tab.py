@@ -221,10 +221,12 @@ class ParametersTab(QWidget):
             group = row.path.split(".", 1)[0]
             # A field with an error stays in view even when it is hidden otherwise: advanced
             # fields with the box unticked, fields of another model family (SDXL's second
-            # text encoder for an SD 1.x model), and fields of another optimizer or network type.
+            # text encoder for an SD 1.x model). A field of another optimizer or network type
+            # stays while any problem names it (a growth rate set for AdamW), so it can be reset.
             error = self.binding.has_error(row.path)
             visible = (show_advanced or not row.spec.info.advanced or error) and \
-                (row.spec.info.applies_to(family) or error) and (self.binding.in_context(row.path) or error)
+                (row.spec.info.applies_to(family) or error) and \
+                (self.binding.in_context(row.path) or self.binding.has_problem(row.path))
             self._forms[group].setRowVisible(row.editor, visible)
             if visible:
                 shown_groups.add(group)
