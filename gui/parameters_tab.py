@@ -24,7 +24,7 @@ from gui.vram_forecaster import VramForecaster
 from gui.vram_panel import VramPanel
 
 VALIDATE_DELAY_MS = 150  # typing a number validates once it pauses, not at every digit
-_SUMMARY_ROWS = 4
+_SUMMARY_ROWS = 3  # problems in view at once; more scroll
 
 
 class ParametersTab(QWidget):
@@ -57,6 +57,14 @@ class ParametersTab(QWidget):
         self._summary.setIconSize(QSize(16, 16))
         self._summary.itemClicked.connect(self._on_summary_item_clicked)
         self._summary.itemActivated.connect(self._on_summary_item_clicked)
+        # The list's height is kept whether it lists problems or none (hidden, its place kept):
+        # appearing or growing it would push the form down under the pointer.
+        self._summary.addItem(QListWidgetItem(self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning), "x"))
+        self._summary.setFixedHeight(self._summary.sizeHintForRow(0) * _SUMMARY_ROWS + 2 * self._summary.frameWidth() + 2)
+        self._summary.clear()
+        policy = self._summary.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self._summary.setSizePolicy(policy)
         self._nav = QListWidget()
         self._nav.setObjectName("groupList")
         self._nav.setSpacing(3)
@@ -255,7 +263,4 @@ class ParametersTab(QWidget):
                       for n, word in ((n_errors, "error"), (n_warnings, "warning")) if n]
             self._status.setText(f"{', '.join(counts)} — click one to go to its field.")
             self._status.setStyleSheet(f"color: {theme.ERROR if n_errors else theme.WARNING};")
-        rows = min(len(problems), _SUMMARY_ROWS)
-        if rows:
-            self._summary.setFixedHeight(self._summary.sizeHintForRow(0) * rows + 2 * self._summary.frameWidth() + 2)
         self._summary.setVisible(bool(problems))
