@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QBrush, QColor
+from PySide6.QtGui import QBrush, QColor, QResizeEvent
 from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFrame, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
                                QScrollArea, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -96,6 +96,21 @@ class ComparePlot(LivePlot):
         self.mark_dirty(name)
 
 
+class _FillingScrollArea(QScrollArea):
+    """Its widget fills the view and scrolls only below the widget's least height. (A
+    resizable QScrollArea sizes a widget with wrapped labels by its preferred height for
+    the width, which for the plots is twice a screen's height.)"""
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        widget = self.widget()
+        if widget is not None:
+            least = widget.minimumSizeHint()
+            view = self.contentsRect().size()  # the viewport before any scroll bar takes room
+            bar = self.verticalScrollBar().sizeHint().width() if least.height() > view.height() else 0
+            widget.resize(max(view.width() - bar, least.width()), max(view.height(), least.height()))
+
+
 class CompareView(QWidget):
     drawn = Signal()  # the plots and the table show the current selection
 
@@ -178,8 +193,8 @@ class CompareView(QWidget):
         # plots scroll instead of being squeezed.
         for row in range(2):
             grid.setRowMinimumHeight(row, PLOT_MIN_HEIGHT)
-        plots_area = QScrollArea()
-        plots_area.setWidgetResizable(True)
+            grid.setRowStretch(row, 1)
+        plots_area = _FillingScrollArea()
         plots_area.setFrameShape(QFrame.Shape.NoFrame)
         plots_area.setWidget(plots)
 

@@ -29,11 +29,10 @@ def fitted_size(preferred: QSize, widget: QWidget | None = None) -> QSize:
 
 
 def fit_to_screen(window: QWidget, preferred: QSize | None = None) -> None:
-    """Size ``window`` (to ``preferred``, or as it is) within the available area, no larger
-    than it can ever be made (its maximum), and move it back onto the screen where it
-    stands partly off it."""
+    """Size ``window`` (to ``preferred``, or as it is) within the available area, and move it
+    back onto the screen where it stands partly off it. No maximum is set: moved to a larger
+    screen, the window may still grow."""
     area = available_geometry(window)
-    window.setMaximumSize(window.maximumSize().boundedTo(area.size() - FRAME_ALLOWANCE + QSize(1, 1)))
     size = fitted_size(preferred if preferred is not None else window.size(), window)
     window.resize(size.expandedTo(window.minimumSizeHint().boundedTo(size)))
     geometry = window.frameGeometry()

@@ -83,9 +83,9 @@ def test_titles_and_axis_labels_fit_their_plots_on_a_1280x720_screen(qtbot, view
     view.resize(1240, 400)  # what the Runs tab leaves it there, under the list of runs
     _show(qtbot, view, _sweep(tmp_path))
     qtbot.wait(10)
-    for plot in view.plots:
+    for plot in (p for p in view.plots if p.plot_widget.isVisible()):  # d·lr shows a note instead here
         title = plot.plot_item.titleLabel
         assert title.item.boundingRect().width() <= plot.plot_widget.width(), plot.title
         left = plot.plot_item.getAxis("left")
         label_len = left.label.boundingRect().width()
-        assert label_len <= left.height() or not left.isVisible(), plot.y_label
+        assert label_len <= left.height(), plot.y_label
