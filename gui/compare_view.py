@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QBrush, QColor
-from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
-                               QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtGui import QBrush, QColor, QResizeEvent
+from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFrame, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
+                               QScrollArea, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from core.studies.chart import run_colour
 from core.training.metrics import smooth
-from gui.plots import LivePlot
+from gui.plots import MEMORY_MIN_SPAN_MB, LivePlot
 from gui.run_list import BackgroundCall, report
 
 DEFAULT_SMOOTHING = 0.9
@@ -25,6 +25,16 @@ GROUP_DASHES = {"unet": False, "text_encoder": True}  # one colour per run; the 
 DLR_NOTE = "d·lr appears with Prodigy and D-Adaptation"
 TABLE_ROWS_SHOWN = 6  # rows the comparison table shows before it scrolls
 RAW_ALPHA = "55"  # raw loss behind the smoothed curve of the same run: faint, same colour
+LR_LINES = "Learning rate: solid line U-Net, dashed text encoder"
+# A plot a third of a 1280-pixel window wide holds about this much title and axis text; the
+# unit goes into the axis label and what was measured into the title, so neither is cut off.
+MEMORY_TITLES = {"cuda": ("VRAM", "MB"), "rss": ("Process memory (RSS)", "MB")}
+# Short names for the settings sweeps vary most, for the table's run column.
+SHORT_NAMES = {"learning_rate": "lr", "unet_lr": "unet lr", "text_encoder_lr": "te lr",
+               "resolution": "res", "batch_size": "batch", "max_train_steps": "steps",
+               "max_train_epochs": "epochs", "gradient_accumulation_steps": "accum"}
+PLOT_MIN_HEIGHT = 200  # px: title, axis label and a few ticks
+TABLE_VALUE_CHARS = 14  # per varied value in the run column; the whole value is on hover
 
 
 def _metrics_stamp(run_dir: Path) -> tuple[int, int] | None:
@@ -86,6 +96,21 @@ class ComparePlot(LivePlot):
         self.mark_dirty(name)
 
 
+class _FillingScrollArea(QScrollArea):
+    """Its widget fills the view and scrolls only below the widget's least height. (A
+    resizable QScrollArea sizes a widget with wrapped labels by its preferred height for
+    the width, which for the plots is twice a screen's height.)"""
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        widget = self.widget()
+        if widget is not None:
+            least = widget.minimumSizeHint()
+            view = self.contentsRect().size()  # the viewport before any scroll bar takes room
+            bar = self.verticalScrollBar().sizeHint().width() if least.height() > view.height() else 0
+            widget.resize(max(view.width() - bar, least.width()), max(view.height(), least.height()))
+
+
 class CompareView(QWidget):
     drawn = Signal()  # the plots and the table show the current selection
 
@@ -108,9 +133,11 @@ class CompareView(QWidget):
     def _build(self) -> None:
         self.loss = ComparePlot("Loss per step", "step", "loss")
         self.epoch_loss = ComparePlot("Loss per epoch", "epoch", "mean loss")
-        self.lr = ComparePlot("Learning rate (solid: U-Net, dashed: text encoder)", "step", "learning rate")
-        self.dlr = ComparePlot("Adapted learning rate d·lr", "step", "d·lr", log_y=True)
-        self.memory = ComparePlot("Memory", "step", "memory (MB)")
+        self.lr = ComparePlot("Learning rate", "step", "learning rate")
+        self.lr.setToolTip(LR_LINES)
+        self.dlr = ComparePlot("Adapted LR d·lr", "step", "d·lr", log_y=True)
+        self.memory = ComparePlot("Memory", "step", "MB")
+        self.memory.set_min_y_span(MEMORY_MIN_SPAN_MB)
         self.varied_label = QLabel("Select runs to compare them.")
         self.varied_label.setWordWrap(True)
         self.varied_label.setStyleSheet("font-weight: bold")
@@ -147,6 +174,10 @@ class CompareView(QWidget):
         options.addStretch(1)
         legend_layout.addLayout(options)
         legend_layout.addWidget(self.legend, 1)
+        lines = QLabel(LR_LINES)
+        lines.setWordWrap(True)
+        lines.setStyleSheet("color: #777")
+        legend_layout.addWidget(lines)
         legend_layout.addWidget(self.note)
 
         plots = QWidget()
@@ -158,6 +189,14 @@ class CompareView(QWidget):
             grid.addWidget(widget, row, column)
         for column in range(3):
             grid.setColumnStretch(column, 1)
+        # Below this height a plot's title and axis labels no longer fit; on a short screen the
+        # plots scroll instead of being squeezed.
+        for row in range(2):
+            grid.setRowMinimumHeight(row, PLOT_MIN_HEIGHT)
+            grid.setRowStretch(row, 1)
+        plots_area = _FillingScrollArea()
+        plots_area.setFrameShape(QFrame.Shape.NoFrame)
+        plots_area.setWidget(plots)
 
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -165,7 +204,7 @@ class CompareView(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.setAlternatingRowColors(True)
         splitter = QSplitter(Qt.Orientation.Vertical)
-        splitter.addWidget(plots)
+        splitter.addWidget(plots_area)
         splitter.addWidget(self.table)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
@@ -260,8 +299,9 @@ class CompareView(QWidget):
             if len(steps):
                 memory_kinds.add(run.memory_kind)
                 self.memory.add_curve(label, colour, steps, values)
-        kinds = {"cuda": "VRAM (MB)", "rss": "process memory (RSS, MB)"}
-        axis = kinds.get(next(iter(memory_kinds)), "memory (MB)") if len(memory_kinds) == 1 else "memory (MB)"
+        kind = next(iter(memory_kinds)) if len(memory_kinds) == 1 else None
+        title, axis = MEMORY_TITLES.get(kind, ("Memory", "MB"))
+        self.memory.set_title(title)
         self.memory.set_axis_labels("step", axis)
         for plot in self.plots:
             plot.refresh()
@@ -298,9 +338,13 @@ class CompareView(QWidget):
         table.setColumnCount(len(data.columns))
         table.setHorizontalHeaderLabels(list(data.columns))
         table.setRowCount(len(data.rows))
+        table_labels = short_labels(self.records, data.varied, [row[0] for row in data.rows])
         for row, values in enumerate(data.rows):
             for column, value in enumerate(values):
                 item = QTableWidgetItem(format_cell(data.columns[column], value))
+                if column == 0 and row < len(self.records):
+                    item.setText(table_labels[row])
+                    item.setToolTip(difference_tip(self.records[row], data.varied))
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 table.setItem(row, column, item)
@@ -339,3 +383,40 @@ def _finite_pairs(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return xs[keep], ys[keep]
 
 
+
+
+def short_label(record: Any, varied: list[str]) -> str:
+    """The run column's text: only the values that set the run apart, under short names
+    ("lr=0.0002, dim=16"), each cut to a few characters; the folder when nothing differs."""
+    from core.studies.compare import IGNORED, format_param, param_value, short_names
+
+    if not varied or record.config is None:
+        return record.folder
+    names = short_names(varied)
+    parts = []
+    for key in varied:
+        value = param_value(record, key)
+        if value is IGNORED:
+            continue
+        if key.endswith("resolution") and isinstance(value, tuple) and len(value) == 2 and value[0] == value[1]:
+            text = str(value[0])
+        else:
+            text = format_param(key, value)
+        if len(text) > TABLE_VALUE_CHARS:
+            text = text[:TABLE_VALUE_CHARS - 1] + "…"
+        parts.append(f"{SHORT_NAMES.get(names[key], names[key])}={text}")
+    return ", ".join(parts) or record.folder
+
+
+def short_labels(records: list[Any], varied: list[str], unique: list[str]) -> list[str]:
+    """Short labels where they tell the runs apart; the unique legend labels otherwise."""
+    labels = [short_label(r, varied) for r in records]
+    return labels if len(set(labels)) == len(labels) else unique
+
+
+def difference_tip(record: Any, varied: list[str]) -> str:
+    """Everything that sets the run apart, in full, with its folder: the run cell's tooltip."""
+    from core.studies.compare import format_param, param_value
+
+    lines = [f"{key} = {format_param(key, param_value(record, key))}" for key in varied] if record.config else []
+    return "\n".join([*lines, str(record.path)])

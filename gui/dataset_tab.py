@@ -20,6 +20,7 @@ from core.data.dataset_plan import DatasetPlan, PlanImage
 from core.data.masks import mask_files, mask_source, masking_on
 from core.data.plan import plan_from_scan
 from gui.caption_editor import CaptionEditor
+from gui.form import FormBinding, spec_at
 from gui.dataset_scan import DatasetScanner
 from gui.plan_view import PlanView, bucket_label
 from gui.project import Project
@@ -29,6 +30,7 @@ from gui.thumbnails import (IMAGE_ROLE, THUMB, Key, ThumbnailLoader, ThumbnailMo
 
 Bucket = tuple[int, int]
 RESCAN_DELAY_MS = 300  # folder edits come in bursts (typing a path, spinning repeats)
+PLAN_INPUTS = ("dataset.resolution", "training.batch_size")  # edited here too, next to the plan they change
 
 
 class DatasetTab(QWidget):
@@ -57,6 +59,9 @@ class DatasetTab(QWidget):
                                    "area teaches nothing). Needs masked loss with a mask folder, or alpha masks.")
         self.subsets = SubsetsPanel(project)
         self.plan_view = PlanView()
+        # The plan's own inputs beside it, bound to the same config values as the Parameters tab.
+        self.binding = FormBinding(project, self)
+        self.plan_inputs = self._make_plan_inputs()
         self.caption_editor = CaptionEditor()
         self.thumbnails = self._make_thumbnail_view()
         self.filter_combo = QComboBox()
@@ -102,10 +107,26 @@ class DatasetTab(QWidget):
         view.setModel(self.thumbnail_model)
         return view
 
+    def _make_plan_inputs(self) -> QWidget:
+        box = QWidget()
+        row = QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        for path in PLAN_INPUTS:
+            field = self.binding.add_field(spec_at(path), path, box)
+            field.editor.setObjectName(f"plan:{path}")  # the Parameters tab's editor keeps the bare path
+            row.addWidget(field.label)
+            row.addWidget(field.editor, 1)
+        return box
+
     def _build_layout(self) -> None:
+        plan = QWidget()
+        plan_layout = QVBoxLayout(plan)
+        plan_layout.setContentsMargins(0, 0, 0, 0)
+        plan_layout.addWidget(self.plan_inputs)
+        plan_layout.addWidget(self.plan_view, 1)
         left = QSplitter(Qt.Orientation.Vertical)
         left.addWidget(self.subsets)
-        left.addWidget(self.plan_view)
+        left.addWidget(plan)
         left.setSizes([330, 520])
 
         top_row = QHBoxLayout()

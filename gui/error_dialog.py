@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QApplication, QDialog, QDialogButtonBox, QHBoxLay
                                QPushButton, QVBoxLayout, QWidget)
 
 from gui import theme
+from gui.screen import fit_to_screen
 
 TITLES = {
     "oom": "Out of memory",
@@ -81,6 +82,7 @@ class ErrorDialog(QDialog):
         close.rejected.connect(self.reject)
         buttons.addWidget(close)
         layout.addLayout(buttons)
+        fit_to_screen(self, self.sizeHint())
 
     @staticmethod
     def _checkpoint_html(failed: object) -> str:
@@ -116,6 +118,7 @@ class ErrorDialog(QDialog):
         self.details.setVisible(shown)
         self.details_button.setText("Hide details" if shown else "Show details")
         self.adjustSize()
+        fit_to_screen(self)
 
     def _on_copy_button_clicked(self) -> None:
         QApplication.clipboard().setText(self.details_text())

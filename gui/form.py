@@ -18,7 +18,8 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QLabel, QLineEdit, QWidget
 
-from core.config.schema import GROUP_TITLES, GROUPS, Duration, NetworkType, Scheduler, SubsetParams
+from core.config.schema import (GROUP_TITLES, GROUPS, Duration, NetworkType, OptimizerType, Scheduler,
+                                SubsetParams)
 from core.config.params import FieldError, ParamSpec, param_specs, spec_for
 from core.training.validation import ERROR, WARNING, Problem
 from gui import theme
@@ -49,6 +50,24 @@ ENABLED_WHEN: dict[str, tuple[str, tuple[Any, ...]]] = {
     "network.train_text_encoder_2": ("network.train_text_encoder", (True,)),
     "optimizer.text_encoder_lr": ("network.train_text_encoder", (True,)),
     "optimizer.text_encoder_2_lr": ("network.train_text_encoder", (True,)),
+}
+
+# Fields that mean nothing outside some value of another field are hidden there, not just
+# greyed out: one optimizer's knobs would otherwise crowd every other optimizer's form.
+# dependent -> (controller, values for which the field is shown). Kept in step with what
+# core/config/optimizers.py passes to each optimizer and NetworkType's own properties.
+_D_ADAPTING = (OptimizerType.PRODIGY, OptimizerType.DADAPT_ADAM)
+SHOWN_WHEN: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "optimizer.betas": ("optimizer.type", tuple(t for t in OptimizerType if t is not OptimizerType.ADAFACTOR)),
+    "optimizer.eps": ("optimizer.type", tuple(t for t in OptimizerType
+                                              if t not in (OptimizerType.LION, OptimizerType.ADAFACTOR))),
+    "optimizer.d_coef": ("optimizer.type", (OptimizerType.PRODIGY,)),  # DAdaptAdam has none
+    "optimizer.safeguard_warmup": ("optimizer.type", (OptimizerType.PRODIGY,)),
+    "optimizer.growth_rate": ("optimizer.type", _D_ADAPTING),
+    "optimizer.d0": ("optimizer.type", _D_ADAPTING),
+    "optimizer.use_bias_correction": ("optimizer.type", _D_ADAPTING),
+    "optimizer.decouple": ("optimizer.type", _D_ADAPTING),
+    **{path: ENABLED_WHEN[path] for path in ENABLED_WHEN if ENABLED_WHEN[path][0] == "network.type"},
 }
 
 MARK_COLORS = {ERROR: theme.ERROR, WARNING: theme.WARNING}
@@ -229,6 +248,14 @@ class FormBinding(QObject):
                 self._problems.setdefault(row.path, []).append(problem)
         for row in self.rows.values():
             self._update_row(row)
+
+    def in_context(self, path: str) -> bool:
+        """Whether the field means something with the other fields as they are (SHOWN_WHEN)."""
+        controller, values = SHOWN_WHEN.get(path, ("", ()))
+        return not controller or self.project.value(controller) in values
+
+    def has_problem(self, path: str) -> bool:
+        return path in self._edit_errors or bool(self._problems.get(path))
 
     def has_error(self, path: str) -> bool:
         return path in self._edit_errors or any(p.severity == ERROR for p in self._problems.get(path, []))

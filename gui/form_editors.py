@@ -12,11 +12,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import (QAbstractScrollArea, QAbstractSpinBox, QApplication, QCheckBox,
                                QComboBox, QDoubleSpinBox, QFileDialog, QFrame, QHBoxLayout, QLabel,
-                               QLineEdit, QMenu, QPlainTextEdit, QSpinBox, QToolButton, QVBoxLayout,
+                               QLineEdit, QMenu, QPlainTextEdit, QSizePolicy, QSpinBox, QToolButton,
                                QWidget)
 
 from core.config.params import FieldError, ParamSpec, PathKind, is_optional, optional_inner
@@ -73,8 +73,32 @@ class MarkFrame(QFrame):
             painter.drawRoundedRect(QRectF(self.rect()).adjusted(0.75, 0.75, -0.75, -0.75), 3, 3)
 
 
+class MessageLabel(QLabel):
+    """A field's problem on one line beside its inputs, cut with "…" where the row is too
+    narrow (the whole text is its tooltip). One line, never wrapped: a message that grew
+    the row would move every field below it under the pointer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.color: str | None = None
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name
+        super().setText(text.replace("\n", "; "))
+        self.setToolTip(text)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(0, super().minimumSizeHint().height())
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.setPen(QColor(self.color) if self.color else self.palette().color(self.foregroundRole()))
+        shown = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.width())
+        painter.drawText(self.rect(), int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), shown)
+
+
 class FieldEditor(QWidget):
-    """Inputs for one field inside a frame that can be marked, and a message line below."""
+    """Inputs for one field inside a frame that can be marked, and a message line beside them."""
     # Every editor below defines value() (the value it holds, as the field's type) and
     # _show(value) (put a value into its widgets; show_value wraps it so that ``edited``
     # is not emitted). A Qt widget cannot also use ABCMeta, so the contract is stated here.
@@ -92,20 +116,17 @@ class FieldEditor(QWidget):
         self.inputs = QHBoxLayout(self.frame)
         self.inputs.setContentsMargins(2, 2, 2, 2)
         self.inputs.setSpacing(4)
-        self.message = QLabel()
-        self.message.setWordWrap(True)
-        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # The message's place is kept while it is hidden, so the inputs never move or resize.
+        self.message = MessageLabel()
+        policy = self.message.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.message.setSizePolicy(policy)
         self.message.hide()
-        line = QHBoxLayout()
+        line = QHBoxLayout(self)
         line.setContentsMargins(0, 0, 0, 0)
-        line.addWidget(self.frame, 1 if self.wide else 0)
-        if not self.wide:
-            line.addStretch(1)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.setSpacing(1)
-        outer.addLayout(line)
-        outer.addWidget(self.message)
+        line.setSpacing(8)
+        line.addWidget(self.frame, 2 if self.wide else 0)
+        line.addWidget(self.message, 1, Qt.AlignmentFlag.AlignVCenter)
         self.set_mark(None, "")
 
     def show_value(self, value: Any) -> None:
@@ -122,7 +143,7 @@ class FieldEditor(QWidget):
     def set_mark(self, color: str | None, message: str) -> None:
         self.frame.set_color(color)
         self.message.setText(message)
-        self.message.setStyleSheet(f"color: {color};" if color else "")
+        self.message.color = color
         self.message.setVisible(bool(message))
 
     def _add(self, widget: QWidget) -> QWidget:

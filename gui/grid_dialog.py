@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, Signal, Slot
+from PySide6.QtCore import QObject, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDoubleSpinBox, QFileDialog,
                                QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QProgressBar,
                                QPushButton, QRadioButton, QScrollArea, QVBoxLayout, QWidget)
 
 from gui import theme
+from gui.screen import fit_to_screen
 
 COLUMN_KINDS = {"prompts": "one column per prompt", "seeds": "the first prompt, one column per seed",
                 "resolutions": "the first prompt, one column per size"}
@@ -177,7 +178,7 @@ class GridDialog(QDialog):
         layout.addWidget(self.message)
         layout.addWidget(scroll, 1)
         self.columns_combo.currentIndexChanged.connect(self._on_columns_combo_changed)
-        self.resize(900, 760)
+        fit_to_screen(self, QSize(900, 760))
 
     def _fill_defaults(self) -> None:
         if not self.records:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import QSize
 from PySide6.QtGui import QFontDatabase
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QPlainTextEdit, QVBoxLayout, QWidget
+from gui.screen import fit_to_screen
 
 
 class InspectDialog(QDialog):
@@ -12,7 +14,7 @@ class InspectDialog(QDialog):
         from core.kohya.lora_info import InspectError, format_inspection, inspect_lora
 
         self.setWindowTitle(f"Inspect LoRA — {path}")
-        self.resize(760, 640)
+        fit_to_screen(self, QSize(760, 640))
         self.text = QPlainTextEdit(readOnly=True)
         self.text.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         try:

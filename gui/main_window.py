@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QTimer, QUrl
+from PySide6.QtCore import QSize, QTimer, QUrl
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
@@ -15,19 +15,20 @@ from core.system.paths import log_dir, user_data_dir, user_presets_dir
 from core.config.presets import PresetError, builtin_preset_names, find_preset, load_preset
 from core.system.resources import resource_path
 from gui.project import Project
+from gui.screen import fit_to_screen, show_long_message
 from gui.settings import settings
 
 log = logging.getLogger("lorakiln.gui")
 MAX_RECENT = 8
 SAVE, DISCARD, CANCEL = "save", "discard", "cancel"
 BUILTIN_MARK = "builtin-preset:"
+PREFERRED_SIZE = QSize(1280, 860)
 
 
 class MainWindow(QMainWindow):
     def __init__(self) -> None:
         super().__init__()
         self.project = Project()
-        self.resize(1280, 860)
         self._build_tabs()
         self._build_menus()
         self._dirty_label = QLabel()
@@ -36,13 +37,17 @@ class MainWindow(QMainWindow):
         self.project.loaded.connect(self._on_project_loaded)
         self.project.dirty_changed.connect(self._on_project_dirty_changed)
         self._update_title()
+        # The first size fits the screen's available area; a remembered one larger than this
+        # screen (saved on a bigger one) or partly off it is pulled back onto it.
+        fit_to_screen(self, PREFERRED_SIZE)
         geometry = settings().value("window/geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
+            fit_to_screen(self)
         # Hooks the tests replace: questions and messages that would block offscreen.
         self.ask_unsaved = self._ask_unsaved
         self.ask_stop_training = self._ask_stop_training
-        self.show_message = lambda title, text: QMessageBox.warning(self, title, text)
+        self.show_message = lambda title, text: show_long_message(self, title, text)
         QTimer.singleShot(0, self._show_queue_load_problem)  # once the hooks above are in place
 
     # ------------------------------------------------------------------ building

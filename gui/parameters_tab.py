@@ -17,14 +17,14 @@ from PySide6.QtWidgets import (QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, Q
 from core.config.schema import GROUP_TITLES, GROUPS
 from core.training.validation import ERROR, Problem, validate
 from gui import theme
-from gui.form import MARK_COLORS, FormBinding, describe_problem, form_specs
+from gui.form import MARK_COLORS, SHOWN_WHEN, FormBinding, describe_problem, form_specs
 from gui.form_editors import FieldEditor
 from gui.project import Project
 from gui.vram_forecaster import VramForecaster
 from gui.vram_panel import VramPanel
 
 VALIDATE_DELAY_MS = 150  # typing a number validates once it pauses, not at every digit
-_SUMMARY_ROWS = 4
+_SUMMARY_ROWS = 3  # problems in view at once; more scroll
 
 
 class ParametersTab(QWidget):
@@ -57,6 +57,14 @@ class ParametersTab(QWidget):
         self._summary.setIconSize(QSize(16, 16))
         self._summary.itemClicked.connect(self._on_summary_item_clicked)
         self._summary.itemActivated.connect(self._on_summary_item_clicked)
+        # The list's height is kept whether it lists problems or none (hidden, its place kept):
+        # appearing or growing it would push the form down under the pointer.
+        self._summary.addItem(QListWidgetItem(self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning), "x"))
+        self._summary.setFixedHeight(self._summary.sizeHintForRow(0) * _SUMMARY_ROWS + 2 * self._summary.frameWidth() + 2)
+        self._summary.clear()
+        policy = self._summary.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self._summary.setSizePolicy(policy)
         self._nav = QListWidget()
         self._nav.setObjectName("groupList")
         self._nav.setSpacing(3)
@@ -169,7 +177,9 @@ class ParametersTab(QWidget):
     def _on_project_loaded(self) -> None:
         self.validate_now()  # a load is one event, not typing: no reason to wait
 
-    def _on_project_changed(self, _path: str) -> None:
+    def _on_project_changed(self, path: str) -> None:
+        if any(path.strip() == controller for controller, _ in SHOWN_WHEN.values()):
+            self._apply_visibility()  # the fields that follow it appear with the choice, not later
         self._timer.start()
 
     def _on_binding_edit_problems_changed(self) -> None:
@@ -218,11 +228,13 @@ class ParametersTab(QWidget):
         for row in self.binding.rows.values():
             group = row.path.split(".", 1)[0]
             # A field with an error stays in view even when it is hidden otherwise: advanced
-            # fields with the box unticked, and fields of another model family (SDXL's second
-            # text encoder for an SD 1.x model).
+            # fields with the box unticked, fields of another model family (SDXL's second
+            # text encoder for an SD 1.x model). A field of another optimizer or network type
+            # stays while any problem names it (a growth rate set for AdamW), so it can be reset.
             error = self.binding.has_error(row.path)
             visible = (show_advanced or not row.spec.info.advanced or error) and \
-                (row.spec.info.applies_to(family) or error)
+                (row.spec.info.applies_to(family) or error) and \
+                (self.binding.in_context(row.path) or self.binding.has_problem(row.path))
             self._forms[group].setRowVisible(row.editor, visible)
             if visible:
                 shown_groups.add(group)
@@ -251,7 +263,4 @@ class ParametersTab(QWidget):
                       for n, word in ((n_errors, "error"), (n_warnings, "warning")) if n]
             self._status.setText(f"{', '.join(counts)} — click one to go to its field.")
             self._status.setStyleSheet(f"color: {theme.ERROR if n_errors else theme.WARNING};")
-        rows = min(len(problems), _SUMMARY_ROWS)
-        if rows:
-            self._summary.setFixedHeight(self._summary.sizeHintForRow(0) * rows + 2 * self._summary.frameWidth() + 2)
         self._summary.setVisible(bool(problems))

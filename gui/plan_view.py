@@ -45,7 +45,7 @@ class BucketHistogram(QWidget):
         self._buckets: list[tuple[Bucket, int]] = []
         self._batch_size = 1
         self._selected: Bucket | None = None
-        self.setMinimumHeight(140)
+        self.setMinimumHeight(100)  # a 1280x720 screen leaves the Dataset tab little height
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMouseTracking(True)
 

@@ -19,6 +19,9 @@ from gui import theme
 from gui.series import SeriesBuffer
 
 _configured = False
+# The memory plots' least vertical span (MB): a flat 1000-1003 MB line autoscaled to the
+# plot's full height would look like a climb, when it is noise.
+MEMORY_MIN_SPAN_MB = 512.0
 
 
 def _configure_once() -> None:
@@ -94,6 +97,11 @@ class LivePlot(QWidget):
     @property
     def plot_item(self) -> pg.PlotItem:
         return self.plot_widget.getPlotItem()
+
+    def set_min_y_span(self, span: float) -> None:
+        """Never show less than ``span`` of the y axis, automatic ranges included (pyqtgraph
+        widens a narrower range about its centre)."""
+        self.plot_item.getViewBox().setLimits(minYRange=span)
 
     def _tool_button(self, text: str, tip: str, slot) -> QToolButton:  # noqa: ANN001
         button = QToolButton()

@@ -9,6 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import QDialog, QLabel, QListView, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
+from gui.screen import fit_to_screen
 
 THUMBNAIL = 96
 EVENT_ROLE = Qt.ItemDataRole.UserRole
@@ -98,3 +99,4 @@ class SampleViewer(QDialog):
         self.caption.setText(f"<b>{html.escape(sample.prompt)}</b><br>step {sample.step}, epoch {sample.epoch}"
                              f" · <code>{html.escape(Path(sample.path).name)}</code>")
         self.adjustSize()
+        fit_to_screen(self)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QCompleter, QDialog, QDialogButtonBox, QFormLayout, QLabel,
                                QLineEdit, QVBoxLayout, QWidget)
 
@@ -15,6 +15,7 @@ from core.config.schema import GROUPS, SubsetParams
 from core.config.params import param_specs
 from core.studies.sweep import SweepError, parse_vary, sweep_configs
 from gui import theme
+from gui.screen import fit_to_screen
 
 DEFAULT_FIELD = "dataset.resolution"
 
@@ -94,7 +95,7 @@ class SweepDialog(QDialog):
         layout.addWidget(self.preview_label)
         layout.addWidget(self.start_box)
         layout.addWidget(self.buttons)
-        self.resize(620, 300)
+        fit_to_screen(self, QSize(620, 300))
 
         self.field_combo.currentTextChanged.connect(self._on_field_combo_text_changed)
         self.values_edit.textChanged.connect(self._on_values_edit_text_changed)

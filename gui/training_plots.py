@@ -11,7 +11,7 @@ from PySide6.QtCore import QObject, Qt, Slot
 from PySide6.QtWidgets import QLabel, QSlider
 
 from gui import theme
-from gui.plots import LivePlot
+from gui.plots import MEMORY_MIN_SPAN_MB, LivePlot
 from gui.series import SmoothedSeries, Throttle
 
 DEFAULT_SMOOTHING = 0.9
@@ -141,6 +141,7 @@ class MemoryPlot(LivePlot):
 
     def __init__(self) -> None:
         super().__init__("Memory", "step", "memory (MB)")
+        self.set_min_y_span(MEMORY_MIN_SPAN_MB)
         self.kind: str | None = None
         self._names: tuple[str | None, ...] = ()
 

@@ -8,13 +8,14 @@ While the forecast of exactly these settings is still being made the dialog wait
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtWidgets import (QDialog, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
                                QPushButton, QVBoxLayout, QWidget)
 
 from core.training.vram_advice import Suggestion, gib
 from gui import theme
 from gui.vram_forecaster import ForecastInputs, VramForecaster, VramState
+from gui.screen import fit_to_screen
 
 START, CANCEL = "start", "cancel"
 
@@ -64,7 +65,7 @@ class VramStartDialog(QDialog):
         layout.addWidget(self.busy)
         layout.addWidget(self.choices, 1)
         layout.addLayout(buttons)
-        self.resize(680, 300)
+        fit_to_screen(self, QSize(680, 300))
         self._waiting()
         forecaster.updated.connect(self._on_forecaster_updated)
 
