@@ -202,3 +202,129 @@ def test_prodigy_accepts_block_weighted_groups_but_not_different_base_rates():
 def test_conv_block_dims_alone_change_nothing_as_in_sd_scripts():
     handles = _tiny(NetworkParams(dim=4, **LOCON, conv_block_dims=",".join(["3"] * 25)))
     assert handles.targets["unet"]["down_blocks.0.resnets.0.conv1"] == (4, 1.0)
+
+
+# ---------------------------------------------------------------- Kohya import and export
+
+BLOCK_DIMS = ",".join(["4"] * 12 + ["8"] + ["2"] * 12)
+SD_SCRIPTS_TOML = f'''
+pretrained_model_name_or_path = "model.safetensors"
+network_module = "networks.lora"
+network_dim = 4
+network_args = ["conv_dim=4", "conv_alpha=1", "rank_dropout=0.1", "module_dropout=0.05",
+                "down_lr_weight=1,1,1,0.5,0.5,0.5,0,0,0,1,1,1", "mid_lr_weight=0", "up_lr_weight=sine+0.25",
+                "block_lr_zero_threshold=0.1", "block_dims={BLOCK_DIMS}", "block_alphas={BLOCK_DIMS}",
+                "conv_block_dims={BLOCK_DIMS}", "conv_block_alphas={BLOCK_DIMS}"]
+noise_offset = 0.05
+noise_offset_random_strength = true
+'''
+
+
+def _imported(tmp_path, text: str, name: str = "config.toml"):
+    from core.kohya.import_config import import_kohya
+
+    path = tmp_path / name
+    path.write_text(text, "utf-8")
+    return import_kohya([path])
+
+
+def _assert_all_block_options(net: NetworkParams) -> None:
+    assert net.type is NetworkType.LOCON
+    assert (net.rank_dropout, net.module_dropout, net.block_lr_zero_threshold) == (0.1, 0.05, 0.1)
+    assert net.down_lr_weight == "1,1,1,0.5,0.5,0.5,0,0,0,1,1,1"
+    assert net.mid_lr_weight == "0" and net.up_lr_weight == "sine+0.25"
+    assert net.block_dims == net.block_alphas == net.conv_block_dims == net.conv_block_alphas == BLOCK_DIMS
+
+
+def test_sd_scripts_network_args_map_to_the_fields(tmp_path):
+    result = _imported(tmp_path, SD_SCRIPTS_TOML)
+    assert result.unsupported == []
+    _assert_all_block_options(result.config.network)
+    assert result.config.training.noise_offset_random_strength is True
+    mapped = {m.key: m.field for m in result.mapped}
+    assert mapped["network_args.down_lr_weight"] == "network.down_lr_weight"
+    assert mapped["noise_offset_random_strength"] == "training.noise_offset_random_strength"
+    assert [p for p in block_problems(result.config.network, SD1_BLOCKS)] == []
+
+
+def test_kohya_ss_json_keys_map_to_the_fields(tmp_path):
+    import json
+
+    from tests.test_kohya_import import SAMPLE_JSON
+
+    data = json.loads(SAMPLE_JSON.read_text("utf-8"))
+    data.update(LoRA_type="Kohya LoCon", conv_dim=4, conv_alpha=1, rank_dropout=0.1, module_dropout=0.05,
+                down_lr_weight="1,1,1,0.5,0.5,0.5,0,0,0,1,1,1", mid_lr_weight="0", up_lr_weight="sine+0.25",
+                block_lr_zero_threshold="0.1", block_dims=BLOCK_DIMS, block_alphas=BLOCK_DIMS,
+                conv_block_dims=BLOCK_DIMS, conv_block_alphas=BLOCK_DIMS, noise_offset_random_strength=True)
+    result = _imported(tmp_path, json.dumps(data), "config.json")
+    assert result.unsupported == []
+    _assert_all_block_options(result.config.network)
+    assert result.config.training.noise_offset_random_strength is True
+
+
+def test_lora_easy_network_args_table_maps_to_the_fields(tmp_path):
+    text = f'''
+[general_args.args]
+pretrained_model_name_or_path = "/models/model.safetensors"
+
+[network_args.args]
+network_dim = 4
+
+[network_args.args.network_args]
+conv_dim = 4
+conv_alpha = 1
+rank_dropout = 0.1
+module_dropout = 0.05
+down_lr_weight = "1,1,1,0.5,0.5,0.5,0,0,0,1,1,1"
+mid_lr_weight = "0"
+up_lr_weight = "sine+0.25"
+block_lr_zero_threshold = 0.1
+block_dims = "{BLOCK_DIMS}"
+block_alphas = "{BLOCK_DIMS}"
+conv_block_dims = "{BLOCK_DIMS}"
+conv_block_alphas = "{BLOCK_DIMS}"
+'''
+    result = _imported(tmp_path, text)
+    assert [u.key for u in result.unsupported] == []
+    _assert_all_block_options(result.config.network)
+
+
+def test_block_options_on_a_lycoris_network_are_reported_not_supported(tmp_path):
+    text = ('pretrained_model_name_or_path = "model.safetensors"\nnetwork_module = "lycoris.kohya"\n'
+            'network_args = ["algo=loha", "rank_dropout=0.1", "down_lr_weight=sine"]\n')
+    result = _imported(tmp_path, text)
+    reasons = {u.key: u.reason for u in result.unsupported}
+    assert "LoRA and LoCon only" in reasons["network_args.rank_dropout"]
+    assert "network_args.down_lr_weight" in reasons
+    assert result.config.network.rank_dropout == 0.0
+
+
+def test_export_writes_them_as_sd_scripts_network_args_and_they_import_back(tmp_path):
+    from core.kohya.export import build_export
+    from core.kohya.metadata import network_args
+    from tests.test_kohya_export import _flat
+
+    config = _imported(tmp_path, SD_SCRIPTS_TOML).config
+    exported = build_export(config, tmp_path)
+    args = _flat(exported.config_toml)
+    assert "rank_dropout=0.1" in args["network_args"]
+    assert "down_lr_weight=1,1,1,0.5,0.5,0.5,0,0,0,1,1,1" in args["network_args"]
+    assert "rank_dropout" not in args and "block_dims" not in args  # not sd-scripts arguments
+    assert args["noise_offset_random_strength"] is True
+    assert network_args(config)["up_lr_weight"] == "sine+0.25"  # ss_network_args, as sd-scripts stores it
+    (tmp_path / "exported").mkdir()
+    again = _imported(tmp_path / "exported", exported.config_toml)
+    assert again.config.network == config.network
+    assert again.config.training.noise_offset_random_strength is True
+
+
+def test_validation_names_the_field_and_count_for_the_models_family():
+    from core.training.validation import validate
+
+    config = TrainConfig()
+    config.model.family = "sdxl"
+    config.network = NetworkParams(down_lr_weight=",".join(["1"] * 12), block_dims=",".join(["4"] * 25))
+    messages = {p.path: p.message for p in validate(config, check_paths=False)}
+    assert "12 values given, this model's U-Net has 9" in messages["network.down_lr_weight"]
+    assert "needs exactly 23" in messages["network.block_dims"]
