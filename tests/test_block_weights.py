@@ -328,3 +328,58 @@ def test_validation_names_the_field_and_count_for_the_models_family():
     messages = {p.path: p.message for p in validate(config, check_paths=False)}
     assert "12 values given, this model's U-Net has 9" in messages["network.down_lr_weight"]
     assert "needs exactly 23" in messages["network.block_dims"]
+
+
+def test_a_file_with_per_block_ranks_is_inspected_with_every_rank_and_its_network_args(tmp_path):
+    import json
+
+    from core.kohya.lora_info import format_inspection, inspect_lora
+    from core.kohya.metadata import network_args, save_lora_file
+
+    net = NetworkParams(dim=4, alpha=1.0, block_dims=",".join(["2"] * 12 + ["6"] + ["8"] * 12), mid_lr_weight="0.5")
+    state = to_kohya_state_dict(_tiny(net), SD1, torch.float32)
+    config = TrainConfig()
+    config.network = net
+    path = tmp_path / "blocks.safetensors"
+    save_lora_file(path, state, {"ss_network_args": json.dumps(network_args(config))})
+    info = inspect_lora(path)
+    assert info["dim"] == [2, 4, 6, 8]  # U-Net blocks 2, 6, 8; the text encoder 4
+    text = format_inspection(info)
+    assert "dim / alpha       2, 4, 6, 8" in text
+    assert "block_dims" in text and "mid_lr_weight" in text
+
+
+def test_check_reports_a_block_setting_that_does_not_fit(capsys):
+    from core.cli.main import main
+
+    code = main(["check", "demo", "--no-paths", "--set", "network.down_lr_weight=" + ",".join(["1"] * 13)])
+    out = capsys.readouterr().out
+    assert code != 0
+    assert "network.down_lr_weight: 13 values given, this model's U-Net has 12" in out
+
+
+def test_a_run_with_block_weights_dims_and_dropouts_trains_and_saves_per_block_ranks(tmp_path):
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from tests.engine_fixtures import tiny_config
+    from tests.test_option_effects import _run
+
+    config = tiny_config(tmp_path, steps=2)
+    config.network = replace(config.network, dim=4, rank_dropout=0.2, module_dropout=0.1,
+                             down_lr_weight="1,0.5,1,1,0", block_dims=",".join(["4"] * 12 + ["2"] + ["4"] * 12))
+    config.training.noise_offset, config.training.noise_offset_random_strength = 0.05, True
+    result, steps, _ = _run(config)
+    assert len(steps) == 2 and all(math.isfinite(s.loss) for s in steps)
+    assert steps[0].lr["unet_block1"] == pytest.approx(0.5 * steps[0].lr["unet_block7"])
+    assert "unet_block4" not in steps[0].lr
+    with safe_open(result.lora_path, "pt") as lora:
+        keys = list(lora.keys())
+        meta = lora.metadata()
+        assert lora.get_tensor("lora_unet_mid_block_attentions_0_proj_in.lora_down.weight").shape[0] == 2
+    assert not any(k.startswith("lora_unet_down_blocks_1_") for k in keys)  # block 4: weight 0
+    assert json.loads(meta["ss_network_args"])["rank_dropout"] == "0.2"
+    assert meta["ss_noise_offset_random_strength"] == "True"
+    assert Path(result.run_dir).is_dir()
