@@ -15,7 +15,7 @@ from core.config.schema import GROUPS, Duration, NetworkType, OptimizerType, Sub
 from core.kohya.export import build_export, export_kohya
 from core.kohya.import_config import import_kohya
 from core.kohya.import_dataset import DATASET_KEYS, SUBSET_KEYS
-from core.kohya.import_keys import parse_arg, split_args
+from core.kohya.import_keys import LORA_NETWORK_OPTIONS, parse_arg, split_args
 from core.config.params import PathKind, coerce_value, param_specs
 from core.config.presets import load_preset
 from core.config.prompts import parse_prompts
@@ -57,6 +57,7 @@ class _Exported:
         self.dataset = doc["datasets"][0]
         self.prompts = prompts
         self.optimizer_args = dict(parse_arg(a) for a in self.args.get("optimizer_args", []))
+        self.network_args = dict(parse_arg(a) for a in self.args.get("network_args", []))
 
     def subset(self, index: int, name: str) -> Any:
         return self.dataset["subsets"][index].get(name, self.general.get(name))
@@ -65,6 +66,8 @@ class _Exported:
         a = self.args
         if key.startswith("optimizer_args."):
             return self.optimizer_args[key.split(".", 1)[1]]
+        if key in LORA_NETWORK_OPTIONS:  # networks.lora's own options travel in network_args
+            return self.network_args[key]
         if field.startswith("dataset.subsets["):  # one subset per field listed: all must agree
             values = {json.dumps(self.subset(int(f.split("[")[1].split("]")[0]), f.rsplit(".", 1)[1]
                                              if key not in ("train_data_dir", "reg_data_dir") else "image_dir"))
@@ -77,7 +80,7 @@ class _Exported:
             "train_batch_size": lambda: self.dataset["batch_size"],
             "lr_warmup": lambda: a["lr_warmup_steps"] * 100,  # a percent in kohya_ss, a fraction here
             "LoRA_type": lambda: {("networks.lora", False): "Standard", ("networks.lora", True): "Kohya LoCon"}[
-                (a["network_module"], "network_args" in a)],
+                (a["network_module"], "conv_dim" in self.network_args)],
             "xformers": lambda: "xformers" if a.get("sdpa") else "none",
             "logging_dir": lambda: "logging_dir" in a,
             "sample_prompts": lambda: parse_prompts(self.prompts, TrainConfig().sampling),
@@ -109,7 +112,7 @@ def test_every_mapped_kohya_ss_value_survives_import_and_export(tmp_path):
     found = _Exported(exported.config_toml, exported.dataset_toml, exported.prompts)
     original = json.loads(SAMPLE_JSON.read_text("utf-8"))
     original_args = dict(parse_arg(a) for a in split_args(original["optimizer_args"]))
-    assert len(result.mapped) == 67  # masked_loss is mapped now
+    assert len(result.mapped) == 69  # masked_loss and rank_dropout are mapped now
     for key, field, _ in result.mapped:
         raw = original_args[key.split(".", 1)[1]] if key.startswith("optimizer_args.") else original[key]
         assert _norm(found.value(key, field)) == _norm(_expected(key, raw)), key
@@ -243,7 +246,7 @@ def test_every_schema_field_with_a_kohya_name_is_exported_under_that_name(tmp_pa
     for name, value in expected.items():
         if name == "max_train_epochs":
             continue  # only the length that decides is written (max_train_steps here)
-        where = (network_args if name in ("conv_dim", "conv_alpha") else dataset if name in DATASET_KEYS
+        where = (network_args if name in ("conv_dim", "conv_alpha", *LORA_NETWORK_OPTIONS) else dataset if name in DATASET_KEYS
                  else subset if name in SUBSET_KEYS else args)
         assert name in where and _norm(where[name]) == _norm(value), name
 

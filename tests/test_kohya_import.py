@@ -68,10 +68,10 @@ def test_every_key_of_the_sample_json_is_in_exactly_one_list(sample):
             (len(kinds) > 1 and k not in ("optimizer_args", "network_args"))} == {}
 
 
-def test_non_default_unsupported_values_are_reported_with_a_reason(sample):
-    reasons = {u.key: u.reason for u in sample.unsupported}
-    assert set(reasons) == {"rank_dropout"}
-    assert reasons["rank_dropout"] == "network option not implemented in LoRA Kiln"
+def test_every_set_option_of_the_sample_is_supported_rank_dropout_included(sample):
+    assert sample.unsupported == []
+    assert sample.config.network.rank_dropout == 0.1
+    assert {m.key: m.field for m in sample.mapped}["rank_dropout"] == "network.rank_dropout"
 
 
 def test_off_and_default_values_of_unsupported_features_are_ignored_not_unsupported(sample):
@@ -315,8 +315,8 @@ def test_cli_prints_a_clean_preset_and_reports_on_stderr(capsys):
     out, err = capsys.readouterr()
     loaded = loads_preset(out)
     assert loaded.config.network.dim == 32 and loaded.description == "imported from kohya_ss_lora.json"
-    assert "mapped (67):" in err and "NOT SUPPORTED (1):" in err and "rank_dropout" in err
-    assert "ignored (103), by reason:" in err and "warnings:" in err
+    assert "mapped (69):" in err and "NOT SUPPORTED" not in err
+    assert "ignored (102), by reason:" in err and "warnings:" in err
 
 
 def test_cli_writes_the_preset_with_o(tmp_path, capsys):

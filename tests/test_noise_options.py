@@ -297,3 +297,25 @@ def test_a_run_with_every_noise_and_loss_option_completes_and_logs_the_norms(tmp
 def test_without_scale_weight_norms_no_norms_are_logged(tmp_path):
     _, steps, _ = _run(tiny_config(tmp_path, steps=1))
     assert steps[0].max_norm == {}
+
+
+def test_noise_offset_random_strength_draws_the_offset_uniformly_in_0_to_noise_offset():
+    from core.training.noise import offset_strength
+
+    training = TrainingParams(noise_offset=0.1, noise_offset_random_strength=True)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([offset_strength(training, g) for _ in range(4000)])
+    assert draws.min() >= 0.0 and draws.max() < 0.1
+    assert draws.mean().item() == pytest.approx(0.05, abs=0.002)
+    assert draws.std().item() == pytest.approx(0.1 / math.sqrt(12), abs=0.002)  # uniform, not a fixed value
+    g = torch.Generator().manual_seed(0)
+    assert offset_strength(training, g) == pytest.approx(float(torch.rand(1, generator=torch.Generator().manual_seed(0))) * 0.1)
+
+
+def test_without_random_strength_the_offset_is_the_setting_and_nothing_is_drawn():
+    from core.training.noise import offset_strength
+
+    g = torch.Generator().manual_seed(0)
+    assert offset_strength(TrainingParams(noise_offset=0.1), g) == 0.1
+    assert offset_strength(TrainingParams(noise_offset=0.0, noise_offset_random_strength=True), g) == 0.0
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())

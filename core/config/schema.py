@@ -309,6 +309,48 @@ class NetworkParams:
     dropout: float = param(
         0.0, label="Dropout", minimum=0.0, maximum=1.0, advanced=True, kohya="network_dropout",
         help="Dropout on the LoRA modules' hidden activations.")
+    rank_dropout: float = param(
+        0.0, label="Rank dropout", minimum=0.0, maximum=0.99, advanced=True, kohya="rank_dropout",
+        help="LoRA and LoCon: each step, zero this fraction of each module's ranks at random (per "
+             "sample) and scale the rest up to make up for them; training only, never when sampling.")
+    module_dropout: float = param(
+        0.0, label="Module dropout", minimum=0.0, maximum=1.0, advanced=True, kohya="module_dropout",
+        help="LoRA and LoCon: each step, skip each LoRA module with this probability; training "
+             "only, never when sampling.")
+    down_lr_weight: str = param(
+        "", label="Down-block LR weights", advanced=True, kohya="down_lr_weight",
+        help="LoRA and LoCon: multiply the U-Net learning rate of each down block by these weights, "
+             "shallow to deep: 12 comma-separated numbers for SD 1.x (the first is unused), 9 for "
+             "SDXL (fewer are filled with 1), or a preset: cosine, sine, linear, reverse_linear, zeros "
+             "(optionally +base, e.g. sine+0.5). A block with weight 0 gets no LoRA at all. Empty: 1.")
+    mid_lr_weight: str = param(
+        "", label="Mid-block LR weight", advanced=True, kohya="mid_lr_weight",
+        help="LoRA and LoCon: multiply the U-Net learning rate of the mid block by this (SDXL: 3 "
+             "comma-separated numbers, one per part of its middle block). Empty: 1.")
+    up_lr_weight: str = param(
+        "", label="Up-block LR weights", advanced=True, kohya="up_lr_weight",
+        help="LoRA and LoCon: as the down-block weights, for the up blocks, deep to shallow (12 for "
+             "SD 1.x, 9 for SDXL, or a preset).")
+    block_lr_zero_threshold: float = param(
+        0.0, label="Block LR zero threshold", minimum=0.0, maximum=10.0, advanced=True,
+        kohya="block_lr_zero_threshold",
+        help="Block LR weights at or below this count as 0: those blocks get no LoRA module.")
+    block_dims: str = param(
+        "", label="Block dims", advanced=True, kohya="block_dims",
+        help="LoRA and LoCon: the rank of each U-Net block's modules, comma-separated: 25 numbers for "
+             "SD 1.x (12 down, mid, 12 up), 23 for SDXL (embeddings, 9 input, 3 middle, 9 output, "
+             "out); 0 leaves a block without LoRA. Empty: the network dim everywhere.")
+    block_alphas: str = param(
+        "", label="Block alphas", advanced=True, kohya="block_alphas",
+        help="LoRA and LoCon: the alpha of each U-Net block's modules (as many as block dims). "
+             "Empty: the network alpha everywhere.")
+    conv_block_dims: str = param(
+        "", label="Conv block dims", advanced=True, kohya="conv_block_dims",
+        help="LoCon: the rank of each U-Net block's 3x3 convolutions (as many as block dims). "
+             "Empty: the conv dim everywhere.")
+    conv_block_alphas: str = param(
+        "", label="Conv block alphas", advanced=True, kohya="conv_block_alphas",
+        help="LoCon: the alpha of each U-Net block's 3x3 convolutions. Empty: the conv alpha everywhere.")
     train_unet: bool = param(True, label="Train U-Net", help="Train LoRA modules in the U-Net.")
     train_text_encoder: bool = param(
         True, label="Train text encoder",
@@ -462,6 +504,9 @@ class TrainingParams:
     noise_offset: float = param(
         0.0, label="Noise offset", minimum=0.0, maximum=1.0, advanced=True, kohya="noise_offset",
         help="Adds a per-channel offset to the noise; helps very dark or bright images (~0.05).")
+    noise_offset_random_strength: bool = param(
+        False, label="Random noise-offset strength", advanced=True, kohya="noise_offset_random_strength",
+        help="Draw the noise offset each step uniformly between 0 and the value above.")
     min_snr_gamma: float = param(
         0.0, label="Min-SNR gamma", minimum=0.0, maximum=100.0, advanced=True,
         kohya="min_snr_gamma", help="Min-SNR loss weighting; 5 is common, 0 turns it off.")

@@ -30,11 +30,16 @@ from core.system.resources import is_builtin, resolve_builtin
 CONFIG_NAME, DATASET_NAME, PROMPTS_NAME = "config.toml", "dataset.toml", "prompts.txt"
 NETWORK_MODULE = "networks.lora"
 # Written below rather than by the schema loop: they have no one-to-one argument.
-_BY_HAND = frozenset({"conv_dim", "conv_alpha", "max_train_epochs", "max_train_steps", "lr_warmup_steps"})
+_BY_HAND = frozenset({"conv_dim", "conv_alpha", "max_train_epochs", "max_train_steps", "lr_warmup_steps",
+                      # networks.lora's own options: network_args strings (core.kohya.metadata.network_args)
+                      "rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight", "up_lr_weight",
+                      "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims",
+                      "conv_block_alphas"})
 # sd-scripts divides by these or reads 0 as a setting; its "off" is leaving them out.
 _OFF_WHEN_ZERO = frozenset({"save_every_n_epochs", "save_every_n_steps", "sample_every_n_steps",
                             "sample_every_n_epochs", "min_snr_gamma", "adaptive_noise_scale",
                             "multires_noise_iterations", "ip_noise_gamma", "scale_weight_norms"})
+# noise_offset_random_strength is a switch sd-scripts reads only with a noise offset: written when on.
 # Per-subset identity; every other subset option may move to [general] when all agree.
 _SUBSET_OWN = ("image_dir", "num_repeats", "class_tokens", "is_reg")
 _PROMPT_OPTION = re.compile(r"\s--(\w+)(?=\s|$)")

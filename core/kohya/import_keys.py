@@ -59,6 +59,11 @@ LYCORIS_OPTIONS: dict[str, str] = {
     "decompose_both": "lokr_decompose_both",
 }
 LYCORIS_OPTION = "LyCORIS option not implemented in LoRA Kiln"
+# sd-scripts' networks.lora options (network_args; kohya_ss keys of the same names), each a
+# NetworkParams field of the same name; LoRA Kiln applies them to LoRA and LoCon only.
+LORA_NETWORK_OPTIONS: tuple[str, ...] = (
+    "rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight", "up_lr_weight",
+    "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas")
 
 # Optimizer names as kohya_ss and sd-scripts spell them (case does not matter there either).
 # "DAdaptation" is sd-scripts' old name; it builds DAdaptAdamPreprint, the first version of
@@ -126,15 +131,13 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
         "rank_dropout_scale", "constrain", "rescaled", "train_norm", "decompose_both",
         "train_on_input", "LyCORIS_preset", "unit", "preset", "block_size"),
     "network option not implemented in LoRA Kiln": (
-        "rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight", "up_lr_weight",
-        "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims",
-        "conv_block_alphas", "dim_from_weights", "loraplus_lr_ratio",
+        "dim_from_weights", "loraplus_lr_ratio",
         "loraplus_text_encoder_lr_ratio", "loraplus_unet_lr_ratio", "base_weights",
         "base_weights_multiplier", "network_multiplier"),
     "loss option not implemented in LoRA Kiln": (
         "loss_type", "huber_schedule", "huber_c",
         "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss",
-        "noise_offset_random_strength", "min_timestep", "max_timestep",
+        "min_timestep", "max_timestep",
         "weighted_captions", "zero_terminal_snr"),
     "dataset option not implemented in LoRA Kiln": (
         "color_aug", "caption_dropout_every_n_epochs", "keep_tokens_separator",

@@ -257,7 +257,7 @@ def _keep_last(ctx: ImportContext) -> None:
 
 
 # kohya_ss's noise_offset_type chooses which of these it passes to sd-scripts.
-_NOISE_KEYS = {"noise_offset": "original", "adaptive_noise_scale": "original",
+_NOISE_KEYS = {"noise_offset": "original", "adaptive_noise_scale": "original", "noise_offset_random_strength": "original",
                "multires_noise_iterations": "multires", "multires_noise_discount": "multires"}
 
 

@@ -110,6 +110,8 @@ def _network(ctx: ImportContext) -> None:
             field_name = "dropout" if name == "dropout" else name
             error = set_field(ctx, net, field_name, value, f"network.{field_name}")
             (ctx.unsupported(key, value, error) if error else ctx.mapped(key, f"network.{field_name}", value))
+        elif name in keys.LORA_NETWORK_OPTIONS:
+            _lora_network_option(ctx, key, name, value, lycoris_type)
         elif name == "algo" and lycoris and str(value).lower() in keys.LYCORIS_ALGOS:
             ctx.mapped(key, "network.type", value)
         elif name == "preset" and lycoris and net.type is NetworkType.IA3 and str(value).lower() == "ia3":
@@ -127,6 +129,10 @@ def _network(ctx: ImportContext) -> None:
                 ctx.arg_direct(name, net, name, f"network.{name}")
             else:
                 ctx.arg_ignored(name, f"only used by LoCon, LoHa and LoKr (this network is {net.type.value})")
+    for name in keys.LORA_NETWORK_OPTIONS:  # kohya_ss's keys; it passes them on in network_args
+        if ctx.has(name):
+            ctx.done.add(name)
+            _lora_network_option(ctx, ctx.shown.get(name, name), name, ctx.value(name), lycoris_type)
     # kohya_ss's own keys for the LyCORIS options (sd-scripts has them in network_args).
     for name, field_name in keys.LYCORIS_OPTIONS.items():
         if ctx.has(name) and lycoris_type:
@@ -145,6 +151,24 @@ def _network(ctx: ImportContext) -> None:
             ctx.warn(f"network_alpha 0 means alpha = dim in Kohya: imported as {net.dim}")
         else:
             ctx.arg_direct("network_alpha", net, "alpha", "network.alpha")
+
+
+def _lora_network_option(ctx: ImportContext, key: str, name: str, value: Any, lycoris_type: bool) -> None:
+    """rank/module dropout and the per-block settings: fields of the same name, for LoRA and LoCon."""
+    text_field = isinstance(getattr(ctx.config.network, name), str)
+    if text_field and isinstance(value, (tuple, list)) and not isinstance(value, bool):
+        # "down_lr_weight=1,1,0.5" reads as a Python tuple; the field keeps sd-scripts' text
+        value = ",".join(str(v) for v in value)
+    elif text_field and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # a single number ("mid_lr_weight=0") is a list of one, and 0 means something
+    if value is None or (isinstance(value, str) and not value.strip()) or (not text_field and keys.is_off(value)):
+        ctx.ignored(key, value, keys.OFF)
+    elif lycoris_type or ctx.config.network.type.is_lycoris:
+        ctx.unsupported(key, value, f"LoRA Kiln applies {name} to LoRA and LoCon only (sd-scripts' networks.lora), "
+                                    f"not to {ctx.config.network.type.value}")
+    else:
+        error = set_field(ctx, ctx.config.network, name, value, f"network.{name}")
+        (ctx.unsupported(key, value, error) if error else ctx.mapped(key, f"network.{name}", value))
 
 
 def _network_dim(ctx: ImportContext) -> None:
@@ -324,7 +348,7 @@ def _rate_list(ctx: ImportContext) -> None:
 
 _SPECIAL: tuple[tuple[tuple[str, ...], Callable[[ImportContext], None]], ...] = (
     (("LoRA_type", "network_module", "network_args", "conv_dim", "conv_alpha", "network_alpha", "network_dim",
-      *keys.LYCORIS_OPTIONS), _network),
+      *keys.LYCORIS_OPTIONS, *keys.LORA_NETWORK_OPTIONS), _network),
     (("optimizer_type", "use_8bit_adam", "optimizer_args"), _optimizer),
     (("unet_lr", "text_encoder_lr", "network_train_unet_only", "network_train_text_encoder_only"),
      _learning_rates),

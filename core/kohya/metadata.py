@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from core.system.atomic import write_bytes_atomic
 from core.data.buckets import predefined_buckets
 from core.data.captions import tag_frequency as count_tags
-from core.config.schema import GROUPS, LatentCache, NetworkType, SubsetParams, TrainConfig
+from core.config.schema import GROUPS, LatentCache, NetworkParams, NetworkType, SubsetParams, TrainConfig
 from core.config.params import iter_params
 from core.data.dataset_plan import DatasetPlan
 
@@ -45,7 +45,7 @@ SCHEMA_KEYS = frozenset({
     "min_bucket_reso", "max_bucket_reso", "bucket_no_upscale", "max_token_length",
     "fp8_base", "fp8_base_unet", "adaptive_noise_scale", "multires_noise_iterations",
     "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "scale_weight_norms",
-    "masked_loss",
+    "masked_loss", "noise_offset_random_strength",
 })
 # Per-subset options that sd-scripts (without a dataset config) writes as one global value.
 _SUBSET_FLAGS = ("flip_aug", "shuffle_caption", "random_crop")
@@ -155,7 +155,7 @@ def network_args(config: TrainConfig) -> dict[str, str]:
     net = config.network
     conv = {"conv_dim": str(net.conv_dim), "conv_alpha": f"{net.conv_alpha:g}"} if net.type.has_conv else {}
     if network_module(config) == NETWORK_MODULE:
-        return conv
+        return {**conv, **_lora_options(net)}
     from core.models.lora import lycoris_algo
 
     algo = "lora" if net.type is NetworkType.LORA else lycoris_algo(net)
@@ -167,6 +167,22 @@ def network_args(config: TrainConfig) -> dict[str, str]:
         args.update(factor=str(net.lokr_factor), full_matrix=str(net.lokr_full_matrix),
                     decompose_both=str(net.lokr_decompose_both))
     return args
+
+
+def _lora_options(net: NetworkParams) -> dict[str, str]:
+    """networks.lora's rank/module dropout and per-block settings, as the network_args strings
+    sd-scripts reads (and stores in ss_network_args); those left at off are not written."""
+    from core.kohya.import_keys import LORA_NETWORK_OPTIONS
+
+    options: dict[str, str] = {}
+    for name in LORA_NETWORK_OPTIONS:
+        value = getattr(net, name)
+        if isinstance(value, str):
+            if value.strip():
+                options[name] = "".join(value.split())  # network_args items end at whitespace
+        elif value:
+            options[name] = f"{value:g}"
+    return options
 
 
 def _subset_entries(config: TrainConfig, plan: DatasetPlan) -> dict[str, str]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from core.config.prompts import SamplePrompt
     from core.config.schema import NetworkParams, TrainConfig
+    from core.models.blocks import UnetBlocks
     from core.models.components import ModelComponents
 
 # Module path -> (rank, alpha): the LoRA a family puts on one component.
@@ -90,6 +91,7 @@ class Family(Protocol):
     bucket_step: int  # the default bucket resolution step (bucket_reso_steps)
     vae_fp16_unsafe: bool  # its VAE overflows in fp16: kept in fp32 when training in fp16
     clip_skip_applies: bool  # whether model.clip_skip changes its text encoding
+    unet_blocks: UnetBlocks  # how per-block LoRA settings count its U-Net blocks (core.models.blocks)
 
     def claims(self, spec: str) -> bool:
         """Whether ``spec`` is a built-in model of this family (``builtin:demo``)."""

@@ -165,6 +165,16 @@ class LoraHandles:
         """A core.models.lycoris module (LoHa, LoKr, IA3, DoRA) rather than a peft LoRA layer."""
         return hasattr(layer, "file_tensors")
 
+    def block_params(self, family: Family) -> dict[int, list[torch.nn.Parameter]]:
+        """The U-Net's trainable LoRA weights by block (core.models.blocks; -1 outside every
+        block), blocks in the order their first module comes, as sd-scripts groups them."""
+        found: dict[int, list[torch.nn.Parameter]] = {}
+        for component, path, layer in self.layers():
+            if component == "unet":
+                index = family.unet_blocks.index(family.kohya_name("unet", path))
+                found.setdefault(index, []).extend(layer.trainable() if self.is_lycoris(layer) else self.down_up(layer))
+        return found
+
     def params(self, components: tuple[str, ...]) -> list[torch.nn.Parameter]:
         """The trainable LoRA weights of ``components``, for one optimizer group."""
         params: list[torch.nn.Parameter] = []
@@ -242,16 +252,68 @@ def inject_lycoris(model: nn.Module, targets: Targets, network: NetworkParams) -
         setattr(parent, child, layer)
 
 
-def _add_dropout(handles: LoraHandles, p: float) -> None:
-    """Kohya's network_dropout: dropout on lora_down's output, only in training mode."""
+def _dropout_hook(network: NetworkParams) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]:
+    """sd-scripts' three dropouts of a LoRA module, in its order, on lora_down's output and only
+    in training mode: module_dropout skips the whole module (its output is zeroed, which gives
+    the module's output and gradients of a skipped module); network_dropout drops single hidden
+    activations; rank_dropout zeroes whole ranks per sample and scales the rest by 1/(1-p),
+    as if the rank were that much smaller."""
+    import torch
     import torch.nn.functional as F
 
     def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        return F.dropout(output, p=p, training=module.training)
+        if not module.training:
+            return output
+        if network.module_dropout and float(torch.rand(1)) < network.module_dropout:
+            return output * 0.0
+        if network.dropout:
+            output = F.dropout(output, p=network.dropout)
+        if network.rank_dropout:
+            # the rank is dim 1 of a convolution's (B, r, H, W), the last of a Linear's (B, [T,] r)
+            rank_dim = 1 if output.dim() == 4 else output.dim() - 1
+            shape = [1] * output.dim()
+            shape[0], shape[rank_dim] = output.size(0), output.size(rank_dim)
+            keep = torch.rand(shape, device=output.device) > network.rank_dropout
+            output = output * keep.to(output.dtype) / (1.0 - network.rank_dropout)
+        return output
 
+    return hook
+
+
+def _add_dropout(handles: LoraHandles, network: NetworkParams) -> None:
+    hook = _dropout_hook(network)
     for _, _, layer in handles.layers():
-        if not handles.is_lycoris(layer):  # validation refuses dropout for those
+        if not handles.is_lycoris(layer):  # validation refuses the dropouts for those
             layer.lora_A[handles.adapter].register_forward_hook(hook)
+
+
+def per_block_targets(model: nn.Module, targets: Targets, family: Family, network: NetworkParams) -> Targets:
+    """The U-Net's targets with block_dims & co applied: each module gets its block's rank and
+    alpha (3x3 convolutions the conv block ones), and modules of a block with rank 0 or a
+    learning-rate weight of 0 get no LoRA (core.models.blocks)."""
+    from torch import nn
+
+    from core.models.blocks import block_ranks
+
+    blocks = family.unet_blocks
+    ranks = block_ranks(network, blocks)
+    if ranks is None:
+        return targets
+    chosen: Targets = {}
+    for path, pair in targets.items():
+        index = blocks.index(family.kohya_name("unet", path))
+        if index >= 0:
+            layer = _base_layer(model.get_submodule(path))
+            conv = isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
+            if conv and ranks.conv_dims is not None and ranks.conv_alphas is not None:
+                rank, alpha = ranks.conv_dims[index], ranks.conv_alphas[index]
+            else:
+                rank, alpha = ranks.dims[index], ranks.alphas[index]
+            if rank == 0:
+                continue
+            pair = (rank, effective_alpha(alpha, rank))
+        chosen[path] = pair
+    return chosen
 
 
 def attach_lora(components: ModelComponents, family: Family, network: NetworkParams) -> LoraHandles:
@@ -264,6 +326,8 @@ def attach_lora(components: ModelComponents, family: Family, network: NetworkPar
     for model in models.values():
         model.requires_grad_(False)
     targets = {name: family.lora_targets(name, models[name], network) for name in trained_components(family, network)}
+    if "unet" in targets:
+        targets["unet"] = per_block_targets(models["unet"], targets["unet"], family, network)
     targets = {name: found for name, found in targets.items() if found}
     if not targets:
         raise LoraError("nothing to train: both the U-Net and the text encoder are switched off")
@@ -275,6 +339,6 @@ def attach_lora(components: ModelComponents, family: Family, network: NetworkPar
             inject_lora(models[name], found, network.dim, alpha)
             check_and_prepare(models[name], found)
     handles = LoraHandles(models, targets, network)
-    if network.dropout > 0:
-        _add_dropout(handles, network.dropout)
+    if network.dropout > 0 or network.rank_dropout > 0 or network.module_dropout > 0:
+        _add_dropout(handles, network)
     return handles

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config.schema import DEMO_MODEL
 from core.models.family import Cancelled, Status, Targets, TextConditioning
+from core.models.blocks import SD1_BLOCKS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -46,6 +47,7 @@ class SD1Family:
     bucket_step = 64
     vae_fp16_unsafe = False
     clip_skip_applies = True
+    unet_blocks = SD1_BLOCKS
 
     # ------------------------------------------------------------------ loading
     def built_in_models(self) -> tuple[str, ...]:

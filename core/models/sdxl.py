@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.models.family import Cancelled, Status, Targets, TextConditioning
+from core.models.blocks import SDXL_BLOCKS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -55,6 +56,7 @@ class SDXLFamily:
     bucket_step = 32
     vae_fp16_unsafe = True
     clip_skip_applies = False  # sd-scripts' SDXL scripts always take the penultimate layer
+    unet_blocks = SDXL_BLOCKS
 
     # ------------------------------------------------------------------ loading
     def built_in_models(self) -> tuple[str, ...]:

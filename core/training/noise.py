@@ -1,6 +1,6 @@
 """The noise options of sd-scripts beyond the plain offset: multires (pyramid) noise and input
 perturbation. Every random draw comes from the engine's generator, in sd-scripts' order and
-shapes, so a seed repeats a run."""
+shapes (the random noise-offset strength is drawn just before the noise), so a seed repeats a run."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float,
         if level_h == 1 or level_w == 1:
             break
     return noise / noise.std()
+
+
+def offset_strength(training: TrainingParams, generator: torch.Generator) -> float:
+    """This step's noise offset: noise_offset, or with noise_offset_random_strength a uniform
+    draw in [0, noise_offset) (sd-scripts: torch.rand(1) * noise_offset; adaptive_noise_scale
+    is added to it afterwards)."""
+    if training.noise_offset and training.noise_offset_random_strength:
+        return float(torch.rand(1, generator=generator)) * training.noise_offset
+    return training.noise_offset
 
 
 def input_noise(noise: torch.Tensor, training: TrainingParams, generator: torch.Generator) -> torch.Tensor:

@@ -19,6 +19,7 @@ class ParamGroup:
     name: str  # "unet" or "text_encoder" (TensorBoard tags use Kohya's "textencoder")
     params: list[torch.nn.Parameter]
     lr: float
+    base_lr: float | None = None  # a block's group: the U-Net lr its block weight scales (lr otherwise)
 
 
 def group_lrs(opt: OptimizerParams) -> tuple[float, float]:
@@ -33,7 +34,10 @@ def build_optimizer(groups: list[ParamGroup], opt: OptimizerParams) -> torch.opt
     param_groups = [{"params": g.params, "lr": g.lr, "name": g.name} for g in groups if g.params]
     if not param_groups:
         raise OptimizerSetupError("network: there are no trainable parameters")
-    if opt.type.adapts_lr and len({g["lr"] for g in param_groups if g["lr"] != 0}) > 1:
+    # Block learning-rate weights are multipliers the user asked for (Prodigy's and D-Adaptation's
+    # step is d times each group's lr), so groups are compared by the lr they scale.
+    base_lrs = {g.lr if g.base_lr is None else g.base_lr for g in groups if g.params and g.lr != 0}
+    if opt.type.adapts_lr and len(base_lrs) > 1:
         # Prodigy and D-Adaptation estimate one step size for all groups: they only accept
         # one learning rate (a group at 0 is frozen). Say so now, not at the first step.
         rates = ", ".join(f"{g['name']} {g['lr']:g}" for g in param_groups)

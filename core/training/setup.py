@@ -196,12 +196,24 @@ def param_groups(config: TrainConfig, network: Network) -> list[ParamGroup]:
     unet_lr, _ = group_lrs(config.optimizer)
     groups = []
     if "unet" in network.handles.targets:
-        groups.append(ParamGroup("unet", network.handles.params(("unet",)), unet_lr))
+        groups += unet_param_groups(config, network, unet_lr)
     rates = text_encoder_lrs(config.optimizer, network.family.text_encoder_names)
     for name, rate in rates.items():
         if name in network.handles.targets:
             groups.append(ParamGroup(name, network.handles.params((name,)), rate))
     return groups
+
+
+def unet_param_groups(config: TrainConfig, network: Network, unet_lr: float) -> list[ParamGroup]:
+    """One U-Net group, or with down/mid/up_lr_weight one group a block, named unet_block<N>
+    with unet_lr times the block's weight (sd-scripts' groups and log tags)."""
+    from core.models.blocks import block_lr_weights
+
+    weights = block_lr_weights(config.network, network.family.unet_blocks)
+    if weights is None:
+        return [ParamGroup("unet", network.handles.params(("unet",)), unet_lr)]
+    return [ParamGroup(f"unet_block{index}", params, unet_lr * (weights[index] if index >= 0 else 1.0), unet_lr)
+            for index, params in network.handles.block_params(network.family).items()]
 
 
 def make_optimizer_and_schedule(config: TrainConfig, network: Network, total_steps: int):  # noqa: ANN201

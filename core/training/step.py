@@ -12,7 +12,7 @@ from core.data.pipeline import Batch
 from core.models.components import ModelComponents
 from core.models.family import Family, TextConditioning
 from core.training.loss import debiased_weights, min_snr_weights, sample_noise, sample_timesteps, weighted_loss
-from core.training.noise import input_noise, pyramid_noise
+from core.training.noise import input_noise, offset_strength, pyramid_noise
 
 
 class StepComputer:
@@ -64,7 +64,8 @@ class StepComputer:
                 text = self.text_cache.conditioning(batch.captions, self.device)
             else:
                 text = self.text(batch.captions)
-            noise = sample_noise(latents, training.noise_offset, self.generator, training.adaptive_noise_scale)
+            noise = sample_noise(latents, offset_strength(training, self.generator), self.generator,
+                                 training.adaptive_noise_scale)
             if training.multires_noise_iterations:
                 noise = pyramid_noise(noise, training.multires_noise_iterations, training.multires_noise_discount,
                                       self.generator)

@@ -18,6 +18,7 @@ from core.config.schema import (DEMO_MODEL, GROUPS, MAX_TOKEN_LENGTHS, Duration,
                           NetworkParams, NetworkType, OptimizerType, SavePrecision, Scheduler, TextEncoderCache,
                           TrainConfig, TrainingParams, text_encoder_lrs, trained_text_encoders)
 from core.models.checkpoint_files import SINGLE_FILE_SUFFIXES, ModelLoadError
+from core.models.blocks import UnetBlocks
 from core.models.family import UnsupportedFamily, families, family_for, family_named
 from core.config.optimizer_support import unavailable_message
 from core.system.paths import default_runs_dir
@@ -289,6 +290,48 @@ def _lycoris_problems(net: NetworkParams) -> list[Problem]:
     return found
 
 
+def _network_dropout_and_block_problems(net: NetworkParams) -> list[Problem]:
+    """Rank/module dropout and the per-block settings are sd-scripts' networks.lora options: LoRA
+    and LoCon only (LyCORIS reads none of the block ones; LoRA Kiln's LoHa, LoKr, IA3 and DoRA
+    modules have no rank to drop)."""
+    from core.models.blocks import DIM_FIELDS, LR_WEIGHT_FIELDS
+
+    found: list[Problem] = []
+    if net.type.is_lycoris or net.dora_wd:
+        kind = "DoRA" if net.dora_wd and not net.type.is_lycoris else net.type.value
+        for name in ("rank_dropout", "module_dropout"):
+            if getattr(net, name) > 0:
+                found.append(Problem(f"network.{name}", f"applies to LoRA and LoCon only (this network is {kind}); "
+                                                        "set it to 0", ERROR))
+        for name in LR_WEIGHT_FIELDS + DIM_FIELDS:
+            if getattr(net, name).strip():
+                found.append(Problem(f"network.{name}", f"per-block settings apply to LoRA and LoCon only (sd-scripts' "
+                                                        f"networks.lora; this network is {kind}): clear it", ERROR))
+    elif (net.conv_block_dims.strip() or net.conv_block_alphas.strip()) and not net.type.has_conv:
+        for name in ("conv_block_dims", "conv_block_alphas"):
+            if getattr(net, name).strip():
+                found.append(Problem(f"network.{name}", "sets the 3x3 convolutions' ranks, which only LoCon trains: "
+                                                        "choose LoCon or clear it", ERROR))
+    weighted = any(getattr(net, name).strip() for name in LR_WEIGHT_FIELDS)
+    if not weighted and not net.block_dims.strip():
+        # sd-scripts reads the other block lists only together with block_dims or block LR weights.
+        for name in ("block_alphas", "conv_block_dims", "conv_block_alphas"):
+            if getattr(net, name).strip():
+                found.append(Problem(f"network.{name}", "has no effect without block dims or block LR weights "
+                                                        "(as in sd-scripts): set block dims too", WARNING))
+    if net.block_lr_zero_threshold and not weighted:
+        found.append(Problem("network.block_lr_zero_threshold", "has no effect without down/mid/up LR weights",
+                             WARNING))
+    return found
+
+
+def _block_problems(net: NetworkParams, blocks: UnetBlocks) -> list[Problem]:
+    """Per-block lists that do not fit this family's U-Net (counts, presets, numbers)."""
+    from core.models.blocks import block_problems
+
+    return [Problem(f"network.{err.field}", err.problem, ERROR) for err in block_problems(net, blocks)]
+
+
 def _noise_problems(train: TrainingParams, net: NetworkParams) -> list[Problem]:
     """The combinations of noise and loss options that sd-scripts refuses or that do nothing."""
     found: list[Problem] = []
@@ -301,6 +344,9 @@ def _noise_problems(train: TrainingParams, net: NetworkParams) -> list[Problem]:
                              "multires noise rescales the noise after the noise offset is added, which "
                              "mostly washes the offset out (older sd-scripts refused the pair): usually "
                              "one of them is set to 0", WARNING))
+    if train.noise_offset_random_strength and not train.noise_offset:
+        found.append(Problem("training.noise_offset_random_strength",
+                             "has no effect while the noise offset is 0", WARNING))
     if train.ip_noise_gamma_random_strength and not train.ip_noise_gamma:
         found.append(Problem("training.ip_noise_gamma_random_strength",
                              "has no effect while input perturbation noise is 0", WARNING))
@@ -365,6 +411,7 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
         family_name, encoder_names = str(model.family), ("text_encoder",)
     else:
         family_name, encoder_names = family.name, family.text_encoder_names
+        found += _block_problems(net, family.unet_blocks)
         if model.clip_skip > 1 and not family.clip_skip_applies:
             add("model.clip_skip", f"{family.label} always uses the text encoders' penultimate layer (as "
                                    "sd-scripts does), so clip skip has no effect; leave it at 1", WARNING)
@@ -411,6 +458,7 @@ def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Proble
         add("network.conv_dim", "conv dim and conv alpha are only used by LoCon, LoHa and LoKr", WARNING)
     found += _lycoris_problems(net)
     found += _noise_problems(train, net)
+    found += _network_dropout_and_block_problems(net)
     if net.alpha > net.dim and net.type is not NetworkType.IA3:
         add("network.alpha", f"alpha {net.alpha:g} above dim {net.dim} amplifies the LoRA "
                              f"{net.alpha / net.dim:g}x; this is rarely intended", WARNING)
