@@ -1,0 +1,177 @@
+"""The validation loss: held-out images chosen by seed, never trained, and a loss at fixed
+timesteps and noise that is the same for the same weights, step to step and run to run."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.config.schema import SubsetParams, TrainConfig
+from core.data.plan import plan_dataset
+from core.data.validation_split import held_out_count
+from core.training.engine import Trainer
+from core.training.events import ListSink, StepMetrics, ValidationMetrics
+from core.training.run_folder import read_metrics
+from core.training.validation import ERROR, validate
+from core.training.validation_loss import ValidationLoss, fixed_timesteps
+from tests.engine_fixtures import tiny_config
+
+
+def _folder(path: Path, count: int, colour: int = 0) -> Path:
+    path.mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", (64, 64), (colour, 20 * i, 100)).save(path / f"img{i:02d}.png")
+        (path / f"img{i:02d}.txt").write_text(f"picture {i}")
+    return path
+
+
+def _dataset(tmp_path: Path, split: float, seed: int | None = None) -> TrainConfig:
+    config = TrainConfig()
+    config.dataset.subsets = [SubsetParams(image_dir=str(_folder(tmp_path / "a", 10))),
+                              SubsetParams(image_dir=str(_folder(tmp_path / "b", 5, 90)), num_repeats=3),
+                              SubsetParams(image_dir=str(_folder(tmp_path / "reg", 4, 200)), is_reg=True)]
+    config.dataset.resolution = (64, 64)
+    config.dataset.min_bucket_reso = 64
+    config.dataset.validation_split, config.dataset.validation_seed = split, seed
+    return config
+
+
+def _held(plan) -> list[str]:
+    return [Path(i.record.path).parent.name + "/" + Path(i.record.path).name for i in plan.validation]
+
+
+def test_each_training_folder_is_split_on_its_own_and_regularisation_never(tmp_path):
+    config = _dataset(tmp_path, 0.2, seed=1)
+    plan = plan_dataset(config.dataset, config.training)
+    held = _held(plan)
+    assert sorted(name.split("/")[0] for name in held) == ["a", "a", "b"]  # ceil keeps 8 of 10, 4 of 5
+    trained = {str(i.record.path) for i in plan.images}
+    assert not trained & {str(i.record.path) for i in plan.validation}
+    assert len(plan.images) == 10 + 5 + 4 - 3
+
+
+def test_the_split_depends_on_the_validation_seed_only(tmp_path):
+    first = _held(plan_dataset(_dataset(tmp_path / "1", 0.3, seed=5).dataset, TrainConfig().training))
+    again = _held(plan_dataset(_dataset(tmp_path / "2", 0.3, seed=5).dataset, TrainConfig().training))
+    other = _held(plan_dataset(_dataset(tmp_path / "3", 0.3, seed=6).dataset, TrainConfig().training))
+    assert first == again and first != other
+
+
+def test_without_a_validation_seed_the_training_seed_chooses(tmp_path):
+    config = _dataset(tmp_path, 0.3)
+    config.training.seed = 5
+    by_training_seed = _held(plan_dataset(config.dataset, config.training))
+    explicit = _dataset(tmp_path / "x", 0.3, seed=5)
+    assert by_training_seed == _held(plan_dataset(explicit.dataset, explicit.training))
+
+
+def test_the_plan_counts_steps_without_the_held_out_images_and_says_so(tmp_path):
+    config = _dataset(tmp_path, 0.2, seed=1)
+    config.training.batch_size = 1
+    split = plan_dataset(config.dataset, config.training)
+    config.dataset.validation_split = 0.0
+    whole = plan_dataset(config.dataset, config.training)
+    # 2 of folder a (1 repeat) and 1 of folder b (3 repeats) are not trained: 5 batches fewer;
+    # the regularisation images are matched to the smaller training set (Kohya's top-up).
+    assert whole.num_train_images - split.num_train_images == 2 + 3
+    assert split.batches_per_epoch < whole.batches_per_epoch
+    assert split.notes[0].startswith("3 images held out for validation")
+    assert not whole.validation
+
+
+def test_a_split_never_empties_a_folder():
+    assert [held_out_count(n, 0.9) for n in (1, 2, 10)] == [0, 1, 9]
+    assert held_out_count(3, 0.0) == 0
+
+
+def test_a_validation_folder_is_used_instead_of_a_split_and_never_trained(tmp_path):
+    config = _dataset(tmp_path, 0.0)
+    config.dataset.validation_dir = str(_folder(tmp_path / "val", 3, 250))
+    plan = plan_dataset(config.dataset, config.training)
+    assert [Path(i.record.path).parent.name for i in plan.validation] == ["val"] * 3
+    assert "val" not in {Path(i.record.path).parent.name for i in plan.images}
+    assert plan.validation[0].record.caption == "picture 0"
+
+
+def test_a_missing_validation_folder_is_named(tmp_path):
+    config = tiny_config(tmp_path)
+    config.dataset.validation_dir = str(tmp_path / "nowhere")
+    problems = [p for p in validate(config) if p.severity == ERROR]
+    assert [p.path for p in problems] == ["dataset.validation_dir"]
+    assert "does not exist" in problems[0].message
+
+
+def test_validation_settings_without_a_validation_set_are_warned_about(tmp_path):
+    config = tiny_config(tmp_path)
+    config.training.validate_every_n_steps = 10
+    assert "training.validate_every_n_steps" in {p.path for p in validate(config)}
+    config.dataset.validation_split = 0.2
+    config.training.validate_every_n_steps = config.training.validate_every_n_epochs = 0
+    assert "training.validate_every_n_epochs" in {p.path for p in validate(config)}
+
+
+def test_the_fixed_timesteps_spread_over_the_schedule():
+    assert fixed_timesteps(1000) == [100, 300, 500, 700, 900]
+
+
+# ---------------------------------------------------------------- the engine
+
+def _run(config: TrainConfig):
+    sink = ListSink()
+    result = Trainer(config, sink).run()
+    assert result.reason == "completed", getattr(result, "traceback", "")
+    return result, sink
+
+
+def _with_validation_folder(root: Path, steps: int = 6) -> TrainConfig:
+    config = tiny_config(root, steps)
+    config.dataset.validation_dir = str(_folder(root / "val", 3, 250))
+    config.training.validate_every_n_steps, config.training.validate_every_n_epochs = 2, 0
+    return config
+
+
+def test_validation_leaves_the_training_losses_unchanged(tmp_path):
+    plain = [e.loss for e in _run(tiny_config(tmp_path / "plain"))[1].of(StepMetrics)]
+    _, sink = _run(_with_validation_folder(tmp_path / "validated"))
+    assert [e.step for e in sink.of(ValidationMetrics)] == [2, 4, 6]
+    assert [e.loss for e in sink.of(StepMetrics)] == plain
+
+
+def test_the_validation_loss_is_the_same_for_the_same_weights_and_in_another_run(tmp_path, monkeypatch):
+    evaluate, pairs = ValidationLoss.evaluate, []
+
+    def twice(self, models):
+        pairs.append((evaluate(self, models), evaluate(self, models)))
+        return pairs[-1][0]
+
+    monkeypatch.setattr(ValidationLoss, "evaluate", twice)
+    first = [e.loss for e in _run(_with_validation_folder(tmp_path / "a"))[1].of(ValidationMetrics)]
+    assert len(pairs) == 3 and all(a == b and math.isfinite(a) for a, b in pairs)
+    monkeypatch.undo()
+    second = [e.loss for e in _run(_with_validation_folder(tmp_path / "b"))[1].of(ValidationMetrics)]
+    assert first == second and len(set(first)) == 3
+
+
+def test_the_validation_loss_reaches_metrics_tensorboard_and_the_summary(tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    config = _with_validation_folder(tmp_path)
+    config.training.validate_every_n_steps, config.training.validate_every_n_epochs = 4, 1
+    config.logging.tensorboard = True
+    result, sink = _run(config)
+    events = sink.of(ValidationMetrics)
+    assert [(e.step, e.when) for e in events] == [(4, "step"), (5, "epoch"), (6, "epoch")]
+    assert all(e.images == 3 for e in events)
+    assert events[-1].best == min(e.loss for e in events)
+    run = Path(result.run_dir)
+    records = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "validation"]
+    assert [(r["step"], r["loss"]) for r in records] == [(e.step, e.loss) for e in events]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["validation_loss"] == events[-1].loss
+    best = min(events, key=lambda e: e.loss)
+    assert (summary["best_validation_loss"], summary["best_validation_step"]) == (best.loss, best.step)
+    scalars = accumulator.EventAccumulator(str(run / "tensorboard"))
+    scalars.Reload()
+    assert [s.step for s in scalars.Scalars("loss/validation/step_average")] == [4]
+    assert [s.step for s in scalars.Scalars("loss/validation/epoch_average")] == [5, 6]
