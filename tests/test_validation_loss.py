@@ -175,3 +175,53 @@ def test_the_validation_loss_reaches_metrics_tensorboard_and_the_summary(tmp_pat
     scalars.Reload()
     assert [s.step for s in scalars.Scalars("loss/validation/step_average")] == [4]
     assert [s.step for s in scalars.Scalars("loss/validation/epoch_average")] == [5, 6]
+
+
+# ---------------------------------------------------------------- import and export
+
+KOHYA = Path(__file__).parent / "data" / "kohya"
+
+
+def test_kohya_ss_validation_keys_are_mapped(tmp_path):
+    from core.kohya.import_config import import_kohya
+
+    data = json.loads((KOHYA / "kohya_ss_lora.json").read_text("utf-8"))
+    data.update(validation_split=0.1, validation_seed=3, validate_every_n_steps=50, validate_every_n_epochs=2,
+                max_validation_steps=4)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data), "utf-8")
+    result = import_kohya([path])
+    dataset, training = result.config.dataset, result.config.training
+    assert (dataset.validation_split, dataset.validation_seed) == (0.1, 3)
+    assert (training.validate_every_n_steps, training.validate_every_n_epochs, training.max_validation_steps) == \
+        (50, 2, 4)
+    assert not [u for u in result.unsupported if "valid" in u.key]
+
+
+def test_a_dataset_config_validation_split_is_mapped(tmp_path):
+    from core.kohya.import_config import import_kohya
+
+    path = tmp_path / "dataset.toml"
+    folder = _folder(tmp_path / "imgs", 2)
+    path.write_text(f'[general]\nvalidation_split = 0.25\nvalidation_seed = 9\n\n[[datasets]]\nresolution = 512\n'
+                    f'[[datasets.subsets]]\nimage_dir = "{folder.as_posix()}"\n', "utf-8")
+    result = import_kohya([path])
+    assert (result.config.dataset.validation_split, result.config.dataset.validation_seed) == (0.25, 9)
+    assert not [u for u in result.unsupported if "valid" in u.key]
+
+
+def test_export_writes_the_validation_keys(tmp_path):
+    import tomllib
+
+    from core.kohya.export import build_export
+
+    config = _dataset(tmp_path, 0.2, seed=4)
+    config.model.base_model = str(tmp_path / "model.safetensors")
+    config.training.validate_every_n_steps = 100
+    config.dataset.validation_dir = str(tmp_path / "a")
+    exported = build_export(config)
+    arguments = {k: v for section in tomllib.loads(exported.config_toml).values() for k, v in section.items()}
+    dataset = tomllib.loads(exported.dataset_toml)["datasets"][0]
+    assert (dataset["validation_split"], dataset["validation_seed"]) == (0.2, 4)
+    assert arguments["validate_every_n_steps"] == 100 and "max_validation_steps" not in arguments
+    assert any(note.startswith("dataset.validation_dir") for note in exported.notes)
