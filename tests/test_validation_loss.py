@@ -225,3 +225,11 @@ def test_export_writes_the_validation_keys(tmp_path):
     assert (dataset["validation_split"], dataset["validation_seed"]) == (0.2, 4)
     assert arguments["validate_every_n_steps"] == 100 and "max_validation_steps" not in arguments
     assert any(note.startswith("dataset.validation_dir") for note in exported.notes)
+
+
+def test_check_shows_the_held_out_count(capsys):
+    from core.cli.main import main
+
+    assert main(["check", "demo", "--set", "dataset.validation_split=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "images held out for validation" in out and out.strip().endswith("OK")
