@@ -233,3 +233,37 @@ def test_check_shows_the_held_out_count(capsys):
     assert main(["check", "demo", "--set", "dataset.validation_split=0.5"]) == 0
     out = capsys.readouterr().out
     assert "images held out for validation" in out and out.strip().endswith("OK")
+
+
+# ---------------------------------------------------------------- the training tab
+
+def test_the_loss_plot_draws_the_validation_loss_beside_the_training_loss(qtbot):
+    from gui.training_plots import VALIDATION, TrainingPlots
+
+    plots = TrainingPlots()
+    qtbot.addWidget(plots.loss)
+    for n in range(1, 7):
+        plots.add_step(StepMetrics(n, 1, 6, 1.0 / n, 0.5, {"unet": 1e-4}))
+    assert not plots.loss.has_series(VALIDATION)  # no legend entry for a run without a validation set
+    for n, loss in ((2, 0.9), (4, 0.8), (6, 0.85)):
+        plots.add_validation(ValidationMetrics(n, 1, loss, min(loss, 0.8), 3, "step"))
+    plots.redraw_now()
+    x, y = plots.loss._series[VALIDATION][1].getData()
+    assert x.tolist() == [2, 4, 6] and y.tolist() == [0.9, 0.8, 0.85]
+    curve = plots.loss._series[VALIDATION][1]
+    assert curve.opts["symbol"] == "o" and curve.opts["name"] == "validation"
+    assert "validation" in plots.loss.plot_item.titleLabel.text
+    plots.clear()
+    assert not plots.loss.has_series(VALIDATION)
+
+
+def test_the_training_tab_routes_validation_events_to_the_plot_and_log(qtbot):
+    from tests.gui_fixtures import quiet_training_tab
+
+    tabs = quiet_training_tab(qtbot, 10_000)
+    tab = next(tabs)
+    tab._on_worker_event(ValidationMetrics(5, 1, 0.4321, 0.4321, 3, "epoch"))
+    x, y = tab.plots.loss.series("validation").view()
+    assert (x.tolist(), y.tolist()) == ([5.0], [0.4321])
+    assert "validation loss at step 5: 0.4321" in tab.log.toPlainText()
+    tabs.close()
