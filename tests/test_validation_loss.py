@@ -267,3 +267,62 @@ def test_the_training_tab_routes_validation_events_to_the_plot_and_log(qtbot):
     assert (x.tolist(), y.tolist()) == ([5.0], [0.4321])
     assert "validation loss at step 5: 0.4321" in tab.log.toPlainText()
     tabs.close()
+
+
+# ---------------------------------------------------------------- comparing runs
+
+def _run_with_validation(root: Path, folder: str, resolution: int, losses: list[float] | None) -> Path:
+    from tests.test_run_index import make_config, step_record, write_run
+
+    metrics = [step_record(s, 1.0 / s) for s in range(1, 5)]
+    if losses is not None:
+        metrics += [{"type": "validation", "step": s, "epoch": 1, "loss": v, "best": min(losses[:i + 1]),
+                     "images": 3, "when": "step"} for i, (s, v) in enumerate(zip((2, 4), losses))]
+    run = write_run(root, folder, make_config(folder, resolution), metrics=metrics)
+    if losses is not None:
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update(validation_loss=losses[-1], best_validation_loss=min(losses), best_validation_step=2)
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_the_comparison_table_shows_final_and_best_validation_loss(tmp_path):
+    from core.studies.compare import comparison_table, format_cell
+    from core.studies.run_index import load_run
+
+    records = [load_run(_run_with_validation(tmp_path, "a", 512, [0.5, 0.6])),
+               load_run(_run_with_validation(tmp_path, "b", 768, None))]  # an older run, or none held out
+    table = comparison_table(records)
+    assert table.columns[-2:] == ["final validation loss", "best validation loss"]
+    assert table.rows[0][-2:] == [0.6, 0.5] and table.rows[1][-2:] == [None, None]
+    assert format_cell("best validation loss", 0.5) == "0.5000"
+    plain = comparison_table(records[1:])
+    assert "final validation loss" not in plain.columns
+
+
+def test_the_compare_view_plots_each_runs_validation_loss_and_can_hide_it(qtbot, tmp_path):
+    from core.studies.run_index import load_run
+    from gui.compare_view import CompareView
+
+    records = [load_run(_run_with_validation(tmp_path, "a", 512, [0.5, 0.6])),
+               load_run(_run_with_validation(tmp_path, "b", 768, [0.7, 0.4]))]
+    view = CompareView()
+    qtbot.addWidget(view)
+    with qtbot.waitSignal(view.drawn, timeout=20_000):
+        view.show_runs(records)
+    names = [n for n in view.loss.series_names() if n.endswith("(validation)")]
+    assert len(names) == 2
+    xs, ys = view.loss.series(names[1]).view()
+    assert xs.tolist() == [2, 4] and ys.tolist() == [0.7, 0.4]
+    with qtbot.waitSignal(view.drawn, timeout=20_000, raising=False):
+        view.validation_box.setChecked(False)
+    assert not [n for n in view.loss.series_names() if n.endswith("(validation)")]
+
+
+def test_the_exported_comparison_charts_the_validation_loss(tmp_path):
+    from core.studies.compare import export_comparison
+    from core.studies.run_index import load_run
+
+    records = [load_run(_run_with_validation(tmp_path / "runs", "a", 512, [0.5, 0.6]))]
+    written = export_comparison(records, tmp_path / "out")
+    assert "validation_loss_by_step.png" in {p.name for p in written}
