@@ -27,7 +27,7 @@ def _folder(path: Path, count: int, colour: int = 0) -> Path:
     return path
 
 
-def _dataset(tmp_path: Path, split: float, seed: int | None = None) -> TrainConfig:
+def _dataset(tmp_path: Path, split: float, seed: int = -1) -> TrainConfig:
     config = TrainConfig()
     config.dataset.subsets = [SubsetParams(image_dir=str(_folder(tmp_path / "a", 10))),
                               SubsetParams(image_dir=str(_folder(tmp_path / "b", 5, 90)), num_repeats=3),

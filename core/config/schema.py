@@ -262,11 +262,11 @@ class DatasetParams:
         "", label="Validation folder", path=PathKind.DIR, advanced=True,
         help="A folder of images and captions used for the validation loss instead of a split "
              "(never trained on). Empty: use the validation split.")
-    validation_seed: int | None = param(
-        None, label="Validation seed", minimum=0, maximum=2**32 - 1, advanced=True,
+    validation_seed: int = param(
+        -1, label="Validation seed", minimum=-1, maximum=2**32 - 1, advanced=True,
         kohya="validation_seed",
-        help="Seed that chooses the held-out images and the validation noise. Empty: the "
-             "training seed.")
+        help="Seed that chooses the held-out images and the validation noise; -1: the training "
+             "seed (as sd-scripts when none is given).")
 
 
 @dataclass

@@ -43,5 +43,6 @@ def split_validation(records: list[ImageRecord], fraction: float,
 
 
 def validation_seed(seed: int | None, training_seed: int) -> int:
-    """The validation seed, or the training seed when none is given (as sd-scripts)."""
-    return training_seed if seed is None else seed
+    """The validation seed, or the training seed when none is given (-1, as the schema's
+    default says; sd-scripts' None)."""
+    return training_seed if seed is None or seed < 0 else seed

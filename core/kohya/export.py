@@ -320,7 +320,7 @@ def _dataset_doc(config: TrainConfig, notes: list[str]) -> dict[str, Any]:
     dataset: dict[str, Any] = {}
     for name, (group, spec) in DATASET_KEYS.items():
         value = getattr(getattr(config, group), spec.name)
-        if value is None or (name in _OFF_WHEN_ZERO and value == 0):  # validation_seed, validation_split
+        if value is None or (name in _OFF_WHEN_ZERO and value == 0) or (name == "validation_seed" and value < 0):
             continue
         dataset[name] = _plain(value)
     if data.validation_dir:
