@@ -326,3 +326,17 @@ def test_the_exported_comparison_charts_the_validation_loss(tmp_path):
     records = [load_run(_run_with_validation(tmp_path / "runs", "a", 512, [0.5, 0.6]))]
     written = export_comparison(records, tmp_path / "out")
     assert "validation_loss_by_step.png" in {p.name for p in written}
+
+
+def test_a_lora_easy_config_maps_its_validation_keys(tmp_path):
+    from core.kohya.import_config import import_kohya
+    from tests.test_import_fidelity import EASY_TOML
+
+    text = EASY_TOML.replace("max_train_epochs = 2", "max_train_epochs = 2\nvalidate_every_n_steps = 25").replace(
+        "batch_size = 2", "batch_size = 2\nvalidation_split = 0.15\nvalidation_seed = 11")
+    path = tmp_path / "easy.toml"
+    path.write_text(text, "utf-8")
+    result = import_kohya([path])
+    assert (result.config.dataset.validation_split, result.config.dataset.validation_seed) == (0.15, 11)
+    assert result.config.training.validate_every_n_steps == 25
+    assert not [u for u in result.unsupported if "valid" in u.key]
