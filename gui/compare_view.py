@@ -159,7 +159,11 @@ class CompareView(QWidget):
         self.smoothing.setSingleStep(0.05)
         self.smoothing.setValue(DEFAULT_SMOOTHING)
         self.smoothing.setToolTip("Smoothing weight (0 = raw, 0.99 = very smooth)")
-        for control in (self.raw_box, self.smoothed_box):
+        self.validation_box = QCheckBox("validation")
+        self.validation_box.setChecked(True)
+        self.validation_box.setToolTip("Show each run's validation loss (markers): the loss on held-out images at "
+                                       "fixed timesteps and noise, the curve to compare runs by")
+        for control in (self.raw_box, self.smoothed_box, self.validation_box):
             control.toggled.connect(self._on_loss_option_changed)
         self.smoothing.valueChanged.connect(self._on_loss_option_changed)
 
@@ -171,6 +175,7 @@ class CompareView(QWidget):
         options.addWidget(self.raw_box)
         options.addWidget(self.smoothed_box)
         options.addWidget(self.smoothing)
+        options.addWidget(self.validation_box)
         options.addStretch(1)
         legend_layout.addLayout(options)
         legend_layout.addWidget(self.legend, 1)
@@ -291,6 +296,8 @@ class CompareView(QWidget):
                 steps, losses = _finite_pairs(run.step, run.loss)
                 self.loss.add_curve(label, colour, steps, np.asarray(smooth(losses.tolist(), weight)),
                                     width=2)
+            if self.validation_box.isChecked() and run.validation[0].size:
+                self.loss.add_curve(f"{label} (validation)", colour, *run.validation, symbol="o", dashed=True)
             self.epoch_loss.add_curve(label, colour, run.epoch, run.epoch_loss, symbol="o")
             for plot, groups in ((self.lr, run.lr), (self.dlr, run.dlr)):
                 for group, (steps, values) in groups.items():

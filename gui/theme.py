@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QApplication
 SERIES = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 RAW = "#9bbbd9"  # raw values behind a smoothed curve
 SMOOTH = "#0072B2"
+VALIDATION = "#D55E00"  # the validation loss beside the training loss: another hue, not a shade
 ACCENT = "#0072B2"
 WARNING = "#B35900"
 ERROR = "#C0392B"

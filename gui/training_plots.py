@@ -15,6 +15,7 @@ from gui.plots import MEMORY_MIN_SPAN_MB, LivePlot
 from gui.series import SmoothedSeries, Throttle
 
 DEFAULT_SMOOTHING = 0.9
+VALIDATION = "validation"  # the loss plot's series of the validation loss
 
 
 class LossPlot(LivePlot):
@@ -39,6 +40,13 @@ class LossPlot(LivePlot):
     def add_point(self, step: float, loss: float) -> None:
         self.loss.append(step, loss)
         self._dirty.update(("raw", "smoothed"))
+
+    def add_validation_point(self, step: float, loss: float) -> None:
+        """The validation loss, on the same axes as the training loss: its own colour and
+        markers, added to the legend when a run has a validation set."""
+        if not self.has_series(VALIDATION):
+            self.add_series(VALIDATION, theme.VALIDATION, width=1.5, symbol="o")
+        self.append(VALIDATION, step, loss)
 
     @property
     def smoothing(self) -> float:
@@ -67,6 +75,8 @@ class LossPlot(LivePlot):
     def clear(self) -> None:
         self.loss.clear()
         super().clear()
+        if self.has_series(VALIDATION):  # the next run may have no validation set
+            self.remove_series(VALIDATION)
 
 
 class EpochLossPlot(LivePlot):
@@ -215,6 +225,11 @@ class TrainingPlots(QObject):
 
     def add_epoch(self, metrics: object) -> None:
         self.epoch_loss.add_point(metrics.epoch, metrics.mean_loss)
+        self.throttle.mark()
+
+    def add_validation(self, metrics: object) -> None:
+        """A ValidationMetrics event."""
+        self.loss.add_validation_point(metrics.step, metrics.loss)
         self.throttle.mark()
 
     def tick(self) -> bool:

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QGridLayout, QMessageBox, QPlainTextEdit, QProgre
                                QVBoxLayout, QWidget)
 
 from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, PhaseProgress, RunStarted,
-                                  SampleImage, Status, StepMetrics, StepSkipped)
+                                  SampleImage, Status, StepMetrics, StepSkipped, ValidationMetrics)
 from core.config.params import FieldError
 from core.training.metrics import format_duration
 from core.training.vram_advice import Suggestion, gib
@@ -287,6 +287,10 @@ class TrainingTab(QWidget):
             self.plots.add_epoch(event)
             self._append_log(f"epoch {event.epoch}/{self._epochs} done at step {event.step}: "
                              f"mean loss {event.mean_loss:.4f}")
+        elif isinstance(event, ValidationMetrics):
+            self.plots.add_validation(event)
+            self._append_log(f"validation loss at step {event.step}: {event.loss:.4f} on {event.images} held-out "
+                             f"images (best {event.best:.4f})")
         elif isinstance(event, CheckpointSaved):
             state = " (with training state)" if event.state_path else ""
             self._append_log(f"saved {event.kind} checkpoint at step {event.step}{state}: {event.path}")

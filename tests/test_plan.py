@@ -136,13 +136,13 @@ def test_json_has_the_documented_shape(tmp_path):
     (tmp_path / "3_c" / "bad.png").write_bytes(b"")
     doc = plan_to_json(plan_dataset(_kohya(tmp_path), _training(batch_size=2, epochs=2)))
     assert set(doc) == {"buckets", "images", "skipped", "batches_per_epoch", "epochs", "max_train_steps", "warnings",
-                        "header_checked"}
+                        "header_checked", "validation"}
     assert doc["buckets"] == [{"resolution": [640, 384], "count": 3}]
     assert doc["images"] == [{"path": str(tmp_path / "3_c" / "a.png"), "size": [640, 384],
                               "bucket": [640, 384], "resized": [640, 384], "repeats": 3}]
     assert doc["skipped"][0]["path"] == str(tmp_path / "3_c" / "bad.png")
     assert (doc["batches_per_epoch"], doc["epochs"], doc["max_train_steps"]) == (2, 2, 4)
-    assert doc["header_checked"] == 1
+    assert doc["header_checked"] == 1 and doc["validation"] == []
 
 
 def test_the_demo_dataset_plans_differently_at_512_and_1024():

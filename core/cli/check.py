@@ -64,5 +64,22 @@ def run(args: argparse.Namespace) -> int:
             print("\n".join(forecast_vram(loaded.config).lines()))
         except Exception as err:  # noqa: BLE001 - the check's verdict stands without a forecast
             print(f"VRAM forecast: cannot forecast ({err})")
+        _print_validation_set(loaded.config, loaded.path)
     print("OK" if not n_errors else f"{n_errors} error(s): training would not start")
     return 1 if n_errors else 0
+
+
+def _print_validation_set(config, preset_path) -> None:  # noqa: ANN001 - TrainConfig, Path | None
+    """How many images the validation split or folder holds out, when one is set."""
+    if not config.dataset.validation_split and not config.dataset.validation_dir:
+        return
+    from core.data.plan import plan_dataset
+
+    try:
+        plan = plan_dataset(config.dataset, config.training,
+                            base_dir=preset_path.parent if preset_path else None)
+    except Exception as err:  # noqa: BLE001 - DatasetError, BucketError: the run would say the same
+        print(f"validation: cannot plan the dataset ({err})")
+        return
+    print(f"validation: {len(plan.validation)} images held out for validation, "
+          f"{len(plan.images)} images train")

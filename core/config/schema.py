@@ -266,6 +266,19 @@ class DatasetParams:
         kohya="max_data_loader_n_workers",
         help="Processes that decode and resize images while the GPU trains; 0 loads them in "
              "the training process. Unused with a latent cache in memory (nothing to decode).")
+    validation_split: float = param(
+        0.0, label="Validation split", minimum=0.0, maximum=0.9, step=0.05, kohya="validation_split",
+        help="Fraction of each training folder's images held out of training to compute a "
+             "validation loss (as sd-scripts: chosen per folder by the validation seed). 0: none.")
+    validation_dir: str = param(
+        "", label="Validation folder", path=PathKind.DIR, advanced=True,
+        help="A folder of images and captions used for the validation loss instead of a split "
+             "(never trained on). Empty: use the validation split.")
+    validation_seed: int = param(
+        -1, label="Validation seed", minimum=-1, maximum=2**32 - 1, advanced=True,
+        kohya="validation_seed",
+        help="Seed that chooses the held-out images and the validation noise; -1: the training "
+             "seed (as sd-scripts when none is given).")
 
 
 @dataclass
@@ -488,6 +501,20 @@ class TrainingParams:
     max_train_steps: int = param(
         1600, label="Max steps", minimum=1, maximum=100_000_000, kohya="max_train_steps",
         help="Optimizer steps (used when 'Train for' is steps); training may stop mid-epoch.")
+    validate_every_n_steps: int = param(
+        0, label="Validate every N steps", minimum=0, maximum=100_000_000, advanced=True,
+        kohya="validate_every_n_steps",
+        help="Compute the validation loss every N steps (0: only at epoch ends). Needs a "
+             "validation split or folder.")
+    validate_every_n_epochs: int = param(
+        1, label="Validate every N epochs", minimum=0, maximum=100_000, advanced=True,
+        kohya="validate_every_n_epochs",
+        help="Compute the validation loss at the end of every N-th epoch and of the last one "
+             "(0: never at epoch ends).")
+    max_validation_steps: int = param(
+        0, label="Max validation batches", minimum=0, maximum=100_000, advanced=True,
+        kohya="max_validation_steps",
+        help="Validate on at most this many batches of the validation set (0: all of it).")
     gradient_accumulation_steps: int = param(
         1, label="Gradient accumulation", minimum=1, maximum=1024,
         kohya="gradient_accumulation_steps",

@@ -42,6 +42,8 @@ class DatasetPlan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # facts worth seeing that are not problems
     max_token_length: int = 75  # caption tokens that reach the text encoder (training.max_token_length)
+    # Images held out for the validation loss (a split, or dataset.validation_dir): never trained.
+    validation: list[PlanImage] = field(default_factory=list)
 
     @property
     def batches_per_epoch(self) -> int:

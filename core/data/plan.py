@@ -18,6 +18,7 @@ from core.config.schema import DatasetParams, Duration, TrainingParams
 from core.data.scan import ImageRecord, ScanResult, SkippedFile, scan_dataset
 from core.data.dataset_plan import DatasetPlan, PlanImage
 from core.data.plan_report import header_checked, plan_warnings
+from core.data.validation_split import split_validation, validation_seed
 
 def bucket_settings(data: DatasetParams) -> BucketSettings:
     """The bucketing arguments of a dataset's parameters."""
@@ -32,8 +33,17 @@ def plan_from_scan(scan: ScanResult, data: DatasetParams, training: TrainingPara
     settings = bucket_settings(data)
     assigner = BucketAssigner(settings)
     skipped = list(scan.skipped)
+    records, held_out = split_validation(scan.images, 0.0 if data.validation_dir else data.validation_split,
+                                         validation_seed(data.validation_seed, training.seed))
+    held_out = held_out + scan.validation_images
+    validation: list[PlanImage] = []
+    for record in held_out:
+        try:
+            validation.append(PlanImage(record, assigner.assign(*record.size), 1))
+        except ImageTooSmall as err:
+            skipped.append(SkippedFile(record.path, record.display_path, str(err)))
     assigned: list[tuple[ImageRecord, BucketAssignment]] = []
-    for record in scan.images:
+    for record in records:
         try:
             assigned.append((record, assigner.assign(*record.size)))
         except ImageTooSmall as err:
@@ -72,8 +82,14 @@ def plan_from_scan(scan: ScanResult, data: DatasetParams, training: TrainingPara
     plan = DatasetPlan(settings=settings, batch_size=training.batch_size, images=images,
                        skipped=skipped, buckets=counts, steps=steps, num_train_images=num_train,
                        num_reg_images=num_reg, subsets=list(scan.subsets),
-                       scan_warnings=list(scan.warnings), max_token_length=training.max_token_length)
+                       scan_warnings=list(scan.warnings), max_token_length=training.max_token_length,
+                       validation=validation)
     plan.warnings, plan.notes = plan_warnings(plan)
+    if validation:
+        source = (f"the validation folder {data.validation_dir}" if data.validation_dir
+                  else f"validation_split {data.validation_split:g} of each training folder")
+        plan.notes.insert(0, f"{len(validation)} images held out for validation ({source}); "
+                             "they are never trained on")
     return plan
 
 
@@ -92,6 +108,7 @@ def plan_to_json(plan: DatasetPlan) -> dict:
         "images": [{"path": i.record.display_path, "size": list(i.record.size), "bucket": list(i.bucket),
                     "resized": list(i.assignment.resized), "repeats": i.repeats} for i in plan.images],
         "skipped": [{"path": s.display_path, "reason": s.reason} for s in plan.skipped],
+        "validation": [i.record.display_path for i in plan.validation],
         "batches_per_epoch": plan.batches_per_epoch,
         "epochs": plan.steps.epochs if plan.steps else 0,
         "max_train_steps": plan.steps.max_train_steps if plan.steps else 0,

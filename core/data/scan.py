@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from core.data.captions import read_caption_file, tag_frequency
@@ -71,6 +71,8 @@ class ScanResult:
     skipped: list[SkippedFile]
     tag_frequency: dict[str, dict[str, int]]  # {subset folder name: {tag: count}}
     warnings: list[str]
+    # The images of dataset.validation_dir (never trained on), when one is set.
+    validation_images: list[ImageRecord] = field(default_factory=list)
 
 
 def parse_kohya_folder_name(name: str) -> tuple[int, str] | None:
@@ -214,7 +216,28 @@ def scan_dataset(params: DatasetParams, base_dir: Path | None = None,
     for index, (subset, files) in enumerate(zip(subsets, listings)):
         _scan_subset(index, subset, files, result, counter)
     counter.finish()
+    if params.validation_dir:
+        result.validation_images = _scan_validation_dir(params, subsets[0], base_dir, result)
     return result
+
+
+def _scan_validation_dir(params: DatasetParams, first: ResolvedSubset, base_dir: Path | None,
+                         result: ScanResult) -> list[ImageRecord]:
+    """The validation folder's images, read with the first subset's caption options."""
+    image_dir = _resolve_dir(params.validation_dir, base_dir, "dataset.validation_dir",
+                             "a folder of validation images and captions, or leave it empty")
+    options = replace(first.params, image_dir=params.validation_dir, kohya_layout=False,
+                                  is_reg=False, num_repeats=1)
+    subset = ResolvedSubset(params=options, image_dir=image_dir, display_dir=params.validation_dir,
+                            name=image_dir.name, source=EXPLICIT)
+    held = ScanResult(subsets=[subset], images=[], skipped=[], tag_frequency={}, warnings=[])
+    _scan_subset(0, subset, _list_images(subset, held.warnings), held, _Counter(0, None, None))
+    result.skipped += held.skipped
+    result.warnings += held.warnings
+    if not held.images:
+        raise DatasetError(f"dataset.validation_dir: '{params.validation_dir}' has no usable images; "
+                           "add images with captions, or leave it empty to use the validation split")
+    return held.images
 
 
 def _list_images(subset: ResolvedSubset, warnings: list[str]) -> list[str]:

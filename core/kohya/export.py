@@ -38,7 +38,8 @@ _BY_HAND = frozenset({"conv_dim", "conv_alpha", "max_train_epochs", "max_train_s
 # sd-scripts divides by these or reads 0 as a setting; its "off" is leaving them out.
 _OFF_WHEN_ZERO = frozenset({"save_every_n_epochs", "save_every_n_steps", "sample_every_n_steps",
                             "sample_every_n_epochs", "min_snr_gamma", "adaptive_noise_scale",
-                            "multires_noise_iterations", "ip_noise_gamma", "scale_weight_norms"})
+                            "multires_noise_iterations", "ip_noise_gamma", "scale_weight_norms",
+                            "validate_every_n_steps", "max_validation_steps", "validation_split"})
 # noise_offset_random_strength is a switch sd-scripts reads only with a noise offset: written when on.
 # Per-subset identity; every other subset option may move to [general] when all agree.
 _SUBSET_OWN = ("image_dir", "num_repeats", "class_tokens", "is_reg")
@@ -323,6 +324,12 @@ def _dataset_doc(config: TrainConfig, notes: list[str]) -> dict[str, Any]:
                 del table[name]
     dataset: dict[str, Any] = {}
     for name, (group, spec) in DATASET_KEYS.items():
-        dataset[name] = _plain(getattr(getattr(config, group), spec.name))
+        value = getattr(getattr(config, group), spec.name)
+        if value is None or (name in _OFF_WHEN_ZERO and value == 0) or (name == "validation_seed" and value < 0):
+            continue
+        dataset[name] = _plain(value)
+    if data.validation_dir:
+        notes.append("dataset.validation_dir: sd-scripts has no validation folder; set validation_split instead "
+                     "(the folder is not exported)")
     dataset["subsets"] = subsets
     return {"general": general, "datasets": [dataset]} if general else {"datasets": [dataset]}

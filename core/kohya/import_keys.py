@@ -143,7 +143,7 @@ _REASON_GROUPS: dict[str, tuple[str, ...]] = {
         "color_aug", "caption_dropout_every_n_epochs", "keep_tokens_separator",
         "secondary_separator", "enable_wildcard", "face_crop_aug_range", "token_warmup_min",
         "token_warmup_step", "metadata_file", "in_json", "dataset_repeats",
-        "cache_info", "custom_attributes", "validation_split", "validation_seed",
+        "cache_info", "custom_attributes",
         "resize_interpolation", "debug_dataset"),
     "precision option not implemented in LoRA Kiln": ("full_fp16", "full_bf16"),
     "launcher setting (accelerate, several GPUs): LoRA Kiln trains in one process": (

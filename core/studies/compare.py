@@ -145,7 +145,8 @@ WALL_TIME = "wall time"
 FORECAST = "VRAM forecast (MB)"
 FORECAST_RATIO = "measured / forecast"
 _SECONDS = {WALL_TIME}
-_LOSSES = {"final loss", "last-epoch loss"}
+VALIDATION_LOSS, BEST_VALIDATION_LOSS = "final validation loss", "best validation loss"
+_LOSSES = {"final loss", "last-epoch loss", VALIDATION_LOSS, BEST_VALIDATION_LOSS}
 _CSV_HEADERS = {WALL_TIME: "wall time (s)"}
 
 
@@ -177,13 +178,21 @@ def forecast_columns(records: Sequence[RunRecord]) -> list[str]:
     return []
 
 
+def validation_columns(records: Sequence[RunRecord]) -> list[str]:
+    """The validation loss, the curve to compare runs by, when any run computed one."""
+    if any(r.validation_loss is not None for r in records):
+        return [VALIDATION_LOSS, BEST_VALIDATION_LOSS]
+    return []
+
+
 def comparison_table(records: Sequence[RunRecord]) -> ComparisonTable:
     varied = varied_params(records)
     training_memory = training_memory_columns(records)
     forecast = forecast_columns(records)
+    validation = validation_columns(records)
     columns = ["run", *varied, "status", "steps", "epochs", WALL_TIME, "time per step (s)",
                *training_memory, memory_column(records), *forecast, "resolution", "buckets", "batches/epoch",
-               "final loss", "last-epoch loss"]
+               "final loss", "last-epoch loss", *validation]
     rows: list[list[object]] = []
     for record, label in zip(records, legend_labels(records, varied)):
         values = [format_param(key, param_value(record, key)) if record.config else None for key in varied]
@@ -193,7 +202,8 @@ def comparison_table(records: Sequence[RunRecord]) -> ComparisonTable:
                      *_training_memory(record)[:len(training_memory)],
                      record.peak_memory_mb if record.peak_memory_mb > 0 else None,
                      *[record.forecast_mb, forecast_ratio(record)][:len(forecast)], record.resolution,
-                     record.bucket_count, record.batches_per_epoch, record.final_loss, record.last_epoch_loss])
+                     record.bucket_count, record.batches_per_epoch, record.final_loss, record.last_epoch_loss,
+                     *[record.validation_loss, record.best_validation_loss][:len(validation)]])
     return ComparisonTable(columns, rows, varied)
 
 
@@ -326,6 +336,10 @@ def export_comparison(records: Sequence[RunRecord], out_dir: Path,
             [x for l, s, c in zip(labels, series, colours) for x in _group_series(l, c, s.lr)],
             "Learning rate by step", "step", "learning rate", log_y=True),
     }
+    if any(s.validation[0].size for s in series):
+        plots["validation_loss_by_step.png"] = line_chart(
+            [ChartSeries(l, *s.validation, c) for l, s, c in zip(labels, series, colours) if s.validation[0].size],
+            "Validation loss by step (fixed timesteps and noise)", "step", "validation loss")
     if any(s.dlr for s in series):
         plots["dlr_by_step.png"] = line_chart(
             [x for l, s, c in zip(labels, series, colours) for x in _group_series(l, c, s.dlr)],

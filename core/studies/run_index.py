@@ -77,6 +77,10 @@ class RunRecord:
     forecast_error: str | None = None
     final_loss: float | None = None
     last_epoch_loss: float | None = None
+    # The validation loss (summary.json): the last one computed and the lowest; None without a
+    # validation set and in older runs.
+    validation_loss: float | None = None
+    best_validation_loss: float | None = None
     resolution: str | None = None  # "512x512"
     bucket_count: int | None = None
     batches_per_epoch: int | None = None
@@ -272,6 +276,8 @@ def _apply_summary(record: RunRecord, summary: dict[str, Any]) -> None:
     _apply_forecast(record, summary)
     record.final_loss = _number(summary, "final_loss")
     record.last_epoch_loss = _number(summary, "mean_last_epoch_loss")
+    record.validation_loss = _number(summary, "validation_loss")
+    record.best_validation_loss = _number(summary, "best_validation_loss")
     record.started_at = _timestamp(summary, "started_at")
     record.error = summary.get("error") if isinstance(summary.get("error"), str) else None
     record.skipped_steps = _count(summary, "skipped_steps") or 0  # absent in older runs
@@ -492,6 +498,8 @@ class RunSeries:
     dlr: dict[str, Curve]  # d * lr per group (Prodigy, D-Adaptation); empty otherwise
     memory: Curve  # memory reserved on the GPU, or the process's RSS on a CPU run
     memory_kind: str = "rss"
+    # The validation loss at each step it was computed (empty without a validation set).
+    validation: Curve = field(default_factory=lambda: (np.zeros(0, np.int64), np.zeros(0, np.float64)))
     damaged_lines: int = 0  # lines of metrics.jsonl skipped as unreadable (see core.training.run_folder.DamagedLines)
     note: str | None = None  # for a person: why curves may be missing points, or missing altogether
 
@@ -559,6 +567,7 @@ def load_series(path: Path) -> RunSeries:
     parsing the JSON lines is most of it."""
     records: list[dict[str, Any]] = []
     epochs: list[tuple[int, int, float]] = []
+    validation: list[tuple[int, float]] = []
     damaged = DamagedLines()
     note: str | None = None
     try:
@@ -569,9 +578,11 @@ def load_series(path: Path) -> RunSeries:
                     records.append(record)
             elif what == "epoch" and (epoch := _step_count(record.get("epoch"))) is not None:
                 epochs.append((epoch, _step_count(record.get("step")) or 0, _float(record.get("mean_loss"))))
+            elif what == "validation" and (at := _step_count(record.get("step"))) is not None:
+                validation.append((at, _float(record.get("loss"))))
     except (OSError, ValueError) as error:  # unreadable (permissions, a disk error), or an impossible name
         note = f"{Path(path) / METRICS} cannot be read ({getattr(error, 'strerror', None) or error}): no curves"
-        records, epochs = [], []
+        records, epochs, validation = [], [], []
     note = note or damaged.describe()
     count = len(records)
     steps = np.fromiter((r["step"] for r in records), np.int64, count)
@@ -588,4 +599,6 @@ def load_series(path: Path) -> RunSeries:
         np.asarray([e[2] for e in epochs], dtype=np.float64))
     return RunSeries(step=step_array, loss=loss, avg_loss=avg_loss, epoch=epoch_numbers,
                      epoch_end_step=epoch_steps, epoch_loss=epoch_losses, lr=lr, dlr=dlr,
-                     memory=(step_array, memory), memory_kind=kind, damaged_lines=damaged.count, note=note)
+                     memory=(step_array, memory), memory_kind=kind, damaged_lines=damaged.count, note=note,
+                     validation=(np.asarray([v[0] for v in validation], dtype=np.int64),
+                                 np.asarray([v[1] for v in validation], dtype=np.float64)))

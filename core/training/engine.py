@@ -32,7 +32,7 @@ from core.training.checkpointer import Checkpointer
 from core.training.control import Cancelled, Control
 from core.training.errors import ConfigProblems, diagnose, format_traceback
 from core.training.events import (EpochMetrics, Failed, Finished, PhaseProgress, RunStarted, Sink, Status,
-                                  StepMetrics, StepSkipped)
+                                  StepMetrics, StepSkipped, ValidationMetrics)
 from core.training.faults import NonFiniteGuard, release_memory
 from core.training.memory import PhasePeaks
 from core.training.metrics import EpochWindowAverage, Throughput, eta_seconds
@@ -88,6 +88,8 @@ class Trainer:
         self.computer: Any = None  # core.training.step.StepComputer
         self.guard: NonFiniteGuard | None = None
         self._loader: Any = None  # core.data.pipeline.EpochLoader, while training
+        self.validation: Any = None  # core.training.validation_loss.ValidationLoss, with held-out images
+        self._validated_step = -1
 
     # ------------------------------------------------------------------ outline
     def run(self) -> Finished | Failed:
@@ -213,6 +215,8 @@ class Trainer:
 
         self.computer = StepComputer(config, self.network.family, self.network.components, self.device, self.generator,
                                      self.accelerator.autocast, dict(zip(self.network.trained, self.trained_models)))
+        from core.training.validation_loss import for_run
+        self.validation = for_run(config, self.plan, self.computer)
         self._cache_text_states()
         if defer_unet:
             setup.place_unet(self.network, self.device, self.optimizer)
@@ -227,6 +231,7 @@ class Trainer:
         self._status("encoding captions…", "caching")
         # No option that draws is on, so these are the captions every epoch trains with.
         captions = [process_caption(s.record.caption, s.options, batch_rng(0, 0, 0)) for s in self.dataset.samples]
+        captions += self.validation.captions if self.validation is not None else []
         cache = setup.make_text_cache(self.config, self.network.family.name, self.accelerator.mixed_precision)
         for text_encoder in self.network.components.text_encoders.values():
             text_encoder.to(self.device)  # from the CPU where it waited (setup.prepare_network)
@@ -423,6 +428,9 @@ class Trainer:
             self.checkpoints.save_checkpoint("step", with_state=output.save_state)
         if self.control.take_sample_request() or (sampling.every_n_steps and self.step % sampling.every_n_steps == 0):
             self.sampler.sample(self.step, self.epoch)
+        every = self.config.training.validate_every_n_steps
+        if self.validation is not None and every and self.step % every == 0:
+            self._validate("step")
 
     def _after_epoch(self, epoch: int, finished: bool) -> None:
         output, sampling = self.config.output, self.config.sampling
@@ -430,6 +438,22 @@ class Trainer:
             self.checkpoints.save_checkpoint("epoch", with_state=output.save_state)
         if sampling.every_n_epochs and (epoch % sampling.every_n_epochs == 0 or finished):
             self.sampler.sample(self.step, epoch)
+        every = self.config.training.validate_every_n_epochs
+        if self.validation is not None and every and (epoch % every == 0 or finished):
+            self._validate("epoch")
+
+    def _validate(self, when: str) -> None:
+        """The validation loss, once per step at most, to the sink, metrics and summary."""
+        if self._validated_step == self.step:
+            return
+        self._validated_step = self.step
+        loss = self.validation.evaluate(self.trained_models)
+        best = self.run_summary.validation(loss, self.step)
+        event = ValidationMetrics(self.step, self.epoch, loss, best, self.validation.image_count, when)
+        log.info("step %d: validation loss %.6f (best %.6f)", self.step, loss, best)
+        self._emit(event)
+        if self.is_main:
+            self.metrics.validation(event)
 
     def _ensure_run_dir(self) -> None:
         """A run folder deleted while training (by hand, a sync tool, a cleaner) is created
@@ -505,7 +529,7 @@ class Trainer:
         if loader is not None:
             loader.close()
         self.network = self.optimizer = self.lr_scheduler = self.trained_models = self.computer = None
-        self.dataset = self.guard = self.checkpoints = self.sampler = None
+        self.dataset = self.guard = self.checkpoints = self.sampler = self.validation = None
         distributed = self.accelerator is not None and self.accelerator.num_processes > 1
         # Not accelerator.free_memory(): it runs gc.collect() unconditionally, and in the GUI
         # collection belongs to the GUI thread. Dropping the accelerator drops its references.

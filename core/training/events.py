@@ -81,6 +81,19 @@ class EpochMetrics:
 
 
 @dataclass(frozen=True)
+class ValidationMetrics:
+    """The validation loss (core.training.validation_loss): the mean loss on the held-out images
+    at fixed timesteps and noise, comparable step to step and run to run."""
+
+    step: int
+    epoch: int
+    loss: float
+    best: float  # the lowest validation loss of the run so far, this one included
+    images: int  # held-out images evaluated
+    when: str  # "step" (every N steps) or "epoch" (at an epoch's end)
+
+
+@dataclass(frozen=True)
 class CheckpointSaved:
     path: str
     step: int
@@ -122,8 +135,8 @@ class Failed:
     last_checkpoint: str | None = None
 
 
-Event = (RunStarted | Status | PhaseProgress | StepMetrics | StepSkipped | EpochMetrics | CheckpointSaved
-         | SampleImage | Finished | Failed)
+Event = (RunStarted | Status | PhaseProgress | StepMetrics | StepSkipped | EpochMetrics | ValidationMetrics
+         | CheckpointSaved | SampleImage | Finished | Failed)
 
 
 class Sink(Protocol):

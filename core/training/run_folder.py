@@ -242,6 +242,11 @@ class RunSummary:
     last_checkpoint: str | None = None
     state_path: str | None = None
     skipped_steps: int = 0  # steps left out for a NaN/inf loss
+    # The validation loss (core.training.validation_loss): the last one computed, the lowest
+    # and the step of the lowest; None without a validation set (and in older runs).
+    validation_loss: float | None = None
+    best_validation_loss: float | None = None
+    best_validation_step: int | None = None
     # Memory of this run only (core.training.memory): peak_vram_mb is the peak over every phase
     # (allocated on CUDA, RSS on a CPU); peak_reserved_mb the CUDA allocator's reserved peak
     # (None on a CPU); peak_by_phase the peaks of each phase, {"training": {"allocated_mb",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from core.training.events import StepMetrics
+from core.training.events import StepMetrics, ValidationMetrics
 from core.training.run_folder import METRICS, MetricsWriter
 from core.training.tensorboard import EventWriter, lr_tag
 
@@ -42,6 +42,12 @@ class RunMetrics:
         self.record({"type": "epoch", "epoch": epoch, "step": step, "mean_loss": mean})
         if self._tensorboard:
             self._tensorboard.scalars({"loss/epoch_average": mean}, epoch)
+
+    def validation(self, metrics: ValidationMetrics) -> None:
+        self.record({"type": "validation", **metrics.__dict__})
+        if self._tensorboard:  # sd-scripts' tags for the mean of a validation pass
+            tag = "loss/validation/epoch_average" if metrics.when == "epoch" else "loss/validation/step_average"
+            self._tensorboard.scalars({tag: metrics.loss}, metrics.step)
 
     def close(self) -> None:
         for closer in (self._metrics, self._tensorboard):

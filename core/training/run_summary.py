@@ -32,6 +32,16 @@ class SummaryKeeper:
                                   runner=this_process(), vram_forecast=self.vram_forecast)
         self.summary.write(run_dir)
 
+    def validation(self, loss: float, step: int) -> float:
+        """Keeps the last and the best validation loss; returns the best so far."""
+        summary = self.summary
+        if summary is None:
+            return loss
+        summary.validation_loss = loss
+        if summary.best_validation_loss is None or loss < summary.best_validation_loss:
+            summary.best_validation_loss, summary.best_validation_step = loss, step
+        return summary.best_validation_loss
+
     def write_again(self, run_dir: Path) -> None:
         """Into a run folder that was deleted and made again."""
         if self.summary is not None:

@@ -94,6 +94,8 @@ def _check_paths(config: TrainConfig, total_steps: int | None) -> list[Problem]:
             found.append(Problem(f"dataset.subsets[{i}].image_dir", "choose the subset's image folder"))
         else:
             found += _path_problem(f"dataset.subsets[{i}].image_dir", subset.image_dir, True)
+    if config.dataset.validation_dir:
+        found += _path_problem("dataset.validation_dir", config.dataset.validation_dir, True)
     return found + _mask_problems(config) + _output_problems(config, total_steps)
 
 
@@ -398,6 +400,25 @@ def _fp8_problems(config: TrainConfig) -> list[Problem]:
     return found
 
 
+def _validation_loss_problems(config: TrainConfig) -> list[Problem]:
+    data, train = config.dataset, config.training
+    found = []
+    wanted = data.validation_split > 0 or bool(data.validation_dir)
+    if data.validation_split > 0 and data.validation_dir:
+        found.append(Problem("dataset.validation_split", "a validation folder is set, so nothing is split off: "
+                                                         "set the split to 0, or clear the validation folder",
+                             WARNING))
+    if not wanted:
+        for name in ("validate_every_n_steps", "max_validation_steps"):
+            if getattr(train, name):
+                found.append(Problem(f"training.{name}", "there is no validation set: set a validation split "
+                                                         "or a validation folder", WARNING))
+    elif not train.validate_every_n_steps and not train.validate_every_n_epochs:
+        found.append(Problem("training.validate_every_n_epochs", "the validation loss is never computed: set "
+                                                                 "it every N steps or every N epochs", WARNING))
+    return found
+
+
 def _contradictions(config: TrainConfig, total_steps: int | None) -> list[Problem]:
     found: list[Problem] = []
     add = lambda path, message, severity=ERROR: found.append(Problem(path, message, severity))  # noqa: E731
@@ -553,7 +574,7 @@ def _has_prompt(text: str) -> bool:
 def validate(config: TrainConfig, *, check_paths: bool = True, total_steps: int | None = None) -> list[Problem]:
     """Every problem with ``config``; errors first. ``total_steps`` (from the bucket plan)
     enables the checks that need the length of training when it is counted in epochs."""
-    found = _ranges(config) + _contradictions(config, total_steps)
+    found = _ranges(config) + _contradictions(config, total_steps) + _validation_loss_problems(config)
     if check_paths:
         found += _check_paths(config, total_steps)
     return sorted(found, key=lambda p: p.severity != ERROR)
