@@ -253,3 +253,17 @@ def test_noise_and_loss_options_are_recorded_as_train_network_py_records_them(co
         "ss_scale_weight_norms": "1.5"}
     training.debiased_estimation_loss = False
     assert _metadata(config, plan)["ss_debiased_estimation"] == "False"
+
+
+def test_validation_settings_are_written_as_sd_scripts_spells_them(tmp_path):
+    config = _config(tmp_path)
+    meta = _metadata(config, plan_dataset(config.dataset, config.training))
+    assert (meta["ss_num_validation_images"], meta["ss_validation_split"], meta["ss_validation_seed"],
+            meta["ss_validate_every_n_steps"], meta["ss_max_validation_steps"]) == ("0", "0.0", "None", "None", "None")
+    config.dataset.validation_split, config.dataset.validation_seed = 0.5, 7
+    config.training.validate_every_n_steps, config.training.max_validation_steps = 10, 3
+    plan = plan_dataset(config.dataset, config.training)
+    meta = _metadata(config, plan)
+    assert int(meta["ss_num_validation_images"]) == len(plan.validation) > 0
+    assert (meta["ss_validation_split"], meta["ss_validation_seed"], meta["ss_validate_every_n_steps"],
+            meta["ss_max_validation_steps"]) == ("0.5", "7", "10", "3")

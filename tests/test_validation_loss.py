@@ -113,7 +113,8 @@ def test_validation_settings_without_a_validation_set_are_warned_about(tmp_path)
 
 
 def test_the_fixed_timesteps_spread_over_the_schedule():
-    assert fixed_timesteps(1000) == [100, 300, 500, 700, 900]
+    assert fixed_timesteps(1000) == [200, 400, 600, 800]  # as sd-scripts' validation
+    assert fixed_timesteps(1000, 1) == [500]
 
 
 # ---------------------------------------------------------------- the engine

@@ -195,6 +195,23 @@ def _subset_entries(config: TrainConfig, plan: DatasetPlan) -> dict[str, str]:
     return entries
 
 
+def _validation_entries(config: TrainConfig, plan: DatasetPlan) -> dict[str, str]:
+    # sd-scripts' spellings: an unset option is None (our 0 / -1 mean the same "not set").
+    dataset, training = config.dataset, config.training
+
+    def unset_when(value: int, off: int) -> str:
+        return "None" if value == off else str(value)
+
+    return {
+        "ss_num_validation_images": str(len(plan.validation)),
+        "ss_validation_seed": unset_when(dataset.validation_seed, -1),
+        "ss_validation_split": str(float(dataset.validation_split)),
+        "ss_max_validation_steps": unset_when(training.max_validation_steps, 0),
+        "ss_validate_every_n_epochs": str(training.validate_every_n_epochs),
+        "ss_validate_every_n_steps": unset_when(training.validate_every_n_steps, 0),
+    }
+
+
 def _file_name(path: str) -> str:
     # Base name whichever separator the path uses (a Windows path read on Linux too).
     return re.split(r"[\\/]", path.rstrip("\\/"))[-1] if path else path
@@ -269,6 +286,7 @@ def build_metadata(config: TrainConfig, plan: DatasetPlan, *, epoch: int, step: 
     }
     meta.update(_schema_entries(config))
     meta.update(_subset_entries(config, plan))
+    meta.update(_validation_entries(config, plan))
     if config.model.vae:
         meta["ss_vae_name"] = _file_name(config.model.vae)
     meta.update(modelspec(config, own["modelspec.architecture"], title=title, timestamp=finished))

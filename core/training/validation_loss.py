@@ -30,12 +30,14 @@ from core.data.samples import Sample, load_pixels
 from core.data.size_conditioning import training_time_ids
 from core.training import placement
 
-TIMESTEP_COUNT = 5  # a spread over the schedule: 100, 300, 500, 700, 900 of 1000
+TIMESTEP_COUNT = 4  # sd-scripts' count: 200, 400, 600, 800 of 1000
 
 
 def fixed_timesteps(num_train_timesteps: int, count: int = TIMESTEP_COUNT) -> list[int]:
-    """``count`` timesteps at the centres of equal slices of the schedule."""
-    return [(2 * i + 1) * num_train_timesteps // (2 * count) for i in range(count)]
+    """``count`` timesteps evenly inside the schedule, both ends left out (sd-scripts' choice:
+    its validation takes the inner points of ``linspace(0, T, count + 2)``, so a curve here
+    and one from sd-scripts are measured at the same timesteps)."""
+    return [i * num_train_timesteps // (count + 1) for i in range(1, count + 1)]
 
 
 def validation_batches(images: list[PlanImage], batch_size: int, max_batches: int = 0) -> list[list[PlanImage]]:
