@@ -11,9 +11,10 @@ from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from core import __version__
-from core.system.paths import log_dir, user_data_dir, user_presets_dir
+from core.system.paths import default_runs_dir, log_dir, user_data_dir, user_presets_dir
 from core.config.presets import PresetError, builtin_preset_names, find_preset, load_preset
 from core.system.resources import resource_path
+from gui.dialog_folders import remember_folder, start_folder, start_path
 from gui.project import Project
 from gui.settings import settings
 
@@ -153,11 +154,12 @@ class MainWindow(QMainWindow):
 
     def save_as(self, path: str | None = None) -> bool:
         if path is None:
-            start = str(user_presets_dir() / f"{self.project.name}.toml")
             user_presets_dir().mkdir(parents=True, exist_ok=True)
+            start = start_path("preset", f"{self.project.name}.toml", user_presets_dir())
             path, _ = QFileDialog.getSaveFileName(self, "Save preset as", start, "LoRA Kiln presets (*.toml)")
             if not path:
                 return False
+            remember_folder("preset", path)
             if not path.endswith(".toml"):
                 path += ".toml"
         return self._save_to(Path(path))
@@ -330,9 +332,10 @@ class MainWindow(QMainWindow):
             self.project.new()
 
     def _on_open_triggered(self) -> None:
-        start = str(user_presets_dir()) if user_presets_dir().is_dir() else ""
+        start = str(start_folder("preset", user_presets_dir()))
         path, _ = QFileDialog.getOpenFileName(self, "Open preset", start, "LoRA Kiln presets (*.toml)")
         if path:
+            remember_folder("preset", path)
             self.open_preset(path)
 
     def _on_save_triggered(self) -> None:
@@ -343,14 +346,17 @@ class MainWindow(QMainWindow):
 
     def _on_import_triggered(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(
-            self, "Import kohya_ss or sd-scripts config (a config and a dataset config may be chosen together)",
-            "", "Kohya configs (*.json *.toml);;All files (*)")
+            self, "Import a Kohya config (and its dataset config)",
+            str(start_folder("kohya_config")), "Kohya configs (*.json *.toml);;All files (*)")
         if paths:
+            remember_folder("kohya_config", paths[0])
             self.import_kohya(paths)
 
     def _on_inspect_triggered(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Inspect LoRA", "", "LoRA files (*.safetensors)")
+        path, _ = QFileDialog.getOpenFileName(self, "Inspect LoRA", str(start_folder("lora", default_runs_dir())),
+                                              "LoRA files (*.safetensors)")
         if path:
+            remember_folder("lora", path)
             from gui.inspect_dialog import InspectDialog
 
             InspectDialog(path, self).show()
@@ -361,7 +367,7 @@ class MainWindow(QMainWindow):
         import html
         import sys
 
-        from core.system.paths import default_runs_dir, settings_dir
+        from core.system.paths import settings_dir
         from core.training.self_test import how_installed, result_file
 
         running = how_installed()

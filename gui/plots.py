@@ -16,6 +16,7 @@ from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMessageBox, QToolButton, QVBoxLayout, QWidget
 
 from gui import theme
+from gui.dialog_folders import remember_folder, start_path
 from gui.series import SeriesBuffer
 
 _configured = False
@@ -262,15 +263,17 @@ class LivePlot(QWidget):
         return re.sub(r"[^a-z0-9]+", "_", self.title.lower()).strip("_") + suffix
 
     def _on_png_button_clicked(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save plot as PNG", self._default_name(".png"),
+        path, _ = QFileDialog.getSaveFileName(self, "Save plot as PNG", start_path("plot", self._default_name(".png")),
                                               "PNG images (*.png)")
         if path:
+            remember_folder("plot", path)
             self._export(self.export_png, path)
 
     def _on_csv_button_clicked(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save plot data as CSV", self._default_name(".csv"),
-                                              "CSV files (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(self, "Save plot data as CSV",
+                                              start_path("plot", self._default_name(".csv")), "CSV files (*.csv)")
         if path:
+            remember_folder("plot", path)
             self._export(self.export_csv, path)
 
     def _export(self, write, path: str) -> None:  # noqa: ANN001
