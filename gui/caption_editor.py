@@ -25,6 +25,7 @@ from core.system.atomic import write_text_atomic
 from core.system.resources import resources_root
 from core.data.scan import ResolvedSubset
 from core.data.dataset_plan import PlanImage
+from core.system.words import count
 from gui import theme
 
 
@@ -119,7 +120,7 @@ class CaptionEditor(QWidget):
         self.info.setText(
             f"<b>{html.escape(record.path.name)}</b> — {record.size[0]}x{record.size[1]} px, "
             f"bucket <b>{a.bucket[0]}x{a.bucket[1]}</b>, resized to {a.resized[0]}x{a.resized[1]}{upscaled}, "
-            f"{image.repeats} repeat(s){' (regularisation)' if record.is_reg else ''}")
+            f"{count(image.repeats, 'repeat')}{' (regularisation)' if record.is_reg else ''}")
         extension = subset.params.caption_extension if subset else ""
         self._path = caption_path_for(record.path, extension)
         if self._path is None:
@@ -137,9 +138,9 @@ class CaptionEditor(QWidget):
             except OSError as error:
                 text = record.caption
                 notes.append(f"cannot read {self._path.name}: {error.strerror or error}")
-            if _more_lines(rest):
-                count = _more_lines(rest)
-                notes.append(f"{self._path.name} has {count} more line{'' if count == 1 else 's'} after this one; "
+            more = _more_lines(rest)
+            if more:
+                notes.append(f"{self._path.name} has {count(more, 'more line')} after this one; "
                              f"only the first line trains, and saving keeps the others unchanged.")
         else:
             # Until a file exists the image trains with its class tokens: start from them.

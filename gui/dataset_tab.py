@@ -21,6 +21,7 @@ from core.data.buckets import BucketError
 from core.data.scan import ScanResult
 from core.data.dataset_plan import DatasetPlan, PlanImage
 from core.data.plan import plan_from_scan
+from core.system.words import count
 from gui import theme
 from gui.caption_editor import CaptionEditor
 from gui.dataset_scan import DatasetScanner
@@ -211,13 +212,13 @@ class DatasetTab(QWidget):
     def _on_scanner_progress(self, done: int, total: int) -> None:
         self.scan_progress.setRange(0, max(total, 1))
         self.scan_progress.setValue(done)
-        self.scan_status.setText(f"Scanning {done} / {total} files…")
+        self.scan_status.setText(f"Scanning {done} / {count(total, 'file')}…")
 
     def _on_scanner_finished(self, result: ScanResult, seconds: float) -> None:
         self._set_scanning(False)
         self._scan = result
         files = len(result.images) + len(result.skipped)
-        self.scan_status.setText(f"Scanned {files} files in {seconds:.2f} s")
+        self.scan_status.setText(f"Scanned {count(files, 'file')} in {seconds:.2f} s")
         self.scan_finished.emit(result)
         self.replan()
 
@@ -261,9 +262,9 @@ class DatasetTab(QWidget):
             self._filter = None
         self.filter_combo.blockSignals(True)
         self.filter_combo.clear()
-        self.filter_combo.addItem(f"All buckets ({sum(per_bucket.values())} images)")
+        self.filter_combo.addItem(f"All buckets ({count(sum(per_bucket.values()), 'image')})")
         for bucket in buckets:
-            self.filter_combo.addItem(f"{bucket_label(bucket)} ({per_bucket[bucket]} images)")
+            self.filter_combo.addItem(f"{bucket_label(bucket)} ({count(per_bucket[bucket], 'image')})")
         self.filter_combo.setCurrentIndex(self._filter_choices.index(self._filter))
         self.filter_combo.blockSignals(False)
         self.plan_view.histogram.set_selected(self._filter)

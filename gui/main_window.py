@@ -14,6 +14,7 @@ from core import __version__
 from core.system.paths import default_runs_dir, log_dir, user_data_dir, user_presets_dir
 from core.config.presets import PresetError, builtin_preset_names, find_preset, load_preset
 from core.system.resources import resource_path
+from core.system.words import count
 from gui.dialog_folders import remember_folder, start_folder, start_path
 from gui.project import Project
 from gui.settings import settings
@@ -192,15 +193,24 @@ class MainWindow(QMainWindow):
         self.project.mark_dirty()  # an imported config is unsaved work
         from core.kohya.option_effects import what_it_does
 
-        # The same counts as `lorakiln import-kohya`'s last line, then what each key not
+        # The same counts as `lorakiln import-kohya`'s last line, then each list under its
+        # count (every item, so the numbers match what is listed), with what each key not
         # carried over would have done in sd-scripts.
         report = [result.summary() + "."]
         if result.unsupported:
-            report.append("Not supported by LoRA Kiln:")
-            for key, value, reason in result.unsupported[:40]:
+            report.append(f"Not supported by LoRA Kiln ({len(result.unsupported)}):")
+            for key, value, reason in result.unsupported:
                 effect = what_it_does(key)
                 report.append(f"  {key} = {value!r}: {reason}" + (f" (in sd-scripts: {effect})" if effect else ""))
-        report += result.warnings
+        if result.ignored:
+            report.append(f"Ignored, no effect ({len(result.ignored)}):")
+            report += [f"  {key}: {reason}" for key, _value, reason in result.ignored]
+        if result.mapped:
+            report.append(f"Mapped ({len(result.mapped)}):")
+            report += [f"  {m.key} -> {m.field}" for m in sorted(result.mapped, key=lambda m: m.field)]
+        if result.warnings:
+            report.append(f"Warnings ({len(result.warnings)}):")
+            report += [f"  {warning}" for warning in result.warnings]
         self.last_import_report = "\n".join(report)
         self.show_message("Kohya config imported", self.last_import_report)
         return True
@@ -291,7 +301,7 @@ class MainWindow(QMainWindow):
         """The last run of a sweep ended: compare exactly its runs."""
         self.tabs.setCurrentWidget(self.runs_tab)
         self.runs_tab.select_runs(run_dirs)
-        self.statusBar().showMessage(f"Sweep finished: comparing its {len(run_dirs)} runs")
+        self.statusBar().showMessage(f"Sweep finished: comparing its {count(len(run_dirs), 'run')}")
 
     def _show_queue_load_problem(self) -> None:
         problem = self.training_tab.queue.load_problem
