@@ -292,7 +292,9 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentWidget(self.dataset_tab)
 
     def _on_training_running_changed(self, running: bool) -> None:
-        self.statusBar().showMessage("Training…" if running else "Ready")
+        blocked = self.training_tab.blocked_reasons
+        self.statusBar().showMessage("Training…" if running else
+                                     f"Cannot start: {blocked[0]}" if blocked else "Ready")
 
     def _on_training_run_finished(self, _result: object) -> None:
         self.runs_tab.on_run_finished()
