@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFrame, QGridLayout, Q
 
 from core.studies.chart import run_colour
 from core.training.metrics import smooth
+from core.system.words import count
 from gui.plots import MEMORY_MIN_SPAN_MB, LivePlot
 from gui.run_list import BackgroundCall, report
 
@@ -231,7 +232,7 @@ class CompareView(QWidget):
         self.records = list(records)
         stale = [Path(r.path) for r in self.records if self._cached(r.path) is None and r.config is not None]
         if stale:
-            self.note.setText(f"Reading the curves of {len(stale)} run(s)…")
+            self.note.setText(f"Reading the curves of {count(len(stale), 'run')}…")
             self._awaited = self._generation
             self._loader.start(self._generation, load_many_series, stale)
         else:

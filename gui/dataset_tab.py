@@ -9,6 +9,9 @@ The plan shown is the one the trainer trains by (``core.data.plan.plan_from_scan
 
 from __future__ import annotations
 
+import html
+from pathlib import Path
+
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout, QLabel, QListView,
@@ -19,6 +22,8 @@ from core.data.scan import ScanResult
 from core.data.dataset_plan import DatasetPlan, PlanImage
 from core.data.masks import mask_files, mask_source, masking_on
 from core.data.plan import plan_from_scan
+from core.system.words import count
+from gui import theme
 from gui.caption_editor import CaptionEditor
 from gui.form import FormBinding, spec_at
 from gui.dataset_scan import DatasetScanner
@@ -87,6 +92,7 @@ class DatasetTab(QWidget):
         self.plan_view.bucket_clicked.connect(self._on_plan_view_bucket_clicked)
         self.thumbnails.selectionModel().currentChanged.connect(self._on_thumbnails_current_changed)
         self.caption_editor.saved.connect(self._on_caption_editor_saved)
+        self.caption_editor.copy_demo_requested.connect(self._on_caption_editor_copy_demo_requested)
         project.changed.connect(self._on_project_changed)
         project.loaded.connect(self._on_project_loaded)
         self.rescan()  # the project may have been loaded before this tab was made
@@ -240,13 +246,13 @@ class DatasetTab(QWidget):
     def _on_scanner_progress(self, done: int, total: int) -> None:
         self.scan_progress.setRange(0, max(total, 1))
         self.scan_progress.setValue(done)
-        self.scan_status.setText(f"Scanning {done} / {total} files…")
+        self.scan_status.setText(f"Scanning {done} / {count(total, 'file')}…")
 
     def _on_scanner_finished(self, result: ScanResult, seconds: float) -> None:
         self._set_scanning(False)
         self._scan = result
         files = len(result.images) + len(result.skipped)
-        self.scan_status.setText(f"Scanned {files} files in {seconds:.2f} s")
+        self.scan_status.setText(f"Scanned {count(files, 'file')} in {seconds:.2f} s")
         self.scan_finished.emit(result)
         self.replan()
 
@@ -291,9 +297,9 @@ class DatasetTab(QWidget):
             self._filter = None
         self.filter_combo.blockSignals(True)
         self.filter_combo.clear()
-        self.filter_combo.addItem(f"All buckets ({sum(per_bucket.values())} images)")
+        self.filter_combo.addItem(f"All buckets ({count(sum(per_bucket.values()), 'image')})")
         for bucket in buckets:
-            self.filter_combo.addItem(f"{bucket_label(bucket)} ({per_bucket[bucket]} images)")
+            self.filter_combo.addItem(f"{bucket_label(bucket)} ({count(per_bucket[bucket], 'image')})")
         self.filter_combo.setCurrentIndex(self._filter_choices.index(self._filter))
         self.filter_combo.blockSignals(False)
         self.plan_view.histogram.set_selected(self._filter)
@@ -361,6 +367,41 @@ class DatasetTab(QWidget):
     def _on_caption_editor_saved(self, path: str) -> None:
         # Buckets stay, but the trained caption and the tag frequency changed: rescan now.
         self.rescan(now=True)
+
+    def ask_copy_folder(self) -> str:
+        """The folder to copy the demo dataset into (a hook tests replace)."""
+        from PySide6.QtWidgets import QFileDialog
+
+        from gui.dialog_folders import start_folder
+
+        return QFileDialog.getExistingDirectory(self, "Copy the demo dataset into this folder",
+                                                str(start_folder("dataset")))
+
+    def copy_demo_dataset(self, parent: str) -> Path | None:
+        """Copy the shipped demo dataset into ``parent`` and point the project at the copy."""
+        from gui.demo_copy import copy_demo_dataset, point_at_copy
+        from gui.dialog_folders import inside_app, remember_folder
+
+        if inside_app(parent):
+            self.caption_editor.status.setText(f"<span style='color:{theme.ERROR}'>{html.escape(parent)} is inside "
+                                               "the app's own folder: choose one of your folders.</span>")
+            return None
+        try:
+            copy = copy_demo_dataset(Path(parent))
+        except OSError as error:
+            self.caption_editor.status.setText(
+                f"<span style='color:{theme.ERROR}'>Cannot copy the demo dataset into {html.escape(parent)}: "
+                f"{html.escape(error.strerror or str(error))}</span>")
+            return None
+        remember_folder("dataset", parent)
+        self.project.replace_subsets(point_at_copy(self.project.config.dataset.subsets, copy))
+        self.rescan(now=True)
+        return copy
+
+    def _on_caption_editor_copy_demo_requested(self) -> None:
+        parent = self.ask_copy_folder()
+        if parent:
+            self.copy_demo_dataset(parent)
 
     # ---------------------------------------------------------------- the project
     def _on_project_changed(self, path: str) -> None:

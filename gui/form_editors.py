@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QAbstractScrollArea, QAbstractSpinBox, QApplicati
                                QWidget)
 
 from core.config.params import FieldError, ParamSpec, PathKind, is_optional, optional_inner
+from gui.dialog_folders import remember_folder, start_folder
 from gui.form_values import VIEW_HINTS, ViewHint, format_float, format_pairs, parse_float, parse_pairs
 
 _INT32 = 2**31 - 1
@@ -299,14 +300,17 @@ class PathEditor(TextEditor):
     def _browse(self, kind: str) -> None:
         title = f"Choose the {self.spec.info.label.lower()}"
         current = Path(self.edit.text()).expanduser() if self.edit.text() else None
-        start = ""
+        here = None
         if current is not None and current.exists():
-            start = str(current if current.is_dir() else current.parent)
+            here = current if current.is_dir() else current.parent
+        # An empty or shipped (builtin:) value must not open the app's own folder.
+        start = str(start_folder("field", here))
         if kind == "dir":
             chosen = QFileDialog.getExistingDirectory(self, title, start)
         else:
             chosen, _ = QFileDialog.getOpenFileName(self, title, start, self.hint.file_filter)
         if chosen:
+            remember_folder("field", chosen)
             self.choose(chosen)
 
 

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDou
                                QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QProgressBar,
                                QPushButton, QRadioButton, QScrollArea, QVBoxLayout, QWidget)
 
+from core.system.words import count
 from gui import theme
 from gui.screen import fit_to_screen
 
@@ -274,7 +275,7 @@ class GridDialog(QDialog):
     def _on_job_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(done)
-        self.progress.setFormat(f"image {done}/{total}" if done else f"loading the model… ({total} images)")
+        self.progress.setFormat(f"image {done}/{total}" if done else f"loading the model… ({count(total, 'image')})")
 
     @Slot(str, object)
     def _on_job_finished(self, outcome: str, value: object) -> None:

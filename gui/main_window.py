@@ -11,9 +11,11 @@ from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from core import __version__
-from core.system.paths import log_dir, user_data_dir, user_presets_dir
+from core.system.paths import default_runs_dir, log_dir, user_data_dir, user_presets_dir
 from core.config.presets import PresetError, builtin_preset_names, find_preset, load_preset
 from core.system.resources import resource_path
+from core.system.words import count
+from gui.dialog_folders import remember_folder, start_folder, start_path
 from gui.project import Project
 from gui.screen import fit_to_screen, show_long_message
 from gui.settings import settings
@@ -158,11 +160,12 @@ class MainWindow(QMainWindow):
 
     def save_as(self, path: str | None = None) -> bool:
         if path is None:
-            start = str(user_presets_dir() / f"{self.project.name}.toml")
             user_presets_dir().mkdir(parents=True, exist_ok=True)
+            start = start_path("preset", f"{self.project.name}.toml", user_presets_dir())
             path, _ = QFileDialog.getSaveFileName(self, "Save preset as", start, "LoRA Kiln presets (*.toml)")
             if not path:
                 return False
+            remember_folder("preset", path)
             if not path.endswith(".toml"):
                 path += ".toml"
         return self._save_to(Path(path))
@@ -195,15 +198,24 @@ class MainWindow(QMainWindow):
         self.project.mark_dirty()  # an imported config is unsaved work
         from core.kohya.option_effects import what_it_does
 
-        # The same counts as `lorakiln import-kohya`'s last line, then what each key not
+        # The same counts as `lorakiln import-kohya`'s last line, then each list under its
+        # count (every item, so the numbers match what is listed), with what each key not
         # carried over would have done in sd-scripts.
         report = [result.summary() + "."]
         if result.unsupported:
-            report.append("Not supported by LoRA Kiln:")
-            for key, value, reason in result.unsupported[:40]:
+            report.append(f"Not supported by LoRA Kiln ({len(result.unsupported)}):")
+            for key, value, reason in result.unsupported:
                 effect = what_it_does(key)
                 report.append(f"  {key} = {value!r}: {reason}" + (f" (in sd-scripts: {effect})" if effect else ""))
-        report += result.warnings
+        if result.ignored:
+            report.append(f"Ignored, no effect ({len(result.ignored)}):")
+            report += [f"  {key}: {reason}" for key, _value, reason in result.ignored]
+        if result.mapped:
+            report.append(f"Mapped ({len(result.mapped)}):")
+            report += [f"  {m.key} -> {m.field}" for m in sorted(result.mapped, key=lambda m: m.field)]
+        if result.warnings:
+            report.append(f"Warnings ({len(result.warnings)}):")
+            report += [f"  {warning}" for warning in result.warnings]
         self.last_import_report = "\n".join(report)
         self.show_message("Kohya config imported", self.last_import_report)
         return True
@@ -285,7 +297,9 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentWidget(self.dataset_tab)
 
     def _on_training_running_changed(self, running: bool) -> None:
-        self.statusBar().showMessage("Training…" if running else "Ready")
+        blocked = self.training_tab.blocked_reasons
+        self.statusBar().showMessage("Training…" if running else
+                                     f"Cannot start: {blocked[0]}" if blocked else "Ready")
 
     def _on_training_run_finished(self, _result: object) -> None:
         self.runs_tab.on_run_finished()
@@ -294,7 +308,7 @@ class MainWindow(QMainWindow):
         """The last run of a sweep ended: compare exactly its runs."""
         self.tabs.setCurrentWidget(self.runs_tab)
         self.runs_tab.select_runs(run_dirs)
-        self.statusBar().showMessage(f"Sweep finished: comparing its {len(run_dirs)} runs")
+        self.statusBar().showMessage(f"Sweep finished: comparing its {count(len(run_dirs), 'run')}")
 
     def _show_queue_load_problem(self) -> None:
         problem = self.training_tab.queue.load_problem
@@ -335,9 +349,10 @@ class MainWindow(QMainWindow):
             self.project.new()
 
     def _on_open_triggered(self) -> None:
-        start = str(user_presets_dir()) if user_presets_dir().is_dir() else ""
+        start = str(start_folder("preset", user_presets_dir()))
         path, _ = QFileDialog.getOpenFileName(self, "Open preset", start, "LoRA Kiln presets (*.toml)")
         if path:
+            remember_folder("preset", path)
             self.open_preset(path)
 
     def _on_save_triggered(self) -> None:
@@ -348,14 +363,17 @@ class MainWindow(QMainWindow):
 
     def _on_import_triggered(self) -> None:
         paths, _ = QFileDialog.getOpenFileNames(
-            self, "Import kohya_ss or sd-scripts config (a config and a dataset config may be chosen together)",
-            "", "Kohya configs (*.json *.toml);;All files (*)")
+            self, "Import a Kohya config (and its dataset config)",
+            str(start_folder("kohya_config")), "Kohya configs (*.json *.toml);;All files (*)")
         if paths:
+            remember_folder("kohya_config", paths[0])
             self.import_kohya(paths)
 
     def _on_inspect_triggered(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Inspect LoRA", "", "LoRA files (*.safetensors)")
+        path, _ = QFileDialog.getOpenFileName(self, "Inspect LoRA", str(start_folder("lora", default_runs_dir())),
+                                              "LoRA files (*.safetensors)")
         if path:
+            remember_folder("lora", path)
             from gui.inspect_dialog import InspectDialog
 
             InspectDialog(path, self).show()
@@ -366,7 +384,7 @@ class MainWindow(QMainWindow):
         import html
         import sys
 
-        from core.system.paths import default_runs_dir, settings_dir
+        from core.system.paths import settings_dir
         from core.training.self_test import how_installed, result_file
 
         running = how_installed()

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QGridLayout, QLabel, QListWidget, QSizePolicy, QS
 
 from core.data.scan import ScanResult
 from core.data.dataset_plan import DatasetPlan
+from core.system.words import count as count_of
 from gui import theme
 
 Bucket = tuple[int, int]
@@ -144,7 +145,8 @@ class BucketHistogram(QWidget):
         if bucket is not None:
             batches = math.ceil(counts[bucket] / self._batch_size)
             QToolTip.showText(event.globalPosition().toPoint(),
-                              f"{bucket_label(bucket)}: {counts[bucket]} image(s) with repeats, {batches} batch(es)",
+                              f"{bucket_label(bucket)}: {count_of(counts[bucket], 'image')} with repeats, "
+                              f"{count_of(batches, 'batch', 'batches')}",
                               self)
         else:
             QToolTip.hideText()

@@ -16,6 +16,7 @@ from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMessageBox, QToolButton, QVBoxLayout, QWidget
 
 from gui import theme
+from gui.dialog_folders import remember_folder, start_path
 from gui.series import SeriesBuffer
 
 _configured = False
@@ -56,6 +57,7 @@ class LivePlot(QWidget):
         self.log_y = log_y
         self._series: dict[str, tuple[SeriesBuffer, pg.PlotDataItem]] = {}
         self._dirty: set[str] = set()
+        self._symbolled: set[str] = set()  # series drawn with a symbol at every point
 
         self.plot_widget = pg.PlotWidget(axisItems={"bottom": IntegerAxis("bottom")})
         item = self.plot_item
@@ -150,6 +152,7 @@ class LivePlot(QWidget):
         options = {"pen": pen, "name": name}
         if symbol:
             options.update(symbol=symbol, symbolSize=7, symbolBrush=pg.mkBrush(color), symbolPen=pg.mkPen(color))
+            self._symbolled.add(name)
         curve = pg.PlotDataItem(**options)
         if width > 1:
             # Qt strokes a wide antialiased polyline very slowly (~50-300 ms for a few
@@ -184,19 +187,38 @@ class LivePlot(QWidget):
         for name in self._dirty:
             buffer, curve = self._series[name]
             x, y = buffer.view()
+            self._mark_lone_point(name, curve, len(x) == 1)
             curve.setData(x, y)
         self._dirty.clear()
         return True
 
+    def _mark_lone_point(self, name: str, curve: pg.PlotDataItem, lone: bool) -> None:
+        # A line through one point draws nothing: a curve with a single point shows it as a dot.
+        if name in self._symbolled:
+            return
+        if lone != bool(curve.opts.get("symbol")):
+            colour = curve.opts["pen"].color()
+            curve.setSymbol("o" if lone else None)
+            curve.setSymbolSize(7)
+            curve.setSymbolBrush(pg.mkBrush(colour))
+            curve.setSymbolPen(pg.mkPen(colour))
+
     def clear(self) -> None:
         for name, (buffer, curve) in self._series.items():
             buffer.clear()
+            self._mark_lone_point(name, curve, False)
             curve.setData([], [])
         self._dirty.clear()
         self._marker.hide()
         self.readout.setText(" ")
+        # Empty curves leave the last run's ranges on the axes: start the next run's from
+        # scratch (auto range takes over with its first point).
+        view = self.plot_item.getViewBox()
+        view.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+        view.enableAutoRange()
 
     def remove_series(self, name: str) -> None:
+        self._symbolled.discard(name)
         _, curve = self._series.pop(name)
         self.plot_item.removeItem(curve)
         self._dirty.discard(name)
@@ -270,15 +292,17 @@ class LivePlot(QWidget):
         return re.sub(r"[^a-z0-9]+", "_", self.title.lower()).strip("_") + suffix
 
     def _on_png_button_clicked(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save plot as PNG", self._default_name(".png"),
+        path, _ = QFileDialog.getSaveFileName(self, "Save plot as PNG", start_path("plot", self._default_name(".png")),
                                               "PNG images (*.png)")
         if path:
+            remember_folder("plot", path)
             self._export(self.export_png, path)
 
     def _on_csv_button_clicked(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save plot data as CSV", self._default_name(".csv"),
-                                              "CSV files (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(self, "Save plot data as CSV",
+                                              start_path("plot", self._default_name(".csv")), "CSV files (*.csv)")
         if path:
+            remember_folder("plot", path)
             self._export(self.export_csv, path)
 
     def _export(self, write, path: str) -> None:  # noqa: ANN001

@@ -46,6 +46,9 @@ class Project(QObject):
         self.load(LoadedPreset(TrainConfig(), None, ""))
 
     def save(self, path: str | Path) -> None:
+        if self.builtin:
+            # The shipped preset's description tells what it is; the person's copy is theirs.
+            self.description = f"Started from the built-in {self.name} preset."
         save_preset(self.config, path, description=self.description)
         self.path = Path(path)
         self.builtin = False

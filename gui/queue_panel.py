@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 from core.studies.queue_runner import QueueRunner
 from core.studies.run_queue import PENDING, RUNNING, QueueError, RunQueue
 from core.training.events import Failed, Finished
+from core.system.words import count
 from gui import theme
 
 ID_ROLE = Qt.ItemDataRole.UserRole
@@ -108,7 +109,7 @@ class QueuePanel(QWidget):
         if running is not None:
             self.table.scrollToItem(self.table.item(running, 0))
         pending = sum(1 for item in items if item.status == PENDING)
-        self.title.setText(f"Queue — {len(items)} items, {pending} pending" if items else
+        self.title.setText(f"Queue — {count(len(items), 'item')}, {pending} pending" if items else
                            "Queue — empty (“Add to queue” or “Sweep…” above)")
         if keep:
             self.select(keep)
@@ -170,7 +171,7 @@ class QueuePanel(QWidget):
 
     def _on_sweep_dialog_sweep_queued(self, sweep_id: str, start_now: bool) -> None:
         items = self.queue.sweep_items(sweep_id)
-        self._runner.append_log(f"queued a sweep of {len(items)} runs: " + ", ".join(i.label for i in items))
+        self._runner.append_log(f"queued a sweep of {count(len(items), 'run')}: " + ", ".join(i.label for i in items))
         self.refresh()
         if start_now and not self.running and not self._runner.is_running():
             self.run()
@@ -278,8 +279,8 @@ class QueuePanel(QWidget):
             return
         pending = sum(1 for item in self.queue.items if item.status == PENDING)
         done = len(queue_pass.outcomes)
-        left = f"; {pending} item(s) still pending" if pending else ""
-        self._runner.append_log(f"queue: ended ({queue_pass.ended_because}): {done} item(s) ran{left}")
+        left = f"; {count(pending, 'item')} still pending" if pending else ""
+        self._runner.append_log(f"queue: ended ({queue_pass.ended_because}): {count(done, 'item')} ran{left}")
         failed = [f"{o.label}: failed: {o.message}" for o in queue_pass.outcomes if o.status == "failed"]
         self.refresh()
         self.queue_finished.emit()

@@ -9,6 +9,7 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 from gui import theme
 
 IDLE, RUNNING, PAUSED, STOPPING = "idle", "running", "paused", "stopping"
+READY, NOT_READY = "Ready", "Not ready"
 START_TIP = "Train a LoRA with the current settings"
 SAMPLE_TIP = "Generate the sample prompts after this step"
 QUEUE_TIP = "Queue a snapshot of the current settings, to train after what is queued already"
@@ -26,7 +27,7 @@ class RunControls(QWidget):
         self.sample_button = _button("Sample now", SAMPLE_TIP)
         self.queue_button = _button("Add to queue", QUEUE_TIP)
         self.sweep_button = _button("Sweep…", SWEEP_TIP)
-        self.status_label = QLabel("Ready")
+        self.status_label = QLabel(READY)
         self.status_label.setStyleSheet("font-weight: bold")
         self.blocked_label = QLabel()
         self.blocked_label.setWordWrap(True)
@@ -66,6 +67,9 @@ class RunControls(QWidget):
             self.start_button.setToolTip(START_TIP)
             self.queue_button.setToolTip(QUEUE_TIP)
         self.blocked_label.setVisible(bool(reasons))
+        # "Ready" beside "Cannot start: …" contradicts it; an idle label follows the block.
+        if self.status_label.text() in (READY, NOT_READY):
+            self.status_label.setText(NOT_READY if reasons else READY)
 
     def show_state(self, state: str, *, blocked: bool, has_prompts: bool, queue_running: bool = False) -> None:
         active = state in (RUNNING, PAUSED)
@@ -75,9 +79,9 @@ class RunControls(QWidget):
         self.pause_button.setText("Resume" if state == PAUSED else "Pause")
         self.stop_button.setEnabled(active)
         self.cancel_button.setEnabled(active)
-        # The engine takes save and sample requests between steps, which a pause holds back.
-        self.save_button.setEnabled(state == RUNNING)
-        self.sample_button.setEnabled(state == RUNNING and has_prompts)
+        # The engine takes save and sample requests between steps, and at once while paused.
+        self.save_button.setEnabled(active)
+        self.sample_button.setEnabled(active and has_prompts)
         self.sample_button.setToolTip(SAMPLE_TIP if has_prompts or state == IDLE else "This run has no sample prompts")
 
 

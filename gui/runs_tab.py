@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMenu, QPushBut
                                QToolButton, QVBoxLayout, QWidget)
 
 from core.system.paths import default_runs_dir
+from core.system.words import count
 from gui.compare_view import CompareView
 from gui.project import Project
 from gui.run_list import RunList, report
@@ -160,7 +161,7 @@ class RunsTab(QWidget):
     def export_comparison(self, folder: str | Path) -> list[Path] | None:
         written = self.compare.export_to(folder)
         if written:
-            self.count_label.setText(f"exported {len(written)} files to {folder}")
+            self.count_label.setText(f"exported {count(len(written), 'file')} to {folder}")
         return written
 
     def on_run_finished(self) -> None:
@@ -185,7 +186,7 @@ class RunsTab(QWidget):
     def _on_run_list_loaded(self) -> None:
         records = self.run_list.records()
         broken = sum(1 for r in records if r.problem)
-        self.count_label.setText(f"{len(records)} runs" + (f", {broken} with problems" if broken else ""))
+        self.count_label.setText(count(len(records), 'run') + (f", {broken} with problems" if broken else ""))
         self._selection_timer.stop()
         self.compare.show_runs(self.run_list.selected_records())  # curves of a run that went on
 

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
 from core.config.schema import SubsetParams
 from core.config.params import FieldError, ParamSpec, optional_inner, param_specs
 from gui import theme
+from gui.dialog_folders import remember_folder, start_folder
 from gui.project import Project
 from gui.subsets_table import TABLE_FIELDS, SubsetsModel, SubsetsView, subset_for_folder
 
@@ -214,9 +215,10 @@ class SubsetsPanel(QWidget):
     def _on_add_button_clicked(self) -> None:
         # A built-in preset's folder is inside the app: start from home instead.
         base = None if self._project.builtin else self._project.base_dir
-        start = str(base or Path.home())
+        start = str(start_folder("dataset", base))
         folder = QFileDialog.getExistingDirectory(self, "Add image folder", start)
         if folder:
+            remember_folder("dataset", folder)
             self.add_folders([folder])
 
     def _on_remove_button_clicked(self) -> None:

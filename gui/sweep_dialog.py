@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QCompleter, QDialog, QDialo
 from core.config.schema import GROUPS, SubsetParams
 from core.config.params import param_specs
 from core.studies.sweep import SweepError, parse_vary, sweep_configs
+from core.system.words import count
 from gui import theme
 from gui.screen import fit_to_screen
 
@@ -129,7 +130,7 @@ class SweepDialog(QDialog):
             else:
                 self.spec = spec
                 names = ", ".join(config.output.output_name for _, config in configs)
-                self.preview_label.setText(f"Queues {len(configs)} runs: {names}")
+                self.preview_label.setText(f"Queues {count(len(configs), 'run')}: {names}")
         self.error_label.setText(problem or "")
         self.error_label.setVisible(bool(problem))
         self.preview_label.setVisible(problem is None)

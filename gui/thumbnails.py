@@ -21,6 +21,7 @@ from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QPointF, QR
 from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPen, QPixmap, QPolygonF
 
 from core.data.dataset_plan import PlanImage
+from core.system.words import count
 from gui import theme
 
 THUMB = 144  # px: the square each thumbnail is drawn in
@@ -387,7 +388,7 @@ class ThumbnailModel(QAbstractListModel):
 def _tooltip(item: PlanImage) -> str:
     a, r = item.assignment, item.record
     lines = [r.display_path, f"{r.size[0]}x{r.size[1]} px -> resized {a.resized[0]}x{a.resized[1]}, "
-             f"bucket {a.bucket[0]}x{a.bucket[1]}", f"{item.repeats} repeat(s) per epoch"]
+             f"bucket {a.bucket[0]}x{a.bucket[1]}", f"{count(item.repeats, 'repeat')} per epoch"]
     if a.upscaled:
         lines.append("enlarged to fill its bucket (softer when trained)")
     return "\n".join(lines)

@@ -15,10 +15,11 @@ from PySide6.QtWidgets import (QGridLayout, QMessageBox, QPlainTextEdit, QProgre
 from core.training.events import (CheckpointSaved, EpochMetrics, Failed, Finished, PhaseProgress, RunStarted,
                                   SampleImage, Status, StepMetrics, StepSkipped, ValidationMetrics)
 from core.config.params import FieldError
-from core.training.metrics import format_duration
+from core.training.metrics import PhaseTimes, format_duration, format_rate
 from core.training.vram_advice import Suggestion, gib
 from gui.error_dialog import ErrorDialog
 from core.studies.run_queue import RunQueue
+from core.system.words import count
 from gui.project import Project
 from gui.queue_panel import QueuePanel
 from gui.run_list import report
@@ -58,6 +59,9 @@ class TrainingTab(QWidget):
         self._progress_dirty = False
         self._last_status = ""
         self._logged_training = False
+        self._phase = ""  # the engine's current phase, as its last Status or PhaseProgress said
+        self._phase_times = PhaseTimes()
+        self._ended = ""  # how the last run ended ("completed", "stopped", ...), once it has
 
         self._worker = TrainingWorker()
         self._worker.event.connect(self._on_worker_event)
@@ -183,6 +187,11 @@ class TrainingTab(QWidget):
         self.stop()
         return self._worker.wait(timeout_ms)
 
+    @property
+    def blocked_reasons(self) -> list[str]:
+        """Why Start is disabled (empty when it is not)."""
+        return list(self._blocked)
+
     def set_start_blocked(self, reasons: list[str]) -> None:
         """While the configuration has errors, Start is disabled and says why."""
         self._blocked = list(reasons)
@@ -218,14 +227,16 @@ class TrainingTab(QWidget):
         return True
 
     def save_now(self) -> None:
-        if self.state == RUNNING:
+        if self.state in (RUNNING, PAUSED):
             self._worker.save_now()
-            self._append_log("save requested: a checkpoint follows this step")
+            self._append_log("save requested: a checkpoint follows this step" if self.state == RUNNING
+                             else "save requested: a checkpoint is saved now, while paused")
 
     def sample_now(self) -> None:
-        if self.state == RUNNING:
+        if self.state in (RUNNING, PAUSED):
             self._worker.sample_now()
-            self._append_log("samples requested after this step")
+            self._append_log("samples requested after this step" if self.state == RUNNING
+                             else "samples requested: made now, while paused")
 
     def confirm_cancel(self) -> bool:
         answer = QMessageBox.question(
@@ -261,6 +272,9 @@ class TrainingTab(QWidget):
         self._total_steps = self._epochs = self._skipped = 0
         self._last_status = ""
         self._logged_training = False
+        self._phase, self._ended = "", ""
+        self._phase_times = PhaseTimes()
+        self.progress.setToolTip("")
         self.run_dir = None
         self.last_result = None
 
@@ -279,6 +293,7 @@ class TrainingTab(QWidget):
         elif isinstance(event, Status):
             self._on_status(event)
         elif isinstance(event, PhaseProgress):
+            self._enter_phase(event.phase)
             self.progress.setRange(0, max(1, event.total))
             self.progress.setValue(event.done)
             name = PHASE_NAMES.get(event.phase, event.phase).lower()
@@ -300,8 +315,9 @@ class TrainingTab(QWidget):
         elif isinstance(event, RunStarted):
             self._total_steps, self._epochs, self.run_dir = event.total_steps, event.epochs, event.run_dir
             self.run_started.emit(event.run_dir)
-            self._append_log(f"run folder {event.run_dir}: {event.total_steps} steps, {event.epochs} epochs, "
-                             f"{event.batches_per_epoch} batches per epoch")
+            self._append_log(f"run folder {event.run_dir}: {count(event.total_steps, 'step')}, "
+                             f"{count(event.epochs, 'epoch')}, {count(event.batches_per_epoch, 'batch', 'batches')} "
+                             "per epoch")
         # Finished and Failed also arrive here; they are handled once, from ``finished``.
 
     def _on_status(self, status: Status) -> None:
@@ -311,6 +327,7 @@ class TrainingTab(QWidget):
             self._append_log(status.text)
         self._logged_training |= status.text == "training"
         self._last_status = status.text
+        self._enter_phase(status.phase)
         if self.state == STOPPING:
             return  # keep saying that it is stopping
         if status.phase == "paused" or self.state != PAUSED:
@@ -320,12 +337,24 @@ class TrainingTab(QWidget):
         if status.phase == "loading" and self._latest is None:
             self.progress.setRange(0, 0)
             self.progress.setFormat("loading…")
-        elif status.phase == "training":
+        elif self._latest is None and status.phase in ("training", "sampling", "saving"):
+            # No step yet: the bar still shows the caching count; say what happens now.
+            self.progress.setRange(0, 0)
+            self.progress.setFormat(f"{PHASE_NAMES.get(status.phase, status.phase).lower()}: before the first step…")
+        elif status.phase in ("training", "sampling", "saving", "paused"):
+            self._progress_dirty = True
+
+    def _enter_phase(self, phase: str) -> None:
+        if phase and phase != self._phase:
+            self._phase = phase
+            self._phase_times.enter(phase)
             self._progress_dirty = True
 
     @Slot(object)
     def _on_worker_finished(self, result: Finished | Failed) -> None:
         self.last_result = result
+        self._phase_times.enter("")  # the last phase ends here
+        self._ended = "failed" if isinstance(result, Failed) else result.reason.replace("_", " ")
         self.plots.redraw_now()
         self._update_progress()
         if isinstance(result, Failed):
@@ -339,8 +368,11 @@ class TrainingTab(QWidget):
             took = format_duration(result.wall_seconds)
             saved = f": {result.lora_path}" if result.lora_path else " (nothing saved)"
             reason = result.reason.replace("_", " ")
-            self.status_label.setText(f"{reason.capitalize()} after {result.steps} steps")
-            self._append_log(f"{reason} after {result.steps} steps in {took}{saved}")
+            self.status_label.setText(f"{reason.capitalize()} after {count(result.steps, 'step')}")
+            self._append_log(f"{reason} after {count(result.steps, 'step')} in {took}{saved}")
+        apart = self._phase_times.outside_training()
+        if apart:
+            self._append_log(f"time per step counts training only; apart from it: {apart}")
         self._set_state(IDLE)
         self.running_changed.emit(False)
         if isinstance(result, Failed) and not self.queue_panel.running:
@@ -360,7 +392,10 @@ class TrainingTab(QWidget):
         total = metrics.total_steps or self._total_steps
         self.progress.setRange(0, max(1, total))
         self.progress.setValue(metrics.step)
-        self.progress.setFormat(progress_text(metrics, self._epochs, self._skipped))
+        ended = self._ended or ("stopping" if self.state == STOPPING else "")
+        self.progress.setFormat(progress_text(metrics, self._epochs, self._skipped, self._phase, ended))
+        apart = self._phase_times.outside_training()
+        self.progress.setToolTip("Time per step counts training only" + (f"; apart from it: {apart}" if apart else ""))
 
     def _append_log(self, text: str) -> None:
         self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
@@ -442,10 +477,14 @@ class TrainingTab(QWidget):
         self.queue_panel.open_sweep_dialog(self.project)
 
 
-def progress_text(metrics: StepMetrics, epochs: int, skipped: int = 0) -> str:
+def progress_text(metrics: StepMetrics, epochs: int, skipped: int = 0, phase: str = "training",
+                  ended: str = "") -> str:
     """"step 120/1600 · epoch 2/10 · 1.85 it/s · ETA 12:34", with "· 3 skipped" when steps
-    were left out for a non-finite loss (training.nonfinite_loss = "skip")."""
+    were left out for a non-finite loss (training.nonfinite_loss = "skip"). A phase other
+    than training leads ("Sampling · step …"), and a run that ended or is stopping says so
+    in place of its ETA, which no longer means anything."""
     epoch = f"epoch {metrics.epoch}/{epochs}" if epochs else f"epoch {metrics.epoch}"
     skips = f" · {skipped} skipped" if skipped else ""
-    return (f"step {metrics.step}/{metrics.total_steps} · {epoch}{skips} · {metrics.it_per_s:.2f} it/s · "
-            f"ETA {format_duration(metrics.eta_s)}")
+    lead = f"{PHASE_NAMES.get(phase, phase.capitalize())} · " if phase and phase != "training" and not ended else ""
+    tail = ended if ended else f"ETA {format_duration(metrics.eta_s)}"
+    return f"{lead}step {metrics.step}/{metrics.total_steps} · {epoch}{skips} · {format_rate(metrics.it_per_s)} · {tail}"

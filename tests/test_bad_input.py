@@ -265,7 +265,7 @@ def test_a_dataset_with_no_usable_image_names_every_broken_file(tmp_path):
     result = scan_dataset(config.dataset)
     assert result.images == []
     message = unusable_dataset_message(result.skipped, result.warnings)
-    assert message == (f"dataset.subsets: no usable images: 2 file(s) skipped ({folder / 'a.png'}: not a valid PNG "
+    assert message == (f"dataset.subsets: no usable images: 2 files skipped ({folder / 'a.png'}: not a valid PNG "
                        f"file; {folder / 'b.jpg'}: empty file (0 bytes)); replace or remove the broken files, "
                        "or choose another folder")
     assert f"{folder}: none of its 2 images can be used" in result.warnings
@@ -282,7 +282,7 @@ def test_a_run_on_a_dataset_of_broken_files_fails_naming_them(tmp_path):
         image.write_bytes(b"")  # every image empty: nothing is left to train on
     result = Trainer(config, ListSink()).run()
     assert isinstance(result, Failed) and result.kind == "data"
-    assert result.summary.startswith("dataset.subsets: no usable images: 5 file(s) skipped (")
+    assert result.summary.startswith("dataset.subsets: no usable images: 5 files skipped (")
     assert f"{folder / 'img0.png'}: empty file (0 bytes)" in result.summary
 
 

@@ -77,7 +77,7 @@ def test_the_table_and_the_json_say_the_images_were_checked_by_their_headers_onl
     _image(tmp_path / "a.png", (512, 512))
     garbage_png(tmp_path / "b.png", (512, 512))  # a sound header over garbage data
     assert main(["plan", str(tmp_path)]) == 0
-    assert ("2 image(s) were checked by their headers only; a damaged image is found when it is first "
+    assert ("2 images were checked by their headers only; a damaged image is found when it is first "
             "decoded (caching latents or training)") in capsys.readouterr().out
     assert _json(capsys, str(tmp_path))["header_checked"] == 2
 

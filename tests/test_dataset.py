@@ -112,7 +112,7 @@ def test_no_caption_and_no_class_tokens_gives_one_warning_per_subset(tmp_path: P
         _image(tmp_path / "10_" / name)
     result = scan_dataset(_kohya_params(tmp_path))
     assert [(r.caption, r.caption_source) for r in result.images] == [("", "none")] * 2
-    assert sum("2 image(s) have no caption file" in w for w in result.warnings) == 1
+    assert sum("2 images have no caption file" in w for w in result.warnings) == 1
 
 
 def test_prefix_and_suffix_are_joined_with_spaces_as_sd_scripts_does(tmp_path: Path) -> None:

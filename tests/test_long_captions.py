@@ -45,7 +45,7 @@ def test_a_caption_over_the_limit_is_named_in_the_plan_with_what_it_costs(tmp_pa
     plan = plan_dataset(config.dataset, config.training)
     warning = next(w for w in plan.warnings if "longer than" in w)
     length = len((tmp_path / "3_cat" / "c.txt").read_text("utf-8"))
-    assert warning.startswith(f"1 caption(s) are longer than {LONG_CAPTION_CHARS:,} characters: "
+    assert warning.startswith(f"1 caption is longer than {LONG_CAPTION_CHARS:,} characters: "
                               f"c.txt ({length:,} characters).")
     assert "first 75 tokens" in warning and "slows the steps" in warning
     assert "b.txt" not in warning  # at the limit is not over it

@@ -177,7 +177,7 @@ def test_the_plan_says_its_images_were_checked_by_their_headers_only(tmp_path):
     # Damage past a sound header and ending cannot be seen without decoding: it is planned...
     assert sorted(i.record.path.name for i in plan.images) == ["garbage.png", "good.png"]
     # ...and the plan says plainly what was and was not checked.
-    assert ("2 image(s) were checked by their headers only; a damaged image is found when it is first "
+    assert ("2 images were checked by their headers only; a damaged image is found when it is first "
             "decoded (caching latents or training)") in plan.notes
     assert plan_to_json(plan)["header_checked"] == 2
 

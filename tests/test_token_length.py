@@ -251,13 +251,13 @@ def test_the_plan_counts_the_captions_past_the_limit_and_names_the_longest(tmp_p
     config = _captioned_dataset(tmp_path, {"short": 10, "edge": 75, "mid": 100, "long": 200, "twin": 200})
     plan = plan_dataset(config.dataset, config.training)
     assert _token_warning(plan) == (
-        "3 image(s) have captions longer than 75 tokens, the most that reach the text encoder "
+        "3 images have captions longer than 75 tokens, the most that reach the text encoder "
         "(training.max_token_length): long.txt (200 tokens), twin.txt (200 tokens), mid.txt (100 tokens). "
         "The tokens past 75 never train; set training.max_token_length to 150 or 225 (sd-scripts' "
         "--max_token_length) or shorten these captions")
     config.training.max_token_length = 150
     warning = _token_warning(plan_dataset(config.dataset, config.training))
-    assert warning.startswith("2 image(s) have captions longer than 150 tokens") and "to 225 (" in warning
+    assert warning.startswith("2 images have captions longer than 150 tokens") and "to 225 (" in warning
     config.training.max_token_length = 225
     assert _token_warning(plan_dataset(config.dataset, config.training)) is None
 

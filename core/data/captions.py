@@ -40,15 +40,25 @@ def read_caption_file(path: str | os.PathLike[str]) -> tuple[str, str | None]:
     cut = len(raw) > MAX_CAPTION_BYTES
     if cut:
         raw = _whole_characters(raw[:MAX_CAPTION_BYTES])
-    text, warning = _decode(raw)
+    text, warning = decode_caption(raw)
     if cut and _LINE_BREAK.search(text) is None:
         warning = f"its first line is longer than {MAX_CAPTION_BYTES // MiB} MiB; only that much is read"
     if not text:
         return "", EMPTY_FILE_WARNING
-    first = _LINE_BREAK.split(text, maxsplit=1)[0].strip()
+    first = split_first_line(text)[0].strip()
     if not first and warning is None:
         warning = BLANK_FIRST_LINE_WARNING
     return first, warning
+
+
+def split_first_line(text: str) -> tuple[str, str]:
+    """(line one, everything from its line break on): what trains, and what the file keeps
+    besides. Joining the two gives ``text`` back, so an editor of line one can save the
+    rest unchanged, a trailing newline and CRLF included."""
+    match = _LINE_BREAK.search(text)
+    if match is None:
+        return text, ""
+    return text[:match.start()], text[match.start():]
 
 
 def _whole_characters(raw: bytes) -> bytes:
@@ -65,7 +75,8 @@ def _whole_characters(raw: bytes) -> bytes:
     return raw
 
 
-def _decode(raw: bytes) -> tuple[str, str | None]:
+def decode_caption(raw: bytes) -> tuple[str, str | None]:
+    """A caption file's bytes as text, and a warning when it was not UTF-8 or UTF-16."""
     if raw.startswith(_UTF16_BOMS):
         # The "utf-16" codec reads the BOM to pick the byte order and drops it.
         return raw.decode("utf-16", errors="replace"), None

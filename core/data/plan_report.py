@@ -12,6 +12,7 @@ import math
 from core.config.schema import MAX_TOKEN_LENGTHS
 from core.data.dataset_plan import DatasetPlan
 from core.data.images import conversion_note
+from core.system.words import agree, count as count_of
 
 SHOW_AT_MOST = 5
 
@@ -70,7 +71,8 @@ def token_limit_warning(plan: DatasetPlan) -> str | None:
     longer = [n for n in MAX_TOKEN_LENGTHS if n > limit]
     advice = (f"set training.max_token_length to {' or '.join(str(n) for n in longer)} (sd-scripts' "
               "--max_token_length) or shorten these captions" if longer else "shorten these captions")
-    return (f"{len(images)} image(s) have captions longer than {limit} tokens, the most that reach the text "
+    return (f"{count_of(len(images), 'image')} {agree(len(images), 'has a caption', 'have captions')}"
+            f" longer than {limit} tokens, the most that reach the text "
             f"encoder (training.max_token_length): {_listing(names)}. The tokens past {limit} never train; "
             + advice)
 
@@ -87,7 +89,8 @@ def long_caption_warning(plan: DatasetPlan) -> str | None:
         extension = plan.subsets[image.record.subset_index].params.caption_extension
         extension = extension if extension.startswith(".") else "." + extension
         names.append(f"{image.record.path.stem}{extension} ({length:,} characters)")
-    return (f"{len(long)} caption(s) are longer than {LONG_CAPTION_CHARS:,} characters: {_listing(names)}. "
+    return (f"{count_of(len(long), 'caption')} {agree(len(long), 'is', 'are')}"
+            f" longer than {LONG_CAPTION_CHARS:,} characters: {_listing(names)}. "
             f"Only the first {plan.max_token_length} tokens of a caption (a few hundred characters) reach "
             "the text encoder, so "
             "the rest never trains; yet the whole text is tokenised (and shuffled or dropped tag by tag, "
@@ -109,42 +112,49 @@ def plan_warnings(plan: DatasetPlan) -> tuple[list[str], list[str]]:
 
     mode = ("bucketing off" if not s.enable_bucket else
             "no upscaling" if s.no_upscale else f"buckets {s.min_bucket_reso}-{s.max_bucket_reso}")
-    notes.append(f"{len(plan.images)} images ({plan.num_train_images + plan.num_reg_images} with repeats) "
-                 f"fall into {len(plan.buckets)} bucket(s) at {_wxh(s.resolution)} "
+    notes.append(f"{count_of(len(plan.images), 'image')} ({plan.num_train_images + plan.num_reg_images} with repeats) "
+                 f"{agree(len(plan.images), 'falls', 'fall')}"
+                 f" into {count_of(len(plan.buckets), 'bucket')} at {_wxh(s.resolution)} "
                  f"({mode}, step {s.bucket_reso_steps})")
 
     if batch > 1:
         small = [f"{_wxh(b)} ({n})" for b, n in plan.buckets.items() if n < batch]
         if small:
-            warnings.append(f"{len(small)} bucket(s) hold fewer images than the batch size {batch}, so "
+            warnings.append(f"{count_of(len(small), 'bucket')} {agree(len(small), 'holds', 'hold')}"
+                            f" fewer images than the batch size {batch}, so "
                             f"their batches are smaller: {_listing(small)}")
         short = sum(1 for n in plan.buckets.values() if n % batch)
         total = sum(plan.buckets.values())
         naive = math.ceil(total / batch)
         if plan.batches_per_epoch != naive:
-            notes.append(f"batches never mix buckets: {plan.batches_per_epoch} batches per epoch, "
-                         f"not {total}/{batch} rounded up = {naive}; {short} of them are short")
+            notes.append(f"batches never mix buckets: {count_of(plan.batches_per_epoch, 'batch', 'batches')}"
+                         f" per epoch, "
+                         f"not {total}/{batch} rounded up = {naive}; {short} of them {agree(short, 'is', 'are')} short")
     single = [f"{_wxh(b)} ({_name(imgs[0])})" for b, imgs in distinct.items() if len(imgs) == 1]
     if single:
-        warnings.append(f"{len(single)} bucket(s) hold a single image, so their batches only ever "
+        warnings.append(f"{count_of(len(single), 'bucket')} {agree(len(single), 'holds', 'hold')} a single image, so "
+                        f"{agree(len(single), 'its', 'their')} batches only ever "
                         f"repeat it: {_listing(single)}")
 
     upscaled = [f"{_name(i)} ({_wxh(i.record.size)} -> {_wxh(i.assignment.resized)})"
                 for i in plan.images if i.assignment.upscaled]
     if upscaled:
-        warnings.append(f"{len(upscaled)} image(s) are enlarged to fill their bucket, which softens "
+        warnings.append(f"{count_of(len(upscaled), 'image')} {agree(len(upscaled), 'is', 'are')}"
+                        f" enlarged to fill their bucket, which softens "
                         f"them: {_listing(upscaled)}")
     if s.enable_bucket and not s.no_upscale:
         low = s.min_bucket_reso - s.min_bucket_reso % s.bucket_reso_steps
         tiny = [f"{_name(i)} ({_wxh(i.record.size)})" for i in plan.images if min(i.record.size) < low]
         if tiny:
-            warnings.append(f"{len(tiny)} image(s) are smaller than the minimum bucket side ({low} px): "
+            warnings.append(f"{count_of(len(tiny), 'image')} {agree(len(tiny), 'is', 'are')}"
+                            f" smaller than the minimum bucket side ({low} px): "
                             f"{_listing(tiny)}")
     elif s.enable_bucket:
         area = s.resolution[0] * s.resolution[1]
         small_imgs = [i for i in plan.images if i.record.size[0] * i.record.size[1] < area]
         if small_imgs:
-            notes.append(f"{len(small_imgs)} image(s) have fewer pixels than {_wxh(s.resolution)} and "
+            notes.append(f"{count_of(len(small_imgs), 'image')} {agree(len(small_imgs), 'has', 'have')}"
+                         f" fewer pixels than {_wxh(s.resolution)} and "
                          "train at their own size (no upscaling), in buckets of their own size")
 
     converted: dict[str, list[str]] = {}
@@ -153,10 +163,13 @@ def plan_warnings(plan: DatasetPlan) -> tuple[list[str], list[str]]:
         if note:
             converted.setdefault(note, []).append(_name(image))
     for note, names in converted.items():
-        notes.append(f"{len(names)} image(s) are converted when loaded ({note}): {_listing(names)}")
+        notes.append(f"{count_of(len(names), 'image')} {agree(len(names), 'is', 'are')}"
+                     f" converted when loaded ({note}): {_listing(names)}")
     # Planning never decodes pixels (that keeps it fast), so say so: data damaged past a
     # sound header and ending passes here and stops the run at its first load, by name.
-    notes.append(f"{header_checked(plan)} image(s) were checked by their headers only; a damaged image "
+    checked = header_checked(plan)
+    notes.append(f"{count_of(checked, 'image')} {agree(checked, 'was', 'were')} checked by "
+                 f"{agree(checked, 'its header', 'their headers')} only; a damaged image "
                  "is found when it is first decoded (caching latents or training)")
     notes.append(f"mean aspect-ratio error {plan.mean_ar_error:.4f} (bucket shape vs image shape)")
     fractions = [(cropped_fraction(i), i) for i in plan.images]

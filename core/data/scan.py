@@ -18,6 +18,7 @@ from core.data.captions import read_caption_file, tag_frequency
 from core.config.schema import DatasetParams, SubsetParams
 from core.data.imageinfo import ImageInfo, ImageProblem, is_image_file, read_image_info
 from core.system.resources import is_builtin, resolve_builtin
+from core.system.words import agree, count as count_of
 
 # How many files pass between calls to the cancel and progress callbacks: often enough
 # to feel instant, rarely enough to cost nothing next to reading a header.
@@ -191,7 +192,7 @@ def unusable_dataset_message(skipped: list[SkippedFile], warnings: list[str], sh
     if skipped:
         reasons = "; ".join(f"{s.display_path}: {s.reason}" for s in skipped[:shown])
         more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
-        return (f"dataset.subsets: no usable images: {len(skipped)} file(s) skipped ({reasons}{more}); "
+        return (f"dataset.subsets: no usable images: {count_of(len(skipped), 'file')} skipped ({reasons}{more}); "
                 "replace or remove the broken files, or choose another folder")
     detail = f" ({'; '.join(warnings)})" if warnings else ""
     return (f"dataset.subsets: no images to train on{detail}; add .png .jpg .jpeg .webp or .bmp "
@@ -309,9 +310,10 @@ def _summarise_subset(subset: ResolvedSubset, names: list[str], base_captions: l
     if not names:
         result.warnings.append(f"{subset.display_dir}: no images found (.png .jpg .jpeg .webp .bmp)")
     elif not base_captions:
-        result.warnings.append(f"{subset.display_dir}: none of its {len(names)} images can be used")
+        result.warnings.append(f"{subset.display_dir}: none of its {count_of(len(names), 'image')} can be used")
     if uncaptioned:
-        result.warnings.append(f"{subset.display_dir}: {uncaptioned} image(s) have no caption file and "
+        result.warnings.append(f"{subset.display_dir}: {count_of(uncaptioned, 'image')} "
+                               f"{agree(uncaptioned, 'has', 'have')} no caption file and "
                                "the subset has no class tokens; they train with an empty caption")
     if base_captions:  # sd-scripts records no tag frequency for a subset without images
         counts = result.tag_frequency.setdefault(subset.name, {})

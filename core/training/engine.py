@@ -324,7 +324,8 @@ class Trainer:
         progress.train_started = time.perf_counter()
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         if progress.step == 0 and config.sampling.at_step_0:
-            self.sampler.sample(0, 0)
+            with throughput.excluded():  # the time per step is training's own: samples are timed apart
+                self.sampler.sample(0, 0)
         self._status("training")
         workers = loader_workers(config.dataset.max_data_loader_n_workers,
                                  config.dataset.latent_cache is CacheMode.MEMORY, os.cpu_count())
@@ -340,7 +341,7 @@ class Trainer:
             micro_losses: list[float] = []
             for number, batch in enumerate(loader, start=1):
                 if control.paused:
-                    self._hold(throughput)
+                    self._hold(throughput, between_steps=not micro_losses)
                 if control.cancel_requested:
                     return "cancelled"
                 if control.stop_requested:
@@ -370,27 +371,45 @@ class Trainer:
                     progress.epoch_losses, progress.window = epoch_losses, window
                     self._report_step(step_loss, average, throughput, len(batch.keys) * world)
                 micro_losses = []
-                self._after_step()
+                with throughput.excluded():
+                    self._after_step()
                 if progress.step >= total:
                     break
-            if epoch_losses:
+            # An epoch cut short by max_train_steps is no epoch: no epoch loss, no "epoch done".
+            cut_short = progress.batch_in_epoch < len(order)
+            if cut_short:
+                self._status(f"max steps ({total}) reached partway through epoch {epoch}: no epoch loss for it")
+            elif epoch_losses:
                 mean = sum(epoch_losses) / len(epoch_losses)
                 self._emit(EpochMetrics(epoch, progress.step, mean))
                 self.metrics.epoch(epoch, progress.step, mean)
                 progress.last_epoch_mean = mean
             epoch_losses = []
-            self._after_epoch(epoch, finished=progress.step >= total)
+            with throughput.excluded():
+                self._after_epoch(epoch, finished=progress.step >= total)
             if progress.step >= total:
                 break
         return "completed"
 
-    def _hold(self, throughput: Throughput) -> None:
+    def _hold(self, throughput: Throughput, between_steps: bool) -> None:
         throughput.pause()
         self._status("paused", "paused")
         while not self.control.wait_while_paused(0.2):
-            pass
+            if between_steps:  # mid gradient accumulation they wait for the step's end
+                self._serve_while_paused()
         throughput.resume()
         self._status("training")
+
+    def _serve_while_paused(self) -> None:
+        """Save now and Sample now asked for during a pause, done at once: the pause holds
+        the run between two steps, where they are done anyway."""
+        if self.control.take_save_request():
+            self._ensure_run_dir()
+            self.checkpoints.save_checkpoint("manual", with_state=True)
+            self._status("paused", "paused")
+        if self.control.take_sample_request():
+            self.sampler.sample(self.step, self.epoch)
+            self._status("paused", "paused")
 
     def _report_step(self, loss: float, average: float, throughput: Throughput, images: int) -> None:
         lrs, dlrs = current_lrs(self.optimizer)

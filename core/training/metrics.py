@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class EpochWindowAverage:
@@ -43,7 +44,9 @@ class EpochWindowAverage:
 
 
 class Throughput:
-    """Steps per second over the last ``window`` steps, with paused time left out."""
+    """Steps per second over the last ``window`` steps: the time per step is the training
+    step's own (data, forward, backward, optimizer), so paused time and the saving and
+    sampling between steps are left out (``pause``/``resume``, ``excluded``)."""
 
     def __init__(self, window: int = 20, clock=time.perf_counter) -> None:  # noqa: ANN001
         self._clock = clock
@@ -63,6 +66,15 @@ class Throughput:
             self._offset += self._clock() - self._paused_since
             self._paused_since = None
 
+    @contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Work between steps (saving, sampling) whose time is not a step's."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
     @property
     def steps_per_second(self) -> float:
         if len(self._times) < 2:
@@ -71,10 +83,50 @@ class Throughput:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
+class PhaseTimes:
+    """Time spent in each phase of a run (loading, caching, training, sampling, saving,
+    paused), from the phase changes as they are seen: what the time per step leaves out is
+    then shown apart from it."""
+
+    APART = ("loading", "caching", "sampling", "saving", "paused")
+
+    def __init__(self, clock=time.monotonic) -> None:  # noqa: ANN001
+        self._clock = clock
+        self._phase = ""
+        self._since = 0.0
+        self.seconds: dict[str, float] = {}
+
+    def enter(self, phase: str) -> None:
+        """The run is in ``phase`` from now on ("" once it has ended)."""
+        now = self._clock()
+        if self._phase:
+            self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + now - self._since
+        self._phase, self._since = phase, now
+
+    def outside_training(self) -> str:
+        """"caching 00:04 · sampling 00:12 · paused 00:30" (phases that took time), or ""."""
+        now = self._clock()
+        totals = dict(self.seconds)
+        if self._phase:
+            totals[self._phase] = totals.get(self._phase, 0.0) + now - self._since
+        return " · ".join(f"{phase} {format_duration(totals[phase])}" for phase in self.APART
+                          if totals.get(phase, 0.0) >= 0.5)
+
+
 def eta_seconds(steps_done: int, total_steps: int, steps_per_second: float) -> float | None:
     if steps_per_second <= 0:
         return None
     return max(0, total_steps - steps_done) / steps_per_second
+
+
+def format_rate(steps_per_second: float) -> str:
+    """"1.85 it/s", or "3.20 s/it" when a step takes longer than a second (as tqdm and
+    sd-scripts print it), never "0.00 it/s"; "-- it/s" before there is a rate."""
+    if not math.isfinite(steps_per_second) or steps_per_second <= 0:
+        return "-- it/s"
+    if steps_per_second < 1:
+        return f"{1 / steps_per_second:.2f} s/it"
+    return f"{steps_per_second:.2f} it/s"
 
 
 def format_duration(seconds: float | None) -> str:
