@@ -27,6 +27,7 @@ class MainWindow(QMainWindow):
     def __init__(self) -> None:
         super().__init__()
         self.project = Project()
+        self._closing_after_run = False  # the person closed the window mid-run: close when it ends
         self.resize(1280, 860)
         self._build_tabs()
         self._build_menus()
@@ -243,15 +244,18 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
         if self.training_tab.is_running():
-            if not self.ask_stop_training():
+            # Never wait for the save in the GUI thread: ask the run to stop, keep the window
+            # open (and responsive) until it has ended, and close again then.
+            if self._closing_after_run or not self.ask_stop_training():
                 event.ignore()
                 return
-            self.statusBar().showMessage("Stopping and saving…")
-            if not self.training_tab.request_stop_and_wait(120_000):
-                self.show_message("Still saving", "Training has not finished saving yet; quitting anyway would "
-                                                  "lose the last steps. Try again in a moment.")
-                event.ignore()
-                return
+            self._closing_after_run = True
+            self.training_tab.queue_panel.finish_after_current()
+            self.training_tab.stop()
+            self.statusBar().showMessage("Stopping and saving… the window closes when the LoRA is saved")
+            event.ignore()
+            return
+        self._closing_after_run = False
         if not self._confirm_discard():
             event.ignore()
             return
@@ -284,6 +288,8 @@ class MainWindow(QMainWindow):
 
     def _on_training_run_finished(self, _result: object) -> None:
         self.runs_tab.on_run_finished()
+        if self._closing_after_run:
+            QTimer.singleShot(0, self.close)  # after the other listeners have seen the run end
 
     def _on_queue_sweep_finished(self, _sweep_id: str, run_dirs: list) -> None:
         """The last run of a sweep ended: compare exactly its runs."""
