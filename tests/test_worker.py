@@ -108,3 +108,49 @@ def test_a_failure_before_the_engine_exists_still_finishes_the_run(qtbot, worker
     assert worker.wait(5000)
     failed = worker.recorder.results[0]
     assert "torch is missing" in failed.summary and not worker.is_running()
+
+
+def test_a_finished_run_hands_its_memory_back(qtbot, worker, monkeypatch):
+    """Once a run has ended, the GUI thread collects what it left, CUDA's cache goes back to the
+    driver and glibc's free heap to the system (malloc_trim): an idle app holds about what a
+    fresh one does, and the next run's peak RAM is its own."""
+    import ctypes
+    import sys
+
+    import torch
+
+    calls = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):  # noqa: ANN001, ANN201
+            calls.append(("malloc_trim", pad))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: calls.append(("CDLL", name)) or FakeLibc())
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
+    worker.start("run-a")
+    qtbot.waitUntil(lambda: len(worker.recorder.events) > 0, timeout=5000)
+    assert calls == []  # nothing is released while the run goes on
+    FakeTrainer.release.set()
+    qtbot.waitUntil(lambda: len(worker.recorder.results) > 0, timeout=5000)
+    assert calls == [("empty_cache",), ("CDLL", "libc.so.6"), ("malloc_trim", 0)]
+
+
+def test_the_heap_is_not_trimmed_where_there_is_no_glibc(monkeypatch):
+    import ctypes
+    import sys
+
+    from gui import worker as worker_module
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: pytest.fail("no libc call outside Linux"))
+    worker_module._trim_heap()
+    monkeypatch.setattr(sys, "platform", "linux")
+
+    def missing(name):  # noqa: ANN001, ANN202 - a musl system has no libc.so.6
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    worker_module._trim_heap()  # says nothing, breaks nothing
