@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QTimer, QUrl
-from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from core import __version__
@@ -77,6 +77,8 @@ class MainWindow(QMainWindow):
         messages = self.parameters_tab.error_messages()  # the tab checked once while being built
         self.training_tab.set_start_blocked(messages)
         self.training_tab.running_changed.connect(self._on_training_running_changed)
+        self.runs_tab.resume_requested.connect(self._on_runs_resume_requested)
+        self.runs_tab.train_again_requested.connect(self._on_runs_train_again_requested)
 
     def _action(self, menu, text: str, slot, shortcut=None) -> QAction:  # noqa: ANN001
         action = QAction(text, self)
@@ -386,5 +388,36 @@ class MainWindow(QMainWindow):
                           "<p>Check an installation with <code>lorakiln --self-test</code>.</p>")
 
     def _on_open_log_folder_triggered(self) -> None:
-        log_dir().mkdir(parents=True, exist_ok=True)
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_dir())))
+        self.open_log_folder()
+
+    def open_log_folder(self) -> bool:
+        from gui.folders import open_folder
+
+        try:
+            log_dir().mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self.show_message("Cannot open the log folder", f"{log_dir()} cannot be made: "
+                                                            f"{error.strerror or error}. Check that you can write there.")
+            return False
+        return open_folder(log_dir(), "log folder", self.show_message)
+
+    def _on_runs_resume_requested(self, run_dir: str) -> None:
+        if self.training_tab.resume_run(run_dir):
+            self.tabs.setCurrentWidget(self.training_tab)
+
+    def _on_runs_train_again_requested(self, run_dir: str) -> None:
+        """Load a run's settings into the form, as an unsaved copy: Save asks for a new file,
+        so the run's own config.toml is never overwritten."""
+        from core.training.run_folder import CONFIG
+
+        if not self._confirm_discard():
+            return
+        path = Path(run_dir) / CONFIG
+        try:
+            loaded = load_preset(path)
+        except PresetError as error:
+            self.show_message("Cannot load the run's settings", f"{path}: {error}")
+            return
+        self.project.load(loaded, builtin=True)
+        self.tabs.setCurrentWidget(self.parameters_tab)
+        self.statusBar().showMessage(f"Loaded the settings of {Path(run_dir).name}; Save as… keeps them")
