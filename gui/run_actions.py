@@ -12,8 +12,7 @@ from typing import Any
 
 from PySide6.QtCore import QFile
 
-from core.training.checkpoint import STATE_DIR, latest_state
-from core.training.run_folder import CONFIG
+CONFIG = "config.toml"  # core.training.run_folder.CONFIG; not imported: that pulls in torch at app start
 
 RESUMABLE = frozenset({"stopped", "interrupted", "incomplete", "cancelled", "failed"})
 
@@ -24,6 +23,8 @@ def config_path(record: Any) -> Path:
 
 def can_resume(record: Any) -> bool:
     """A run that ended before its plan did and saved a training state to go on from."""
+    from core.training.checkpoint import STATE_DIR, latest_state
+
     return (record.status in RESUMABLE and config_path(record).is_file()
             and latest_state(Path(record.path) / STATE_DIR) is not None)
 

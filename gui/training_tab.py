@@ -175,13 +175,13 @@ class TrainingTab(QWidget):
     def resumable_run(self) -> Path | None:
         """The folder of the last run when it was stopped (or failed) before its plan ended and
         saved a training state to go on from; None otherwise."""
-        from core.training.checkpoint import STATE_DIR, latest_state
-
         result = self.last_result
         if self.is_running() or result is None or not self.run_dir:
             return None
         if isinstance(result, Finished) and result.reason not in ("stopped", "interrupted"):
             return None
+        from core.training.checkpoint import STATE_DIR, latest_state  # torch: only once a run has ended
+
         run_dir = Path(self.run_dir)
         return run_dir if latest_state(run_dir / STATE_DIR) is not None else None
 
