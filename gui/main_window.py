@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import QSize, QTimer, QUrl
-from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
+from PySide6.QtCore import QSize, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from core import __version__
@@ -31,6 +31,7 @@ class MainWindow(QMainWindow):
     def __init__(self) -> None:
         super().__init__()
         self.project = Project()
+        self._closing_after_run = False  # the person closed the window mid-run: close when it ends
         self._build_tabs()
         self._build_menus()
         self._dirty_label = QLabel()
@@ -83,6 +84,8 @@ class MainWindow(QMainWindow):
         messages = self.parameters_tab.error_messages()  # the tab checked once while being built
         self.training_tab.set_start_blocked(messages)
         self.training_tab.running_changed.connect(self._on_training_running_changed)
+        self.runs_tab.resume_requested.connect(self._on_runs_resume_requested)
+        self.runs_tab.train_again_requested.connect(self._on_runs_train_again_requested)
 
     def _action(self, menu, text: str, slot, shortcut=None) -> QAction:  # noqa: ANN001
         action = QAction(text, self)
@@ -260,15 +263,18 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt's name
         if self.training_tab.is_running():
-            if not self.ask_stop_training():
+            # Never wait for the save in the GUI thread: ask the run to stop, keep the window
+            # open (and responsive) until it has ended, and close again then.
+            if self._closing_after_run or not self.ask_stop_training():
                 event.ignore()
                 return
-            self.statusBar().showMessage("Stopping and saving…")
-            if not self.training_tab.request_stop_and_wait(120_000):
-                self.show_message("Still saving", "Training has not finished saving yet; quitting anyway would "
-                                                  "lose the last steps. Try again in a moment.")
-                event.ignore()
-                return
+            self._closing_after_run = True
+            self.training_tab.queue_panel.finish_after_current()
+            self.training_tab.stop()
+            self.statusBar().showMessage("Stopping and saving… the window closes when the LoRA is saved")
+            event.ignore()
+            return
+        self._closing_after_run = False
         if not self._confirm_discard():
             event.ignore()
             return
@@ -303,6 +309,8 @@ class MainWindow(QMainWindow):
 
     def _on_training_run_finished(self, _result: object) -> None:
         self.runs_tab.on_run_finished()
+        if self._closing_after_run:
+            QTimer.singleShot(0, self.close)  # after the other listeners have seen the run end
 
     def _on_queue_sweep_finished(self, _sweep_id: str, run_dirs: list) -> None:
         """The last run of a sweep ended: compare exactly its runs."""
@@ -403,5 +411,36 @@ class MainWindow(QMainWindow):
                           "<p>Check an installation with <code>lorakiln --self-test</code>.</p>")
 
     def _on_open_log_folder_triggered(self) -> None:
-        log_dir().mkdir(parents=True, exist_ok=True)
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_dir())))
+        self.open_log_folder()
+
+    def open_log_folder(self) -> bool:
+        from gui.folders import open_folder
+
+        try:
+            log_dir().mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self.show_message("Cannot open the log folder", f"{log_dir()} cannot be made: "
+                                                            f"{error.strerror or error}. Check that you can write there.")
+            return False
+        return open_folder(log_dir(), "log folder", self.show_message)
+
+    def _on_runs_resume_requested(self, run_dir: str) -> None:
+        if self.training_tab.resume_run(run_dir):
+            self.tabs.setCurrentWidget(self.training_tab)
+
+    def _on_runs_train_again_requested(self, run_dir: str) -> None:
+        """Load a run's settings into the form, as an unsaved copy: Save asks for a new file,
+        so the run's own config.toml is never overwritten."""
+        from core.training.run_folder import CONFIG
+
+        if not self._confirm_discard():
+            return
+        path = Path(run_dir) / CONFIG
+        try:
+            loaded = load_preset(path)
+        except PresetError as error:
+            self.show_message("Cannot load the run's settings", f"{path}: {error}")
+            return
+        self.project.load(loaded, builtin=True)
+        self.tabs.setCurrentWidget(self.parameters_tab)
+        self.statusBar().showMessage(f"Loaded the settings of {Path(run_dir).name}; Save as… keeps them")

@@ -25,6 +25,8 @@ class RunControls(QWidget):
         self.cancel_button = _button("Cancel", "End now without saving")
         self.save_button = _button("Save now", "Save a checkpoint (and training state) after this step")
         self.sample_button = _button("Sample now", SAMPLE_TIP)
+        self.resume_run_button = _button("Resume run", "Train the stopped run further from the state it saved")
+        self.resume_run_button.hide()  # shown by the Training tab after a run that can go on
         self.queue_button = _button("Add to queue", QUEUE_TIP)
         self.sweep_button = _button("Sweep…", SWEEP_TIP)
         self.status_label = QLabel(READY)
@@ -36,7 +38,8 @@ class RunControls(QWidget):
 
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
-        for button in (self.start_button, self.pause_button, self.stop_button, self.cancel_button):
+        for button in (self.start_button, self.pause_button, self.stop_button, self.cancel_button,
+                       self.resume_run_button):
             row.addWidget(button)
         separator = QFrame()
         separator.setFrameShape(QFrame.Shape.VLine)

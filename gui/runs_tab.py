@@ -7,14 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QShowEvent
-from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMenu, QPushButton, QSplitter,
+from PySide6.QtCore import QPoint, Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication, QShowEvent
+from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMenu, QMessageBox, QPushButton, QSplitter,
                                QToolButton, QVBoxLayout, QWidget)
 
 from core.system.paths import default_runs_dir
 from core.system.words import count
+from gui import run_actions
 from gui.compare_view import CompareView
+from gui.folders import open_folder
 from gui.project import Project
 from gui.run_list import RunList, report
 from gui.settings import settings
@@ -24,6 +26,9 @@ SELECTION_DELAY_MS = 150  # a drag over many rows redraws once, when it settles
 
 
 class RunsTab(QWidget):
+    resume_requested = Signal(str)  # a run folder to train further (the main window starts it)
+    train_again_requested = Signal(str)  # a run folder whose settings to load into the form
+
     def __init__(self, project: Project, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.project = project
@@ -76,6 +81,8 @@ class RunsTab(QWidget):
         row.addWidget(self.export_button)
 
         self.run_list = RunList()
+        self.run_list.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.run_list.table.customContextMenuRequested.connect(self._on_table_context_menu_requested)
         self.compare = CompareView()
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.run_list)
@@ -139,6 +146,110 @@ class RunsTab(QWidget):
 
     def ask_folder(self) -> str:
         return QFileDialog.getExistingDirectory(self, "Add a folder of runs", str(self.output_folder().parent))
+
+    def ask_yes(self, title: str, text: str) -> bool:
+        return QMessageBox.question(self, title, text) == QMessageBox.StandardButton.Yes
+
+    def ask_export_folder(self, title: str) -> str:
+        return QFileDialog.getExistingDirectory(self, title, str(self.output_folder()))
+
+    # ---------------------------------------------------------------- one run's actions
+    def run_menu(self, record: Any) -> QMenu:
+        """The context menu of one run; each action names what it does to that run."""
+        menu = QMenu(self)
+        menu.addAction("Open folder", lambda: self.open_run_folder(record))
+        lora = menu.addAction("Open LoRA's folder", lambda: self.open_lora_folder(record))
+        lora.setEnabled(record.lora_path is not None)
+        if record.lora_path is None:
+            lora.setToolTip("This run saved no LoRA")
+        menu.addSeparator()
+        resume = menu.addAction("Resume", lambda: self.resume_run(record))
+        resume.setEnabled(run_actions.can_resume(record))
+        if not resume.isEnabled():
+            resume.setToolTip(f"Cannot resume: {run_actions.why_not_resumable(record)}")
+        again = menu.addAction("Train again with these settings", lambda: self.train_again(record))
+        again.setEnabled(run_actions.config_path(record).is_file())
+        menu.addSeparator()
+        menu.addAction("Copy the lorakiln train command", lambda: self.copy_train_command(record))
+        export = menu.addAction("Export Kohya config…", lambda: self.export_kohya(record))
+        export.setEnabled(run_actions.config_path(record).is_file())
+        menu.addSeparator()
+        menu.addAction("Delete…", lambda: self.delete_run(record))
+        menu.setToolTipsVisible(True)
+        return menu
+
+    def _on_table_context_menu_requested(self, pos: QPoint) -> None:
+        item = self.run_list.table.itemAt(pos)
+        record = self.run_list.record(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
+        if record is None:
+            return
+        self.run_menu(record).exec(self.run_list.table.viewport().mapToGlobal(pos))
+
+    def open_run_folder(self, record: Any) -> bool:
+        return open_folder(record.path, "run's folder", self.show_message)
+
+    def open_lora_folder(self, record: Any) -> bool:
+        if record.lora_path is None:
+            self.show_message("No LoRA", f"The run {record.path} saved no LoRA.")
+            return False
+        return open_folder(Path(record.lora_path).parent, "LoRA's folder", self.show_message)
+
+    def resume_run(self, record: Any) -> None:
+        if not run_actions.can_resume(record):
+            self.show_message("Cannot resume", f"{record.path} cannot be resumed: "
+                                               f"{run_actions.why_not_resumable(record)}.")
+            return
+        self.resume_requested.emit(str(record.path))
+
+    def train_again(self, record: Any) -> None:
+        if not run_actions.config_path(record).is_file():
+            self.show_message("No settings", f"{run_actions.config_path(record)} is missing: the run's settings "
+                                             "cannot be loaded.")
+            return
+        self.train_again_requested.emit(str(record.path))
+
+    def copy_train_command(self, record: Any) -> str:
+        command = run_actions.train_command(record)
+        QGuiApplication.clipboard().setText(command)
+        self.count_label.setText("command copied")
+        return command
+
+    def export_kohya(self, record: Any) -> list[Path]:
+        from core.config.presets import PresetError
+        from core.kohya.export import KohyaExportError
+
+        folder = self.ask_export_folder("Export the run's settings as a Kohya config into a folder")
+        if not folder:
+            return []
+        try:
+            written = run_actions.export_kohya(record, Path(folder))
+        except (KohyaExportError, PresetError) as error:
+            self.show_message("Cannot export", f"{run_actions.config_path(record)}: {error}")
+            return []
+        except OSError as error:
+            self.show_message("Cannot export", f"Cannot write into {folder}: {error.strerror or error}. "
+                                               "Choose a folder you can write to.")
+            return []
+        self.count_label.setText(f"exported {len(written)} files to {folder}")
+        return written
+
+    def delete_run(self, record: Any) -> bool:
+        """To the trash when the system has one; else, after asking, for good."""
+        path = Path(record.path)
+        if not self.ask_yes("Delete the run", f"Move the run {path.name} to the trash?\n\n{path}"):
+            return False
+        if not run_actions.move_to_trash(path):
+            if not self.ask_yes("Delete the run", f"{path} cannot be moved to the trash here. Delete it for good? "
+                                                  "This cannot be undone."):
+                return False
+            try:
+                run_actions.delete_permanently(path)
+            except OSError as error:
+                self.show_message("Cannot delete", f"{path} could not be deleted: {error.strerror or error}.")
+                self.refresh()
+                return False
+        self.refresh()
+        return True
 
     # ---------------------------------------------------------------- runs
     def refresh(self) -> None:

@@ -83,6 +83,7 @@ class TrainingTab(QWidget):
         self.stop_button, self.cancel_button = controls.stop_button, controls.cancel_button
         self.save_button, self.sample_button = controls.save_button, controls.sample_button
         self.queue_button, self.sweep_button = controls.queue_button, controls.sweep_button
+        self.resume_run_button = controls.resume_run_button
         self.status_label, self.blocked_label = controls.status_label, controls.blocked_label
         for button, slot in ((self.start_button, self._on_start_button_clicked),
                              (self.pause_button, self._on_pause_button_clicked),
@@ -91,7 +92,8 @@ class TrainingTab(QWidget):
                              (self.save_button, self._on_save_button_clicked),
                              (self.sample_button, self._on_sample_button_clicked),
                              (self.queue_button, self._on_queue_button_clicked),
-                             (self.sweep_button, self._on_sweep_button_clicked)):
+                             (self.sweep_button, self._on_sweep_button_clicked),
+                             (self.resume_run_button, self._on_resume_run_button_clicked)):
             button.clicked.connect(slot)
 
         self.progress = QProgressBar()
@@ -173,6 +175,37 @@ class TrainingTab(QWidget):
 
     def is_running(self) -> bool:
         return self.state != IDLE
+
+    def resumable_run(self) -> Path | None:
+        """The folder of the last run when it was stopped (or failed) before its plan ended and
+        saved a training state to go on from; None otherwise."""
+        result = self.last_result
+        if self.is_running() or result is None or not self.run_dir:
+            return None
+        if isinstance(result, Finished) and result.reason not in ("stopped", "interrupted"):
+            return None
+        from core.training.checkpoint import STATE_DIR, latest_state  # torch: only once a run has ended
+
+        run_dir = Path(self.run_dir)
+        return run_dir if latest_state(run_dir / STATE_DIR) is not None else None
+
+    def resume_run(self, run_dir: str | Path) -> bool:
+        """Train a stopped run's folder further with its own settings (its config.toml).
+        False, after saying why, when its settings cannot be read or a run is going."""
+        from core.config.presets import PresetError, load_preset
+        from core.training.run_folder import CONFIG
+
+        run_dir = Path(run_dir)
+        try:
+            loaded = load_preset(run_dir / CONFIG)
+        except PresetError as error:
+            self.show_message("Cannot resume", f"{run_dir / CONFIG}: {error}")
+            return False
+        if self.is_running() or self.queue_panel.running:
+            self.show_message("Cannot resume", "A run is going: resume once it has ended.")
+            return False
+        self._start_run(loaded.config, loaded.description, run_dir, run_dir, f"resuming {run_dir}")
+        return True
 
     def use_queue(self, queue: RunQueue) -> None:
         """Work on another queue file (tests; a queue opened elsewhere)."""
@@ -261,6 +294,7 @@ class TrainingTab(QWidget):
         self._update_buttons()
 
     def _update_buttons(self) -> None:
+        self.resume_run_button.setVisible(self.resumable_run() is not None)
         has_prompts = self.run_config is not None and bool(self.run_config.sampling.prompts.strip())
         self.controls.show_state(self.state, blocked=bool(self._blocked), has_prompts=has_prompts,
                                  queue_running=self.queue_panel.running)
@@ -451,6 +485,11 @@ class TrainingTab(QWidget):
         elif state.fits is False:
             self._append_log(f"VRAM: started anyway at ≈ {gib(state.forecast.driver)} of your {state.card.size_label}")
         self.start()
+
+    def _on_resume_run_button_clicked(self) -> None:
+        run_dir = self.resumable_run()
+        if run_dir is not None:
+            self.resume_run(run_dir)
 
     def _on_pause_button_clicked(self) -> None:
         if self.state == PAUSED:

@@ -1,31 +1,33 @@
-"""The training worker: runs one ``Trainer`` at a time in a background thread and turns
-each engine event into one Qt signal. It never touches a widget; the GUI commands it
-through the thread-safe ``Control``.
+"""The training worker: runs one ``Trainer`` at a time in a ``QThread`` and turns each engine
+event into one Qt signal. It never touches a widget; the GUI commands it through the
+thread-safe ``Control``.
 
-The worker object itself stays in the GUI thread for its whole life. The run happens in a
-plain Python thread that only *emits* the worker's signals; because the receivers live in
-the GUI thread, Qt queues each emission there. Nothing is ever moved between threads and
-the GUI thread never blocks on the run unless asked to (``wait``), so a closing window or a
-finishing run cannot deadlock the two threads against each other.
+``TrainingWorker`` stays in the GUI thread for its whole life. Each run gets a fresh QThread
+and a ``_RunJob`` moved to it; the thread's ``started`` signal calls the job there. The job
+only *emits*: every receiver lives in the GUI thread, so Qt queues each emission there and
+the GUI thread never blocks on the run unless asked to (``wait``). The job's last act is to
+move itself back to the GUI thread and end its thread's event loop, so nothing Qt-owned is
+destroyed in the training thread (see gui.gc_guard for the garbage collector's side of that).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
 
-from PySide6.QtCore import QCoreApplication, QEvent, QObject, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, QThread, Signal, Slot
 
 from gui.gc_guard import gui_collector
 
 log = logging.getLogger("lorakiln.gui")
+# How long the GUI thread waits for a thread whose run has returned to leave its event loop:
+# it has nothing left to do but return, so this is a bound, never a wait for training.
+THREAD_END_WAIT_MS = 5000
 
 
 class _SignalSink:
-    """The engine's sink inside the worker thread: every event becomes one ``event`` signal,
-    which Qt queues to the GUI thread."""
+    """The engine's sink inside the training thread: every event becomes one ``event`` signal
+    of the worker, which Qt queues to the GUI thread."""
 
     def __init__(self, worker: TrainingWorker) -> None:
         self._worker = worker
@@ -34,16 +36,37 @@ class _SignalSink:
         self._worker.event.emit(event)
 
 
+class _RunJob(QObject):
+    """One run, executed in the thread it is moved to."""
+
+    done = Signal(object)  # the run's Finished or Failed: training thread -> GUI thread
+
+    def __init__(self, worker: TrainingWorker, control: object, config: object, description: str,
+                 base_dir: Path | None, resume_from: Path | None) -> None:
+        super().__init__()
+        self._args: tuple | None = (worker, control, config, description, base_dir, resume_from)
+
+    @Slot()
+    def run(self) -> None:
+        args, self._args = self._args, None  # the job keeps nothing of the run once it returns
+        result = _run(*args) if args is not None else None
+        del args
+        home = QCoreApplication.instance()
+        if home is not None:
+            self.moveToThread(home.thread())  # allowed: we are in the job's thread ("push")
+        self.done.emit(result)
+        QThread.currentThread().quit()  # exec() returns at once, even when it has not begun
+
+
 class TrainingWorker(QObject):
     event = Signal(object)  # RunStarted, Status, PhaseProgress, StepMetrics, ... in engine order
     finished = Signal(object)  # the run's Finished or Failed, once its thread has nothing left to do
-    _run_done = Signal(object)  # internal: worker thread -> GUI thread
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._thread: threading.Thread | None = None
+        self._thread: QThread | None = None
+        self._job: _RunJob | None = None
         self._control = None
-        self._run_done.connect(self._on_run_done)
 
     # ---------------------------------------------------------------- GUI thread
     def start(self, config: object, description: str = "", base_dir: Path | None = None,
@@ -53,15 +76,22 @@ class TrainingWorker(QObject):
         from core.training.control import Control  # plain Python, no torch
 
         self._control = Control()
-        control = self._control
         gui_collector().hold()  # no garbage collection in the training thread (see gc_guard)
-        thread = threading.Thread(target=self._thread_main, name="lorakiln-training",
-                                  args=(control, config, description, base_dir, resume_from), daemon=True)
-        self._thread = thread
+        thread = QThread()
+        thread.setObjectName("lorakiln-training")
+        job = _RunJob(self, self._control, config, description, base_dir, resume_from)
+        job.moveToThread(thread)
+        thread.started.connect(job.run)
+        job.done.connect(self._on_run_done)  # queued: the job emits from the training thread
+        self._thread, self._job = thread, job
         thread.start()
 
     def is_running(self) -> bool:
         return self._thread is not None
+
+    def thread_of_run(self) -> QThread | None:
+        """The QThread the current run executes in (None between runs)."""
+        return self._thread
 
     def wait(self, timeout_ms: int) -> bool:
         """Block until the run's thread has ended; then deliver its queued signals at once,
@@ -69,11 +99,11 @@ class TrainingWorker(QObject):
         thread = self._thread
         if thread is None:
             return True
-        deadline = time.monotonic() + max(0, int(timeout_ms)) / 1000
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
+        if not thread.wait(max(0, int(timeout_ms))):
             return False
         QCoreApplication.sendPostedEvents(self, QEvent.Type.MetaCall)
+        if self._job is not None:
+            QCoreApplication.sendPostedEvents(self._job, QEvent.Type.MetaCall)
         return self._thread is None
 
     def stop(self) -> None:
@@ -104,42 +134,59 @@ class TrainingWorker(QObject):
 
     @Slot(object)
     def _on_run_done(self, result: object) -> None:
-        # GUI thread: the run's thread has emitted its last signal and is returning; it
-        # touches nothing shared after that, so there is nothing to wait for.
-        self._thread = None
-        self._control = None
-        gui_collector().release()  # collects here what the run left, then hands collection back
-        _empty_cuda_cache()
+        # GUI thread: the job has emitted its last signal and ended its thread's loop; the
+        # thread only has to return, so this wait is short and bounded.
+        thread, self._thread, self._job, self._control = self._thread, None, None, None
+        if thread is not None and not thread.wait(THREAD_END_WAIT_MS):
+            log.warning("the training thread did not end within %d ms of its run", THREAD_END_WAIT_MS)
+        release_run_memory()
         self.finished.emit(result)
 
-    # ---------------------------------------------------------------- worker thread
-    def _thread_main(self, control: object, config: object, description: str, base_dir: Path | None,
-                     resume_from: Path | None) -> None:
-        result = self._run(control, config, description, base_dir, resume_from)
-        self._run_done.emit(result)
 
-    def _run(self, control: object, config: object, description: str, base_dir: Path | None,
-             resume_from: Path | None) -> object:
-        try:
-            # Imported here, not at module level: torch and diffusers take seconds to load
-            # and the window must appear before they do.
-            from core.training.engine import Trainer
+def _run(worker: TrainingWorker, control: object, config: object, description: str, base_dir: Path | None,
+         resume_from: Path | None) -> object:
+    try:
+        # Imported here, not at module level: torch and diffusers take seconds to load
+        # and the window must appear before they do.
+        from core.training.engine import Trainer
 
-            trainer = Trainer(config, _SignalSink(self), control, description=description,
-                              resume_from=resume_from, base_dir=base_dir)
-            return trainer.run()
-        except BaseException as error:  # noqa: BLE001 - every failure must reach the person
-            return _failed_outside_engine(error)
+        trainer = Trainer(config, _SignalSink(worker), control, description=description,
+                          resume_from=resume_from, base_dir=base_dir)
+        return trainer.run()
+    except BaseException as error:  # noqa: BLE001 - every failure must reach the person
+        return _failed_outside_engine(error)
+
+
+def release_run_memory() -> None:
+    """After a run: free what it left in reference cycles (here, in the GUI thread), give
+    CUDA's cached blocks back to the driver and glibc's free heap back to the system, so an
+    idle app holds about what a fresh one does and the next run's peak RAM is its own."""
+    gui_collector().release()  # collects here, then hands collection back (ends the run's hold)
+    _empty_cuda_cache()
+    _trim_heap()
 
 
 def _empty_cuda_cache() -> None:
-    """After the GUI thread's collection has freed a finished run's tensors, give their cached
-    CUDA blocks back (the engine cannot: it does not collect in the training thread here)."""
     import sys
 
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _trim_heap() -> None:
+    """glibc keeps freed memory in its arenas; malloc_trim hands it back. Elsewhere (macOS,
+    Windows, musl) there is no such call and nothing to do."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _failed_outside_engine(error: BaseException) -> object:

@@ -162,7 +162,9 @@ def test_demo_training_plots_points_and_closing_the_window_stops_and_saves(windo
     qtbot.waitUntil(lambda: len(window.training_tab.plots.loss.series("raw")) >= 3, timeout=180_000)
     asked = []
     window.ask_stop_training = lambda: asked.append(True) or True
-    assert window.close()  # asks, stops, waits for the save, then closes
+    assert not window.close()  # asks and stops; the window stays open (and responsive) while it saves
+    qtbot.waitUntil(lambda: bool(finished), timeout=180_000)
+    qtbot.waitUntil(lambda: not window._closing_after_run, timeout=5000)  # then it closed itself
     assert asked and finished and isinstance(finished[0], Finished) and finished[0].reason == "stopped"
     assert Path(finished[0].lora_path).is_file()
 

@@ -1,6 +1,6 @@
 """The training worker's thread contract, with a stand-in engine so each case takes milliseconds:
-the engine runs off the GUI thread, every event reaches the GUI thread as a signal, ``finished``
-comes once per run, and waiting never blocks past its timeout."""
+the engine runs in the worker's QThread, every event reaches the GUI thread as a queued signal,
+``finished`` comes once per run, and waiting never blocks past its timeout."""
 
 import threading
 
@@ -16,6 +16,7 @@ class FakeTrainer:
     """Records the thread it runs in, emits one event, then blocks until released."""
 
     ran_in: list[threading.Thread] = []
+    qthreads: list[QThread] = []
     release = threading.Event()
 
     def __init__(self, config, sink, control, **_options):  # noqa: ANN001
@@ -23,6 +24,7 @@ class FakeTrainer:
 
     def run(self):  # noqa: ANN201
         FakeTrainer.ran_in.append(threading.current_thread())
+        FakeTrainer.qthreads.append(QThread.currentThread())
         self.sink.emit(Status(f"hello from {self.name}"))
         FakeTrainer.release.wait(10)
         reason = "stopped" if self.control.stop_requested else "completed"
@@ -49,6 +51,7 @@ class Recorder(QObject):
 def worker(monkeypatch):
     monkeypatch.setattr(engine_module, "Trainer", FakeTrainer)
     FakeTrainer.ran_in = []
+    FakeTrainer.qthreads = []
     FakeTrainer.release = threading.Event()
     worker = TrainingWorker()
     recorder = Recorder()
@@ -60,9 +63,12 @@ def worker(monkeypatch):
     worker.wait(10_000)
 
 
-def test_the_engine_runs_off_the_gui_thread_and_its_events_arrive_on_it(qtbot, worker):
+def test_the_engine_runs_in_the_workers_qthread_and_its_events_arrive_queued_on_the_gui_thread(qtbot, worker):
     worker.start("run-a")
     qtbot.waitUntil(lambda: len(worker.recorder.events) > 0, timeout=5000)
+    run_thread = worker.thread_of_run()
+    assert isinstance(run_thread, QThread) and run_thread is not QThread.currentThread()
+    assert FakeTrainer.qthreads == [run_thread]
     FakeTrainer.release.set()
     qtbot.waitUntil(lambda: len(worker.recorder.results) > 0, timeout=5000)
     assert FakeTrainer.ran_in and FakeTrainer.ran_in[0] is not threading.main_thread()
@@ -90,7 +96,7 @@ def test_one_run_at_a_time_and_a_second_run_after_the_first(qtbot, worker):
     worker.start("run-b")
     assert worker.wait(5000)
     assert [r.reason for r in worker.recorder.results] == ["completed", "completed"]
-    assert len(FakeTrainer.ran_in) == 2 and FakeTrainer.ran_in[0] is not FakeTrainer.ran_in[1]
+    assert len(FakeTrainer.qthreads) == 2 and FakeTrainer.qthreads[0] is not FakeTrainer.qthreads[1]
 
 
 def test_a_failure_before_the_engine_exists_still_finishes_the_run(qtbot, worker, monkeypatch):
@@ -102,3 +108,49 @@ def test_a_failure_before_the_engine_exists_still_finishes_the_run(qtbot, worker
     assert worker.wait(5000)
     failed = worker.recorder.results[0]
     assert "torch is missing" in failed.summary and not worker.is_running()
+
+
+def test_a_finished_run_hands_its_memory_back(qtbot, worker, monkeypatch):
+    """Once a run has ended, the GUI thread collects what it left, CUDA's cache goes back to the
+    driver and glibc's free heap to the system (malloc_trim): an idle app holds about what a
+    fresh one does, and the next run's peak RAM is its own."""
+    import ctypes
+    import sys
+
+    import torch
+
+    calls = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):  # noqa: ANN001, ANN201
+            calls.append(("malloc_trim", pad))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: calls.append(("CDLL", name)) or FakeLibc())
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
+    worker.start("run-a")
+    qtbot.waitUntil(lambda: len(worker.recorder.events) > 0, timeout=5000)
+    assert calls == []  # nothing is released while the run goes on
+    FakeTrainer.release.set()
+    qtbot.waitUntil(lambda: len(worker.recorder.results) > 0, timeout=5000)
+    assert calls == [("empty_cache",), ("CDLL", "libc.so.6"), ("malloc_trim", 0)]
+
+
+def test_the_heap_is_not_trimmed_where_there_is_no_glibc(monkeypatch):
+    import ctypes
+    import sys
+
+    from gui import worker as worker_module
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: pytest.fail("no libc call outside Linux"))
+    worker_module._trim_heap()
+    monkeypatch.setattr(sys, "platform", "linux")
+
+    def missing(name):  # noqa: ANN001, ANN202 - a musl system has no libc.so.6
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    worker_module._trim_heap()  # says nothing, breaks nothing
