@@ -182,6 +182,13 @@ def test_tensorboard_logging_uses_kohyas_tags(tmp_path):
     events.Reload()
     assert {"loss/current", "loss/average", "lr/unet", "lr/textencoder", "loss/epoch_average"} <= \
         set(events.Tags()["scalars"])
+    # 3 steps of a 5-batch epoch: sd-scripts still logs loss/epoch_average (its steps' mean) for
+    # the epoch max_train_steps cut short; the run's own records show no epoch loss for it.
+    step_losses = [e.value for e in events.Scalars("loss/current")]
+    (epoch_average,) = events.Scalars("loss/epoch_average")
+    assert len(step_losses) == 3 and epoch_average.value == pytest.approx(sum(step_losses) / 3, rel=1e-5)
+    records = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r.get("type") == "epoch"]
 
 
 def test_epoch_checkpoints_keep_only_the_last_n(tmp_path):

@@ -379,6 +379,8 @@ class Trainer:
             cut_short = progress.batch_in_epoch < len(order)
             if cut_short:
                 self._status(f"max steps ({total}) reached partway through epoch {epoch}: no epoch loss for it")
+                if epoch_losses:
+                    self.metrics.partial_epoch(epoch, sum(epoch_losses) / len(epoch_losses))
             elif epoch_losses:
                 mean = sum(epoch_losses) / len(epoch_losses)
                 self._emit(EpochMetrics(epoch, progress.step, mean))

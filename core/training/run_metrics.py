@@ -43,6 +43,13 @@ class RunMetrics:
         if self._tensorboard:
             self._tensorboard.scalars({"loss/epoch_average": mean}, epoch)
 
+    def partial_epoch(self, epoch: int, mean: float) -> None:
+        """An epoch cut short by max_train_steps: no epoch record (it is not an epoch's loss),
+        but TensorBoard gets sd-scripts' loss/epoch_average of the steps it ran, as sd-scripts
+        writes it, so the two tools' TensorBoard curves stay comparable."""
+        if self._tensorboard:
+            self._tensorboard.scalars({"loss/epoch_average": mean}, epoch)
+
     def validation(self, metrics: ValidationMetrics) -> None:
         self.record({"type": "validation", **metrics.__dict__})
         if self._tensorboard:  # sd-scripts' tags for the mean of a validation pass
