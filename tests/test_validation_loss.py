@@ -178,6 +178,26 @@ def test_the_validation_loss_reaches_metrics_tensorboard_and_the_summary(tmp_pat
     assert [s.step for s in scalars.Scalars("loss/validation/epoch_average")] == [5, 6]
 
 
+def test_a_resumed_run_keeps_the_best_validation_loss_of_the_sessions_before_it(tmp_path, monkeypatch):
+    from core.config.presets import load_preset
+
+    losses = iter([0.1, 0.5, 0.3])  # steps 2 and 4 in the first session, step 6 after the resume
+    monkeypatch.setattr(ValidationLoss, "evaluate", lambda self, models: next(losses))
+    config = _with_validation_folder(tmp_path, steps=4)
+    config.output.save_state = True
+    first, _ = _run(config)
+    run = Path(first.run_dir)
+    resumed_config = load_preset(run / "config.toml").config
+    resumed_config.training.max_train_steps = 6
+    sink = ListSink()
+    result = Trainer(resumed_config, sink, resume_from=run).run()
+    assert result.reason == "completed", getattr(result, "traceback", "")
+    assert [(e.step, e.loss, e.best) for e in sink.of(ValidationMetrics)] == [(6, 0.3, 0.1)]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["validation_loss"], summary["best_validation_loss"], summary["best_validation_step"]) == \
+        (0.3, 0.1, 2)
+
+
 # ---------------------------------------------------------------- import and export
 
 KOHYA = Path(__file__).parent / "data" / "kohya"
