@@ -14,7 +14,7 @@ from core.data.validation_split import held_out_count
 from core.training.engine import Trainer
 from core.training.events import ListSink, StepMetrics, ValidationMetrics
 from core.training.run_folder import read_metrics
-from core.training.validation import ERROR, validate
+from core.training.validation import ERROR, WARNING, validate
 from core.training.validation_loss import ValidationLoss, fixed_timesteps
 from tests.engine_fixtures import tiny_config
 
@@ -84,6 +84,21 @@ def test_the_plan_counts_steps_without_the_held_out_images_and_says_so(tmp_path)
 def test_a_split_never_empties_a_folder():
     assert [held_out_count(n, 0.9) for n in (1, 2, 10)] == [0, 1, 9]
     assert held_out_count(3, 0.0) == 0
+
+
+def test_a_split_that_holds_nothing_out_of_small_folders_is_warned_about_by_check_and_the_plan(tmp_path):
+    config = _dataset(tmp_path, 0.05)  # folders of 10 and 5 images: 0.05 rounds to none of either
+    plan = plan_dataset(config.dataset, config.training)
+    assert not plan.validation
+    expected = ("validation_split 0.05 holds out 0 images: it rounds down in each training folder, so there "
+                "is no validation loss; set a split of at least 0.1 (the largest training folder has 10 "
+                "images), or a validation folder (dataset.validation_dir)")
+    assert expected in plan.warnings
+    problems = [p for p in validate(config) if p.path == "dataset.validation_split"]
+    assert [(p.severity, p.message) for p in problems] == [(WARNING, expected)]
+    config.dataset.validation_split = 0.1  # one image of folder a
+    assert not [p for p in validate(config) if p.path == "dataset.validation_split"]
+    assert not any("holds out 0" in w for w in plan_dataset(config.dataset, config.training).warnings)
 
 
 def test_a_validation_folder_is_used_instead_of_a_split_and_never_trained(tmp_path):
