@@ -43,6 +43,14 @@ VIEW_HINTS: dict[str, ViewHint] = {
     "optimizer.text_encoder_2_lr": ViewHint(placeholder="same as text-encoder LR"),
     "optimizer.extra_args": ViewHint(placeholder="name=value name=value"),
     "output.output_dir": ViewHint(placeholder="LoRA Kiln's runs folder"),
+    # What an empty per-block list means (core.models.blocks), so an empty field reads as a choice.
+    "network.down_lr_weight": ViewHint(placeholder="empty: 1 for every block"),
+    "network.mid_lr_weight": ViewHint(placeholder="empty: 1"),
+    "network.up_lr_weight": ViewHint(placeholder="empty: 1 for every block"),
+    "network.block_dims": ViewHint(placeholder="empty: the network dim for every block"),
+    "network.block_alphas": ViewHint(placeholder="empty: the network alpha for every block"),
+    "network.conv_block_dims": ViewHint(placeholder="empty: the conv dim for every block"),
+    "network.conv_block_alphas": ViewHint(placeholder="empty: the conv alpha for every block"),
 }
 
 

@@ -161,6 +161,47 @@ def test_conv_block_dims_rank_the_3x3_convolutions_of_locon():
     assert targets["down_blocks.0.resnets.0.time_emb_proj"] == (4, 1.0)
 
 
+def _trainable(models) -> int:
+    return sum(p.numel() for model in models for p in model.parameters() if p.requires_grad)
+
+
+SD1_BLOCK_NETWORKS = [
+    NetworkParams(dim=4, block_dims=",".join(["0"] + ["2"] * 11 + ["6"] + ["8"] * 12)),
+    NetworkParams(dim=8, down_lr_weight="1,1,1,0,0,0,1,1,1,1,1,1", mid_lr_weight="0"),
+    NetworkParams(dim=4, **LOCON, block_dims=",".join(["4"] * 12 + ["0"] + ["16"] * 12),
+                  conv_block_dims=",".join(["2"] * 13 + ["6"] * 12), up_lr_weight="zeros"),
+]
+
+
+@pytest.mark.parametrize("net", SD1_BLOCK_NETWORKS, ids=["dims", "zero-weights", "locon"])
+def test_the_lora_size_counts_each_sd15_blocks_own_rank_as_attach_lora_makes_them(net):
+    from tests.tiny_sd import sd15_text_encoder_on_meta
+
+    handles = sd1_attach(sd15_unet_on_meta(), sd15_text_encoder_on_meta(), net)
+    made = _trainable(handles.models.values())
+    assert SD1.lora_weights(net) == made
+    assert made != SD1.lora_weights(replace(net, block_dims="", down_lr_weight="", mid_lr_weight="",
+                                            up_lr_weight=""))
+
+
+def test_the_lora_size_counts_each_sdxl_blocks_own_rank():
+    from core.models.lora import per_block_targets
+
+    full = full_size_sdxl_on_meta()
+    net = NetworkParams(dim=4, **LOCON, train_text_encoder=False, mid_lr_weight="1,0,1",
+                        block_dims=",".join(["4"] * 5 + ["12"] * 9 + ["2"] * 9),
+                        conv_block_dims=",".join(["1"] * 12 + ["5"] * 11))
+    unet = full["unet"]
+    made = 0
+    for path, (rank, _alpha) in per_block_targets(unet, unet_targets(unet, net), SDXL, net).items():
+        layer = unet.get_submodule(path)
+        if isinstance(layer, torch.nn.Linear):
+            made += rank * (layer.in_features + layer.out_features)
+        else:
+            made += rank * (layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1] + layer.out_channels)
+    assert SDXL.lora_weights(net) == made
+
+
 def _network(net: NetworkParams) -> Network:
     handles = _tiny(net)
     return Network(family=SD1, components=None, handles=handles, trained={})

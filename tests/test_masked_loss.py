@@ -4,6 +4,7 @@ latent cache, and a missing or mis-sized mask stops the run before it starts, by
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -203,6 +204,51 @@ def test_cached_latents_come_with_their_current_masks(tmp_path: Path) -> None:
     # a mask edited after caching is what the next batch carries: never a stale one
     Image.fromarray(np.zeros((128, 128), dtype=np.uint8)).save(masks / "img0.png")
     assert torch.equal(mask_of("img0.png")[0], torch.zeros(1, 128, 128))
+
+
+def test_an_alpha_mask_is_decoded_once_across_epochs_on_cached_latents_and_again_once_edited(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.data.masks as masks_module
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    rgba = np.full((128, 128, 4), 200, dtype=np.uint8)
+    rgba[:, 64:, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(folder / "cut.png")
+    Image.fromarray(np.full((128, 128, 4), 90, dtype=np.uint8)).save(folder / "faint.png")  # alpha 90 everywhere
+    Image.fromarray(np.full((128, 128, 3), 90, dtype=np.uint8)).save(folder / "plain.png")
+    plan = _plan([SubsetParams(image_dir=str(folder), alpha_mask=True)], masked_loss=False)
+    cache = LatentCache("memory", None, "fake-vae")
+    cache.fill(samples(plan), lambda px: F.avg_pool2d(px, 8).repeat(1, 2, 1, 1)[:, :4], flip_aug_keys=False)
+    dataset = BucketBatchDataset(plan, batch_size=2, seed=0, latent_cache=cache)
+    opened: list[str] = []
+    open_upright = masks_module._open_upright
+
+    def counted(path: Path) -> Image.Image:
+        opened.append(Path(path).name)
+        return open_upright(path)
+
+    monkeypatch.setattr(masks_module, "_open_upright", counted)
+
+    def masks_by_name(epoch: int) -> dict[str, torch.Tensor]:
+        found = {}
+        for index in range(len(dataset)):
+            batch = dataset[epoch, index]
+            found.update({Path(key).name: mask for key, mask in zip(batch.keys, batch.masks)})  # type: ignore[arg-type]
+        return found
+
+    first, second = masks_by_name(1), masks_by_name(2)
+    assert sorted(opened) == ["cut.png", "faint.png", "plain.png"]
+    for masks in (first, second):
+        assert torch.equal(masks["cut.png"][0], torch.from_numpy(rgba[:, :, 3].astype(np.float32) / 255.0))
+        assert torch.allclose(masks["faint.png"], torch.full((1, 128, 128), 90 / 255.0))
+        assert torch.equal(masks["plain.png"], torch.ones(1, 128, 128))
+    edited = rgba.copy()
+    edited[:, :, 3] = 255
+    Image.fromarray(edited, "RGBA").save(folder / "cut.png")
+    os.utime(folder / "cut.png", ns=(1, 1))  # a stamp of its own, however coarse the file system's clock
+    assert torch.equal(masks_by_name(3)["cut.png"], torch.ones(1, 128, 128))
+    assert sorted(opened) == ["cut.png", "cut.png", "faint.png", "plain.png"]
 
 
 def test_missing_masks_stop_the_run_before_it_starts_naming_the_images(tmp_path: Path) -> None:

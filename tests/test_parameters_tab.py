@@ -61,6 +61,21 @@ def test_the_demo_preset_shows_its_values(tab):
     assert _line(tab, "optimizer.unet_lr").placeholderText() == "same as learning rate"
 
 
+@pytest.mark.parametrize(("path", "placeholder"), [
+    ("network.down_lr_weight", "empty: 1 for every block"),
+    ("network.mid_lr_weight", "empty: 1"),
+    ("network.up_lr_weight", "empty: 1 for every block"),
+    ("network.block_dims", "empty: the network dim for every block"),
+    ("network.block_alphas", "empty: the network alpha for every block"),
+    ("network.conv_block_dims", "empty: the conv dim for every block"),
+    ("network.conv_block_alphas", "empty: the conv alpha for every block"),
+])
+def test_empty_block_fields_say_what_empty_means(tab, path, placeholder):
+    edit = _line(tab, path)
+    assert edit.text() == ""
+    assert edit.placeholderText() == placeholder
+
+
 def test_tooltips_carry_help_range_unit_and_path(tab):
     tip = tab.editor("dataset.resolution").toolTip()
     assert "Training resolution" in tip and "64 to 8192 px" in tip and "dataset.resolution" in tip

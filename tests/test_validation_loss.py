@@ -14,7 +14,7 @@ from core.data.validation_split import held_out_count
 from core.training.engine import Trainer
 from core.training.events import ListSink, StepMetrics, ValidationMetrics
 from core.training.run_folder import read_metrics
-from core.training.validation import ERROR, validate
+from core.training.validation import ERROR, WARNING, validate
 from core.training.validation_loss import ValidationLoss, fixed_timesteps
 from tests.engine_fixtures import tiny_config
 
@@ -84,6 +84,21 @@ def test_the_plan_counts_steps_without_the_held_out_images_and_says_so(tmp_path)
 def test_a_split_never_empties_a_folder():
     assert [held_out_count(n, 0.9) for n in (1, 2, 10)] == [0, 1, 9]
     assert held_out_count(3, 0.0) == 0
+
+
+def test_a_split_that_holds_nothing_out_of_small_folders_is_warned_about_by_check_and_the_plan(tmp_path):
+    config = _dataset(tmp_path, 0.05)  # folders of 10 and 5 images: 0.05 rounds to none of either
+    plan = plan_dataset(config.dataset, config.training)
+    assert not plan.validation
+    expected = ("validation_split 0.05 holds out 0 images: it rounds down in each training folder, so there "
+                "is no validation loss; set a split of at least 0.1 (the largest training folder has 10 "
+                "images), or a validation folder (dataset.validation_dir)")
+    assert expected in plan.warnings
+    problems = [p for p in validate(config) if p.path == "dataset.validation_split"]
+    assert [(p.severity, p.message) for p in problems] == [(WARNING, expected)]
+    config.dataset.validation_split = 0.1  # one image of folder a
+    assert not [p for p in validate(config) if p.path == "dataset.validation_split"]
+    assert not any("holds out 0" in w for w in plan_dataset(config.dataset, config.training).warnings)
 
 
 def test_a_validation_folder_is_used_instead_of_a_split_and_never_trained(tmp_path):
@@ -176,6 +191,26 @@ def test_the_validation_loss_reaches_metrics_tensorboard_and_the_summary(tmp_pat
     scalars.Reload()
     assert [s.step for s in scalars.Scalars("loss/validation/step_average")] == [4]
     assert [s.step for s in scalars.Scalars("loss/validation/epoch_average")] == [5, 6]
+
+
+def test_a_resumed_run_keeps_the_best_validation_loss_of_the_sessions_before_it(tmp_path, monkeypatch):
+    from core.config.presets import load_preset
+
+    losses = iter([0.1, 0.5, 0.3])  # steps 2 and 4 in the first session, step 6 after the resume
+    monkeypatch.setattr(ValidationLoss, "evaluate", lambda self, models: next(losses))
+    config = _with_validation_folder(tmp_path, steps=4)
+    config.output.save_state = True
+    first, _ = _run(config)
+    run = Path(first.run_dir)
+    resumed_config = load_preset(run / "config.toml").config
+    resumed_config.training.max_train_steps = 6
+    sink = ListSink()
+    result = Trainer(resumed_config, sink, resume_from=run).run()
+    assert result.reason == "completed", getattr(result, "traceback", "")
+    assert [(e.step, e.loss, e.best) for e in sink.of(ValidationMetrics)] == [(6, 0.3, 0.1)]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["validation_loss"], summary["best_validation_loss"], summary["best_validation_step"]) == \
+        (0.3, 0.1, 2)
 
 
 # ---------------------------------------------------------------- import and export

@@ -125,6 +125,36 @@ def load_mask_image(image_path: Path, image_size: tuple[int, int], options: Subs
     return None
 
 
+class AlphaMasks:
+    """The alpha masks of one run's images, each decoded once: getting the alpha channel means
+    decoding the whole image, which a run on cached latents would otherwise do for every image
+    at every step. Keyed by the file's modification time and size, so an image edited during
+    the run is read again; a fully opaque alpha is kept as None (trained everywhere, the same
+    weights) so it takes no memory. Folder masks are read as before: they are small files."""
+
+    def __init__(self) -> None:
+        self._masks: dict[str, tuple[int, int, Image.Image | None]] = {}
+
+    def load(self, image_path: Path, image_size: tuple[int, int], options: SubsetParams,
+             masked_loss: bool) -> Image.Image | None:
+        """:func:`load_mask_image`, an alpha mask from memory once read."""
+        if mask_source(options, masked_loss) != "alpha":
+            return load_mask_image(image_path, image_size, options, masked_loss)
+        try:
+            stat = os.stat(image_path)
+        except OSError:  # let the load say what is wrong with the file
+            return load_mask_image(image_path, image_size, options, masked_loss)
+        key = str(image_path)
+        kept = self._masks.get(key)
+        if kept is not None and kept[:2] == (stat.st_mtime_ns, stat.st_size):
+            return kept[2]
+        mask = load_mask_image(image_path, image_size, options, masked_loss)
+        if mask is not None and mask.getextrema() == (255, 255):
+            mask = None
+        self._masks[key] = (stat.st_mtime_ns, stat.st_size, mask)
+        return mask
+
+
 def mask_tensor(mask: Image.Image | None, assignment: BucketAssignment,
                 crop_offset: tuple[int, int] | None, flip: bool) -> "torch.Tensor":
     """A [1, H, W] float32 mask in [0, 1] at the bucket's size, cropped and flipped as the

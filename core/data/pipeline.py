@@ -22,7 +22,7 @@ from core.data.caption_augment import process_caption
 from core.data.images import random_crop_offset
 from core.data.dataset_plan import DatasetPlan
 from core.data.latent_cache import LatentCache
-from core.data.masks import MaskError, load_mask_image, mask_tensor, missing_masks, missing_masks_message
+from core.data.masks import AlphaMasks, MaskError, mask_tensor, missing_masks, missing_masks_message
 from core.data.samples import Sample, load_pixels, samples
 from core.data.size_conditioning import training_time_ids
 
@@ -103,6 +103,7 @@ class BucketBatchDataset(torch.utils.data.Dataset):
             _check_no_random_crop(self.samples)
         self.masked_loss = masked_loss
         self.masking = masked_loss or any(s.options.alpha_mask for s in self.samples)
+        self._alpha_masks = AlphaMasks()
         if masked_loss:
             _check_masks_present(self.samples)
         self._members = _members(plan)
@@ -143,9 +144,10 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         masks = None
         if self.masking:
             # Masks are read from their files for every batch, cached latents or not: they are
-            # small, and a mask edited between runs can never meet stale latents.
+            # small, and a mask edited between runs can never meet stale latents. An alpha mask
+            # is kept once decoded (it costs decoding the whole image), keyed by the file's stamp.
             masks = torch.stack([
-                mask_tensor(load_mask_image(s.record.path, s.record.size, s.options, self.masked_loss),
+                mask_tensor(self._alpha_masks.load(s.record.path, s.record.size, s.options, self.masked_loss),
                             s.assignment, o, f) for s, o, f in zip(chosen, offsets, flipped)])
         size_conditioning = torch.tensor(
             [training_time_ids(s.record.size, s.assignment.bucket, f, target) for s, f in zip(chosen, flipped)],

@@ -18,7 +18,7 @@ from core.config.schema import DatasetParams, Duration, TrainingParams
 from core.data.scan import ImageRecord, ScanResult, SkippedFile, scan_dataset
 from core.data.dataset_plan import DatasetPlan, PlanImage
 from core.data.plan_report import header_checked, plan_warnings
-from core.data.validation_split import split_validation, validation_seed
+from core.data.validation_split import empty_split_message, split_validation, validation_seed
 
 def bucket_settings(data: DatasetParams) -> BucketSettings:
     """The bucketing arguments of a dataset's parameters."""
@@ -90,6 +90,14 @@ def plan_from_scan(scan: ScanResult, data: DatasetParams, training: TrainingPara
                   else f"validation_split {data.validation_split:g} of each training folder")
         plan.notes.insert(0, f"{len(validation)} images held out for validation ({source}); "
                              "they are never trained on")
+    elif not data.validation_dir:
+        sizes: dict[int, int] = {}
+        for record in scan.images:
+            if not record.is_reg:
+                sizes[record.subset_index] = sizes.get(record.subset_index, 0) + 1
+        empty = empty_split_message(list(sizes.values()), data.validation_split)
+        if empty:
+            plan.warnings.append(empty)
     return plan
 
 

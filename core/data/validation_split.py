@@ -22,6 +22,21 @@ def held_out_count(count: int, fraction: float) -> int:
     return count - math.ceil(count * (1 - fraction))
 
 
+def empty_split_message(folder_sizes: list[int], fraction: float) -> str | None:
+    """What to say when ``fraction`` holds no image out of any training folder (their image
+    counts in ``folder_sizes``): the split rounds down in each folder, so 0.05 of folders under
+    20 images is nothing, and a run would have no validation loss without a word. None when
+    the split holds some image out, or is off."""
+    if fraction <= 0 or not folder_sizes or any(held_out_count(n, fraction) for n in folder_sizes):
+        return None
+    largest = max(folder_sizes)
+    enough = next((k / 100 for k in range(1, 100) if held_out_count(largest, k / 100)), None)
+    larger = (f"a split of at least {enough:g} (the largest training folder has {largest} images)"
+              if enough is not None and largest > 1 else "a larger split")
+    return (f"validation_split {fraction:g} holds out 0 images: it rounds down in each training folder, "
+            f"so there is no validation loss; set {larger}, or a validation folder (dataset.validation_dir)")
+
+
 def split_validation(records: list[ImageRecord], fraction: float,
                      seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """(training, held out) of ``records``; training keeps the records' order."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from core.config.schema import NetworkParams
@@ -200,6 +200,28 @@ def block_ranks(network: NetworkParams, blocks: UnetBlocks) -> BlockRanks | None
                 if conv_ranks is not None:
                     conv_ranks[i] = 0
     return BlockRanks(ranks, alpha_list, conv_ranks, conv_alphas)
+
+
+def block_weights(network: NetworkParams, blocks: UnetBlocks,
+                  per_block: Sequence[tuple[int, int, int]]) -> int | None:
+    """The U-Net's LoRA weights with each block at its own rank (as :func:`block_ranks` gives
+    them, so a block of rank 0 or lr weight 0 counts nothing). ``per_block[b]`` holds block b's
+    weights per rank of its LoRA modules, of LoCon's further Linear and 1x1 modules, and per
+    conv rank of its 3x3 convolutions. None when no per-block setting applies, or one cannot be
+    read (its own check names it): then the network's dim counts everywhere."""
+    try:
+        ranks = block_ranks(network, blocks)
+    except BlockSettingError:
+        return None
+    if ranks is None:
+        return None
+    conv = network.type.has_conv
+    total = 0
+    for index, (flat, extra, convolutions) in enumerate(per_block):
+        total += ranks.dims[index] * (flat + (extra if conv else 0))
+        if conv and ranks.conv_dims is not None:
+            total += ranks.conv_dims[index] * convolutions
+    return total
 
 
 def uses_blocks(network: NetworkParams) -> bool:

@@ -34,6 +34,16 @@ TEXT_ENCODER = "text_encoder"
 LORA_PER_DIM = 589_824
 LOCON_EXTRA_PER_DIM = 82_880
 LOCON_PER_CONV_DIM = 544_000
+TEXT_ENCODER_PER_DIM = 165_888
+# The U-Net's share of those by block (core.models.blocks' numbering), for block_dims & co:
+# per block, weights per rank of its LoRA modules, of LoCon's further Linear and 1x1 ones, and
+# per conv rank of its 3x3 convolutions. tests/test_block_weights.py recounts them.
+UNET_BLOCK_WEIGHTS = (
+    (0, 0, 0), (11776, 1600, 6400), (11776, 1600, 6400), (0, 0, 3200), (22016, 2880, 9920),
+    (22016, 1920, 12800), (0, 0, 6400), (42496, 4480, 19840), (42496, 2560, 25600), (0, 0, 12800),
+    (0, 2560, 25600), (0, 2560, 25600), (42496, 5120, 51200), (0, 6400, 37120), (0, 6400, 37120),
+    (0, 6400, 49920), (42496, 6400, 37120), (42496, 6400, 37120), (42496, 5760, 44160), (22016, 4480, 24320),
+    (22016, 3840, 18560), (22016, 3520, 22080), (11776, 2880, 12160), (11776, 2560, 9280), (11776, 2560, 9280),)
 _TE_ROOT = "text_model."
 PREFIXES = {"unet": "lora_unet", TEXT_ENCODER: "lora_te"}
 
@@ -137,9 +147,14 @@ class SD1Family:
     def lora_weights(self, network: NetworkParams) -> int:
         from core.config.schema import NetworkType
 
+        from core.models.blocks import block_weights
+
         weights = network.dim * LORA_PER_DIM
         if network.type.has_conv:
             weights += network.dim * LOCON_EXTRA_PER_DIM + network.conv_dim * LOCON_PER_CONV_DIM
+        per_block = block_weights(network, SD1_BLOCKS, UNET_BLOCK_WEIGHTS)
+        if per_block is not None:
+            weights = network.dim * TEXT_ENCODER_PER_DIM + per_block
         # LoHa holds two pairs per module; LoKr and IA3 hold fewer than LoRA (counted as LoRA).
         return weights * 2 if network.type is NetworkType.LOHA else weights
 

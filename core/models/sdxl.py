@@ -45,6 +45,15 @@ TEXT_ENCODER_PER_DIM = 165_888
 TEXT_ENCODER_2_PER_DIM = 737_280
 LOCON_EXTRA_PER_DIM = 58_560
 LOCON_PER_CONV_DIM = 355_840
+# The U-Net's share of those by block (core.models.blocks' numbering), for block_dims & co:
+# per block, weights per rank of its LoRA modules, of LoCon's further Linear and 1x1 ones, and
+# per conv rank of its 3x3 convolutions. tests/test_block_weights.py recounts them.
+UNET_BLOCK_WEIGHTS = (
+    (0, 0, 0), (0, 0, 0), (0, 1600, 6400), (0, 1600, 6400), (0, 0, 3200), (46592, 2880, 9920),
+    (46592, 1920, 12800), (0, 0, 6400), (404480, 4480, 19840), (404480, 2560, 25600), (0, 2560, 25600),
+    (404480, 0, 0), (0, 2560, 25600), (404480, 6400, 37120), (404480, 6400, 37120), (404480, 5760, 44160),
+    (46592, 4480, 24320), (46592, 3840, 18560), (46592, 3520, 22080), (0, 2880, 12160), (0, 2560, 9280),
+    (0, 2560, 9280), (0, 0, 0))
 
 
 class SDXLFamily:
@@ -167,10 +176,13 @@ class SDXLFamily:
     def lora_weights(self, network: NetworkParams) -> int:
         from core.config.schema import NetworkType
 
+        from core.models.blocks import block_weights
+
         weights = 0
         if network.train_unet:
-            weights += network.dim * UNET_PER_DIM
-            if network.type.has_conv:
+            per_block = block_weights(network, SDXL_BLOCKS, UNET_BLOCK_WEIGHTS)
+            weights += network.dim * UNET_PER_DIM if per_block is None else per_block
+            if network.type.has_conv and per_block is None:
                 weights += network.dim * LOCON_EXTRA_PER_DIM + network.conv_dim * LOCON_PER_CONV_DIM
         if network.train_text_encoder:
             weights += network.dim * (TEXT_ENCODER_PER_DIM + TEXT_ENCODER_2_PER_DIM)

@@ -85,6 +85,10 @@ class TrainingState:
     # them; absent from states saved before they were recorded.
     peak_by_phase: dict[str, dict[str, float]] | None = None
     memory_kind: str | None = None
+    # The whole run's lowest validation loss and its step, so a resumed run's best is not only
+    # its own session's; None without validation and in states saved before it was kept.
+    best_validation_loss: float | None = None
+    best_validation_step: int | None = None
 
 
 class StateError(ValueError):

@@ -79,7 +79,8 @@ class Checkpointer:
             python_rng=python_rng, cuda_rng=cuda_rng, loss_window=progress.window.values,
             epoch_losses=list(progress.epoch_losses), peak_memory_mb=memory.overall()[0],
             skipped_steps=self.guard.skipped, peak_by_phase=memory.by_phase(), memory_kind=memory.kind,
-            grad_scaler=self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None)
+            grad_scaler=self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
+            best_validation_loss=progress.best_validation_loss, best_validation_step=progress.best_validation_step)
 
     def save_state(self) -> str:
         assert self.folder.path is not None

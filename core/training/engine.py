@@ -469,7 +469,8 @@ class Trainer:
             return
         self._validated_step = self.step
         loss = self.validation.evaluate(self.trained_models)
-        best = self.run_summary.validation(loss, self.step)
+        best = self.progress.validated(loss, self.step)
+        self.run_summary.validation(loss, self.progress)
         event = ValidationMetrics(self.step, self.epoch, loss, best, self.validation.image_count, when)
         log.info("step %d: validation loss %.6f (best %.6f)", self.step, loss, best)
         self._emit(event)

@@ -31,13 +31,24 @@ class Progress:
     last_epoch_mean: float | None = None
     last_checkpoint: str | None = None  # the newest LoRA file written, final included
     resumed: TrainingState | None = None
+    # The lowest validation loss of all sessions and its step (the saved state carries it on).
+    best_validation_loss: float | None = None
+    best_validation_step: int | None = None
 
     def take_resumed(self, state: TrainingState) -> None:
         """Where the saved state left off."""
         self.step, self.start_epoch, self.skip_batches = state.step, state.epoch, state.batch_in_epoch
         self.wall_before = state.wall_seconds
         self.skipped_before = state.skipped_steps
+        if isinstance(state.best_validation_loss, float) and isinstance(state.best_validation_step, int):
+            self.best_validation_loss, self.best_validation_step = state.best_validation_loss, state.best_validation_step
         self.resumed = state
+
+    def validated(self, loss: float, step: int) -> float:
+        """Keeps the lowest validation loss and its step; returns the lowest so far."""
+        if self.best_validation_loss is None or loss < self.best_validation_loss:
+            self.best_validation_loss, self.best_validation_step = loss, step
+        return self.best_validation_loss
 
     def wall_seconds(self) -> float:
         """Training time of all sessions so far (none of this one before its loop began)."""

@@ -32,15 +32,14 @@ class SummaryKeeper:
                                   runner=this_process(), vram_forecast=self.vram_forecast)
         self.summary.write(run_dir)
 
-    def validation(self, loss: float, step: int) -> float:
-        """Keeps the last and the best validation loss; returns the best so far."""
+    def validation(self, loss: float, progress: Progress) -> None:
+        """Keeps the last validation loss, and the run's best from ``progress``."""
         summary = self.summary
         if summary is None:
-            return loss
+            return
         summary.validation_loss = loss
-        if summary.best_validation_loss is None or loss < summary.best_validation_loss:
-            summary.best_validation_loss, summary.best_validation_step = loss, step
-        return summary.best_validation_loss
+        summary.best_validation_loss, summary.best_validation_step = (progress.best_validation_loss,
+                                                                      progress.best_validation_step)
 
     def write_again(self, run_dir: Path) -> None:
         """Into a run folder that was deleted and made again."""
@@ -65,6 +64,9 @@ class SummaryKeeper:
         summary.mean_last_epoch_loss = sum(losses) / len(losses) if partial else progress.last_epoch_mean
         summary.lora_path, summary.finished_at, summary.error = lora_path, time.time(), error
         summary.last_checkpoint, summary.skipped_steps = progress.last_checkpoint, skipped_steps
+        # A resumed session that never validated still reports the best of the sessions before it.
+        summary.best_validation_loss, summary.best_validation_step = (progress.best_validation_loss,
+                                                                      progress.best_validation_step)
         try:
             summary.write(run_dir)
         except OSError as err:  # a full disk must not hide the original outcome

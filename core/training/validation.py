@@ -96,7 +96,29 @@ def _check_paths(config: TrainConfig, total_steps: int | None) -> list[Problem]:
             found += _path_problem(f"dataset.subsets[{i}].image_dir", subset.image_dir, True)
     if config.dataset.validation_dir:
         found += _path_problem("dataset.validation_dir", config.dataset.validation_dir, True)
-    return found + _mask_problems(config) + _output_problems(config, total_steps)
+    return found + _mask_problems(config) + _split_problems(config) + _output_problems(config, total_steps)
+
+
+def _split_problems(config: TrainConfig) -> list[Problem]:
+    """A validation split that holds no image out of folders this small (it rounds per folder)."""
+    from core.data.imageinfo import is_image_file
+    from core.data.validation_split import empty_split_message
+
+    data = config.dataset
+    if data.validation_split <= 0 or data.validation_dir:
+        return []
+    sizes = []
+    for subset in data.subsets:
+        if subset.is_reg or not subset.image_dir:
+            continue
+        root = _existing(subset.image_dir)
+        try:  # in Kohya layout each N_name sub-folder is a subset, split on its own
+            folders = [p for p in root.iterdir() if p.is_dir()] if subset.kohya_layout else [root]
+            sizes += [sum(1 for p in f.iterdir() if p.is_file() and is_image_file(p)) for f in folders]
+        except OSError:  # a missing folder is named by its own check
+            return []
+    message = empty_split_message(sizes, data.validation_split)
+    return [Problem("dataset.validation_split", message, WARNING)] if message else []
 
 
 def _mask_problems(config: TrainConfig) -> list[Problem]:
