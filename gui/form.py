@@ -43,6 +43,12 @@ ENABLED_WHEN: dict[str, tuple[str, tuple[Any, ...]]] = {
     "network.conv_alpha": ("network.type", tuple(t for t in NetworkType if t.has_conv)),
     "network.dora_wd": ("network.type", tuple(t for t in NetworkType if t is not NetworkType.IA3)),
     "network.dropout": ("network.type", (NetworkType.LORA, NetworkType.LOCON)),
+    # sd-scripts' networks.lora options (core/models/blocks.py): refused on the LyCORIS types.
+    **{f"network.{name}": ("network.type", (NetworkType.LORA, NetworkType.LOCON))
+       for name in ("rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight", "up_lr_weight",
+                    "block_lr_zero_threshold", "block_dims", "block_alphas")},
+    "network.conv_block_dims": ("network.type", (NetworkType.LOCON,)),
+    "network.conv_block_alphas": ("network.type", (NetworkType.LOCON,)),
     "network.lokr_factor": ("network.type", (NetworkType.LOKR,)),
     "network.lokr_full_matrix": ("network.type", (NetworkType.LOKR,)),
     "network.lokr_decompose_both": ("network.type", (NetworkType.LOKR,)),

@@ -91,3 +91,17 @@ def test_family_fields_are_shown_only_for_their_family(tab, project):
     project.set_value("model.base_model", DEMO_SDXL_MODEL)
     tab.validate_now()
     assert all(tab.editor(p).isVisible() for p in sdxl_only)
+
+
+@pytest.mark.parametrize("network", ["LoRA", "LoCon", "LoHa", "LoKr", "IA3"])
+def test_networks_lora_options_are_shown_only_for_lora_and_locon(tab, project, network):
+    # Dropouts and per-block settings are sd-scripts' networks.lora options (refused on LyCORIS
+    # types); the per-block convolution settings act only where convolutions are adapted (LoCon).
+    tab.advanced.setChecked(True)
+    project.set_value("network.type", network)
+    lora_options = ("rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight", "up_lr_weight",
+                    "block_lr_zero_threshold", "block_dims", "block_alphas")
+    assert [tab.editor(f"network.{name}").isVisible() for name in lora_options] == \
+        [network in ("LoRA", "LoCon")] * len(lora_options)
+    assert [tab.editor(f"network.{name}").isVisible() for name in ("conv_block_dims", "conv_block_alphas")] == \
+        [network == "LoCon"] * 2
