@@ -184,6 +184,16 @@ def test_the_lora_size_counts_each_sd15_blocks_own_rank_as_attach_lora_makes_the
                                             up_lr_weight=""))
 
 
+@pytest.mark.parametrize("switches", [dict(train_text_encoder=False), dict(train_unet=False),
+                                      dict(train_text_encoder=False, block_dims=",".join(["2"] * 25))])
+def test_the_sd15_lora_size_counts_only_what_trains(switches):
+    from tests.tiny_sd import sd15_text_encoder_on_meta
+
+    net = NetworkParams(dim=4, **LOCON, **switches)
+    handles = sd1_attach(sd15_unet_on_meta(), sd15_text_encoder_on_meta(), net)
+    assert SD1.lora_weights(net) == _trainable(handles.models.values())
+
+
 def test_the_lora_size_counts_each_sdxl_blocks_own_rank():
     from core.models.lora import per_block_targets
 

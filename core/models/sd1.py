@@ -149,12 +149,17 @@ class SD1Family:
 
         from core.models.blocks import block_weights
 
-        weights = network.dim * LORA_PER_DIM
-        if network.type.has_conv:
-            weights += network.dim * LOCON_EXTRA_PER_DIM + network.conv_dim * LOCON_PER_CONV_DIM
-        per_block = block_weights(network, SD1_BLOCKS, UNET_BLOCK_WEIGHTS)
-        if per_block is not None:
-            weights = network.dim * TEXT_ENCODER_PER_DIM + per_block
+        weights = 0
+        if network.train_unet:
+            per_block = block_weights(network, SD1_BLOCKS, UNET_BLOCK_WEIGHTS)
+            if per_block is not None:
+                weights += per_block
+            else:
+                weights += network.dim * (LORA_PER_DIM - TEXT_ENCODER_PER_DIM)
+                if network.type.has_conv:
+                    weights += network.dim * LOCON_EXTRA_PER_DIM + network.conv_dim * LOCON_PER_CONV_DIM
+        if network.train_text_encoder:
+            weights += network.dim * TEXT_ENCODER_PER_DIM
         # LoHa holds two pairs per module; LoKr and IA3 hold fewer than LoRA (counted as LoRA).
         return weights * 2 if network.type is NetworkType.LOHA else weights
 
