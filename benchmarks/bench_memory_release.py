@@ -10,8 +10,8 @@ a diffusers folder, fp16 safetensors, in a temporary folder (nothing is download
 fresh Python process, with QT_QPA_PLATFORM=offscreen, does what the app does around a run:
 
 1. makes the app (gui.app.make_app, the app's main-window module imported) -> RSS "fresh";
-2. imports the engine (torch, diffusers), as the first run does -> RSS "libraries loaded":
-   what no release can give back, since Python keeps imported modules;
+2. imports what the first run imports (torch, diffusers, transformers, peft, the engine)
+   -> RSS "libraries loaded": what no release can give back, since Python keeps modules;
 3. trains 2 steps through the GUI's worker (gui.worker.TrainingWorker, in its QThread) on the
    demo dataset at 256 px, batch 1, latent cache in memory, no samples, and waits for its
    ``finished`` signal -> RSS "after run 1" (the worker has released the run's memory);
@@ -45,6 +45,26 @@ def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / MB
+
+
+# What a run imports. Python keeps modules once imported, so no release can give their memory back.
+RUN_LIBRARIES = ("torch", "accelerate", "peft", "diffusers.models", "transformers.models.clip",
+                 "core.models.loaders", "core.training.engine", "core.training.setup", "core.training.step")
+
+
+def load_run_libraries() -> None:
+    import importlib
+
+    import diffusers
+    import transformers
+
+    for name in RUN_LIBRARIES:
+        importlib.import_module(name)
+    # Both load their classes lazily, on first attribute access.
+    for attribute in ("UNet2DConditionModel", "AutoencoderKL", "DDPMScheduler"):
+        getattr(diffusers, attribute)
+    for attribute in ("CLIPTextModel", "CLIPTokenizer"):
+        getattr(transformers, attribute)
 
 
 def build_full_sd15(folder: Path) -> Path:
@@ -123,12 +143,14 @@ def _summary_peak(result: object) -> float | None:
 
 def measure(model: str, work: Path, release: str = "full", resolution: int = 256, steps: int = 2) -> dict:
     """In this process (a fresh one: see ``measure_in_subprocess``): the figures above, in MB."""
+    import importlib
+
     if release not in RELEASES:
         raise ValueError(f"release must be one of {RELEASES}, not {release!r}")
     from gui.app import make_app
 
     app = make_app()
-    import gui.main_window  # noqa: F401 - the app as started: its modules loaded, torch not
+    importlib.import_module("gui.main_window")  # the app as started: its modules loaded, torch not
     import gui.worker as worker_module
     from gui.gc_guard import gui_collector
 
@@ -140,8 +162,7 @@ def measure(model: str, work: Path, release: str = "full", resolution: int = 256
     app.processEvents()
     figures: dict = {"release": release, "model": model, "torch_at_start": "torch" in sys.modules,
                      "fresh_mb": rss_mb()}
-    import core.training.engine  # noqa: F401 - what the worker imports when the first run starts
-
+    load_run_libraries()
     figures["libraries_mb"] = rss_mb()
     worker = worker_module.TrainingWorker()
     for run in (1, 2):
