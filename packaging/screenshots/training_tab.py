@@ -41,6 +41,12 @@ def _settle(app, seconds: float = 0.3) -> None:  # noqa: ANN001
 
 
 def main() -> int:
+    # diffusers imported here, before any thread: a run started while the VRAM forecast's thread
+    # imports it can fail with an ImportError (a race this tour leaves to its own fix).
+    import diffusers
+
+    diffusers.AutoencoderKL, diffusers.UNet2DConditionModel  # resolves its lazy attributes now
+
     app = make_app()
     project = Project()
     tab = TrainingTab(project)
