@@ -49,7 +49,8 @@ def main() -> int:
     pump(3)  # the dataset scan and thumbnails
     # Start once the VRAM forecast is made: a run started while the forecast's thread imports
     # diffusers can fail with an ImportError (a race this tour leaves to its own fix).
-    deadline = time.monotonic() + 600
+    window.vram.refresh_now()
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (window.vram.state is not None and window.vram.state.complete):
         pump(0.5)
     window.tabs.setCurrentWidget(window.training_tab)

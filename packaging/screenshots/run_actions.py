@@ -71,7 +71,8 @@ def main() -> int:
 
     # Start once the VRAM forecast is made: a run started while the forecast's thread imports
     # diffusers can fail with an ImportError (a race this tour leaves to its own fix).
-    wait_for(lambda: window.vram.state is not None and window.vram.state.complete, 600)
+    window.vram.refresh_now()
+    wait_for(lambda: window.vram.state is not None and window.vram.state.complete, 300)
     tab = window.training_tab
     window.tabs.setCurrentWidget(tab)
     if not tab.start():
