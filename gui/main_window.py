@@ -153,7 +153,9 @@ class MainWindow(QMainWindow):
             self._remember(path)
         last = BUILTIN_MARK + Path(path).stem if builtin else str(Path(path).resolve())
         settings().setValue("project/last_preset", last)
-        self.statusBar().showMessage(f"Opened {path}")
+        # A shipped preset is named, not located: its path is the install folder, which means nothing
+        # to the person (and a copy of the program's folder is not where their presets live).
+        self.statusBar().showMessage(f"Opened the built-in preset “{Path(path).stem}”" if builtin else f"Opened {path}")
         return True
 
     def save(self) -> bool:

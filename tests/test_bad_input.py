@@ -159,7 +159,7 @@ def test_a_full_disk_is_an_error_before_training_and_a_nearly_full_one_a_warning
     monkeypatch.setattr(validation.shutil, "disk_usage", lambda path: Usage(10**13, 0, 50 * 2**20))
     [problem] = _problems(config, "output.output_dir")
     assert problem.message.startswith(f"only 50.0 MB free for '{config.output.output_dir}'; this run writes "
-                                      "about 160.0 MB (1 LoRA file(s) of 144.0 MB)")
+                                      "about 160.0 MB (1 LoRA file of 144.0 MB)")
     assert problem.message.endswith("free some space or choose a folder on another disk")
 
 
@@ -181,9 +181,9 @@ def test_the_estimate_grows_with_the_dim_the_saves_and_the_state():
     assert estimate_output_bytes(config)[0] - validation.LOG_BYTES == 2 * (lora_only - validation.LOG_BYTES)
     config.output.save_every_n_steps = 100  # 9 checkpoints and the final LoRA, with state files
     ten, parts = estimate_output_bytes(config)
-    assert parts.startswith("10 LoRA file(s)") and "training state" in parts
+    assert parts.startswith("10 LoRA files of ") and "training state" in parts
     config.output.keep_last_n = 2  # pruning keeps at most 3 while a new one is written
-    assert estimate_output_bytes(config)[1].startswith("4 LoRA file(s)")
+    assert estimate_output_bytes(config)[1].startswith("4 LoRA files of ")
     config.output.save_precision = SavePrecision.FLOAT
     config.network.type = NetworkType.LOCON
     assert estimate_output_bytes(config)[0] > ten

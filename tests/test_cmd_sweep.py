@@ -37,9 +37,9 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     # The demo pictures are all near-square: at 128 px one bucket holds them all, at 192 px
     # the bucket steps (64 px) fit them into several shapes.
     assert lines[1].split()[1:3] == ["dataset.resolution=128", "demo_resolution-128"]
-    assert "(1 bucket, 40 batches/epoch, 3 steps in 1 epoch(s))" in lines[1]
+    assert "(1 bucket, 40 batches/epoch, 3 steps in 1 epoch)" in lines[1]
     assert lines[2].split()[1:3] == ["dataset.resolution=192", "demo_resolution-192"]
-    assert "3 steps in 1 epoch(s)" in lines[2] and "(1 bucket," not in lines[2]
+    assert "3 steps in 1 epoch" in lines[2] and "(1 bucket," not in lines[2]
     assert not out.exists()
 
 

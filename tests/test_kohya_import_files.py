@@ -106,8 +106,8 @@ def test_a_prompt_file_is_listed_with_its_prompts_and_size_in_the_report(tmp_pat
     (tmp_path / "prompts.txt").write_text(text, "utf-8")
     result = import_kohya([_config(tmp_path, sample_prompts="prompts.txt")])
     assert result.config.sampling.prompts == text
-    assert (str(tmp_path / "prompts.txt"), f"sample_prompts: 2 prompt(s), {len(text)} bytes") in result.sources
-    assert f"prompts.txt (sample_prompts: 2 prompt(s), {len(text)} bytes)" in format_report(result).splitlines()[0]
+    assert (str(tmp_path / "prompts.txt"), f"sample_prompts: 2 prompts, {len(text)} bytes") in result.sources
+    assert f"prompts.txt (sample_prompts: 2 prompts, {len(text)} bytes)" in format_report(result).splitlines()[0]
     assert not [w for w in result.warnings if w.startswith("sample_prompts")]  # a normal prompt file
 
 
@@ -117,14 +117,14 @@ def test_a_file_that_is_not_a_txt_file_is_read_with_a_warning_naming_it(tmp_path
                                      "utf-8")
     result = import_kohya([_config(tmp_path, sample_prompts="passwd")])
     warning = next(w for w in result.warnings if w.startswith("sample_prompts"))
-    assert f"read 2 prompt(s) from {tmp_path / 'passwd'}" in warning
+    assert f"read 2 prompts from {tmp_path / 'passwd'}" in warning
     assert "not a .txt file, so check that it really is a list of prompts" in warning
 
 
 def test_a_prompt_file_without_prompts_is_read_with_a_warning(tmp_path):
     (tmp_path / "prompts.txt").write_text("# nothing yet\n\n", "utf-8")
     result = import_kohya([_config(tmp_path, sample_prompts="prompts.txt")])
-    assert any(w.startswith("sample_prompts: read 0 prompt(s)") and w.endswith("it holds no prompts")
+    assert any(w.startswith("sample_prompts: read 0 prompts") and w.endswith("it holds no prompts")
                for w in result.warnings)
 
 

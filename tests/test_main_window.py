@@ -36,6 +36,15 @@ def test_first_launch_opens_the_demo_project(window):
     assert window.windowTitle() == "demo — LoRA Kiln"
 
 
+def test_the_status_bar_names_a_built_in_preset_and_shows_the_path_of_ones_own(window, tmp_path):
+    window.open_initial_preset()
+    assert window.statusBar().currentMessage() == "Opened the built-in preset “demo”"
+    preset = tmp_path / "mine.toml"
+    preset.write_text("[network]\ndim = 12\n", encoding="utf-8")
+    assert window.open_preset(str(preset))
+    assert window.statusBar().currentMessage() == f"Opened {preset}"
+
+
 def test_the_last_preset_is_reopened(window, qtbot, tmp_path):
     preset = tmp_path / "mine.toml"
     preset.write_text("[network]\ndim = 12\n", encoding="utf-8")

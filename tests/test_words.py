@@ -86,3 +86,22 @@ def test_a_preset_saved_from_the_demo_gets_its_own_description(tmp_path):
     project.description = "my pottery run"
     project.save(tmp_path / "mine.toml")  # the person's own preset keeps what they wrote
     assert load_preset(tmp_path / "mine.toml").description == "my pottery run"
+
+
+@pytest.mark.parametrize(("argv", "verdict"), [
+    (["demo", "--set", "schedule.warmup_steps=10", "--set", "schedule.warmup_ratio=0.1"],
+     "1 error: training would not start"),  # warm-up given twice
+    (["sd15-lora-8gb"], "2 errors: training would not start")])  # no base model, no image folder
+def test_the_check_command_counts_its_errors_in_words(capsys, argv, verdict):
+    from core.cli.main import main
+
+    assert main(["check", *argv]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == verdict
+
+
+@pytest.mark.parametrize(("names", "start"), [(["a.png"], "1 image has no mask in masks: a.png;"),
+                                              (["a.png", "b.png"], "2 images have no mask in masks: a.png, b.png;")])
+def test_the_missing_masks_message_counts_in_words(tmp_path, names, start):
+    from core.data.masks import missing_masks_message
+
+    assert missing_masks_message([tmp_path / n for n in names], "masks").startswith(start)

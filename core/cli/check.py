@@ -7,6 +7,7 @@ import sys
 
 from core.config.overrides import apply_overrides
 from core.config.presets import PresetError, dumps_preset, find_preset, load_preset, save_preset
+from core.system.words import count
 from core.training.validation import ERROR, validate
 
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:  # noqa: BLE001 - the check's verdict stands without a forecast
             print(f"VRAM forecast: cannot forecast ({err})")
         _print_validation_set(loaded.config, loaded.path)
-    print("OK" if not n_errors else f"{n_errors} error(s): training would not start")
+    print("OK" if not n_errors else f"{count(n_errors, 'error')}: training would not start")
     return 1 if n_errors else 0
 
 

@@ -13,6 +13,7 @@ from core.config.presets import PresetError
 from core.studies.queue_runner import run_queue
 from core.studies.run_queue import ENDED, QueueError, QueueItem, RunQueue
 from core.studies.sweep import SweepError, parse_vary
+from core.system.words import count
 from core.training.validation import errors, validate
 
 
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             return _run(queue)
         elif args.action == "clear":
             removed = queue.clear_finished()
-            print(f"removed {removed} ended item(s) ({', '.join(ENDED)}); {len(queue.items)} left")
+            print(f"removed {count(removed, 'ended item')} ({', '.join(ENDED)}); {len(queue.items)} left")
     except (PresetError, SweepError, QueueError) as err:
         print(err, file=sys.stderr)
         return 2

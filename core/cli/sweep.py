@@ -17,6 +17,7 @@ from typing import Any
 from core.cli.check import add_preset_arguments, load_with_overrides
 from core.config.schema import TrainConfig
 from core.config.presets import PresetError
+from core.system.words import count
 from core.training.run_folder import runs_root
 from core.studies.sweep import SweepError, SweepSpec, parse_vary, sweep_configs, write_sweep_record
 
@@ -50,7 +51,7 @@ def _plan_lines(configs: list[tuple[str, TrainConfig]], spec: SweepSpec) -> list
                 steps = plan.steps
                 buckets = len(plan.buckets)
                 detail = (f"{buckets} bucket{'s' * (buckets != 1)}, {steps.batches_per_epoch} batches/epoch, "
-                          f"{steps.max_train_steps} steps in {steps.epochs} epoch(s)")
+                          f"{steps.max_train_steps} steps in {count(steps.epochs, 'epoch')}")
         except Exception as err:  # noqa: BLE001 - the plan is informative; the run reports it properly
             detail = f"cannot plan: {err}"
         lines.append(f"  {index}. {label.ljust(width)}  {config.output.output_name}  ({detail})")

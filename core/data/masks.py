@@ -22,6 +22,7 @@ from core.config.schema import DatasetParams, SubsetParams
 from core.data.buckets import BucketAssignment
 from core.data.imageinfo import is_image_file
 from core.data.images import _ALPHA_MODES, _UPRIGHT, ImageLoadError, _header_orientation, prepare
+from core.system.words import agree, count
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +78,7 @@ def missing_masks(image_paths: list[Path], mask_dir: str | os.PathLike[str]) -> 
 def missing_masks_message(missing: list[Path], mask_dir: str, shown: int = 5) -> str:
     names = ", ".join(Path(p).name for p in missing[:shown])
     more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
-    return (f"{len(missing)} image(s) have no mask in {mask_dir}: {names}{more}; add a mask image with "
+    return (f"{count(len(missing), 'image')} {agree(len(missing), 'has', 'have')} no mask in {mask_dir}: {names}{more}; add a mask image with "
             "the same file name stem for each (white = trained), or turn masked loss off")
 
 

@@ -17,6 +17,7 @@ from core.config.schema import Attention, Duration, LatentCache, ModelFamily
 from core.kohya.import_common import KOHYA_SS
 from core.config.params import spec_for
 from core.system.safe_read import FileRefused, KiB, decode_text, read_regular_bytes, size_text
+from core.system.words import count as count_of
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from core.kohya.import_common import ImportContext
@@ -222,13 +223,13 @@ def _read_prompt_file(ctx: ImportContext, path: Path) -> str | None:
         return None
     count = sum(1 for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
     size = size_text(len(data))
-    ctx.result.sources.append((str(path), f"sample_prompts: {count} prompt(s), {size}"))
+    ctx.result.sources.append((str(path), f"sample_prompts: {count_of(count, 'prompt')}, {size}"))
     # A prompt file is a .txt file (sd-scripts' own are); anything else, or a file without a
     # prompt in it, is worth a look before it becomes the preset's prompts.
     doubt = ("it is not a .txt file, so check that it really is a list of prompts"
              if path.suffix.lower() != ".txt" else "" if count else "it holds no prompts")
     if doubt:
-        ctx.warn(f"sample_prompts: read {count} prompt(s) from {path} ({size}) into sampling.prompts; {doubt}")
+        ctx.warn(f"sample_prompts: read {count_of(count, 'prompt')} from {path} ({size}) into sampling.prompts; {doubt}")
     return text
 
 

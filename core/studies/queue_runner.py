@@ -19,6 +19,7 @@ from typing import Any, Callable
 from core.config.presets import PresetError
 from core.config.schema import TrainConfig
 from core.studies.run_queue import PENDING, RUNNING, QueueError, QueueItem, RunQueue, how_to_continue
+from core.system.words import count
 from core.training.control import Control
 from core.training.events import Event, Failed, Finished, MultiSink, RunStarted, Sink
 from core.training.validation import errors, validate
@@ -244,6 +245,6 @@ def run_queue(queue: RunQueue, sink_factory: Callable[[QueueItem], Sink],
             runner.run_ended(result)
         if stop_after_current():
             runner.finish_after_current()
-    log.info("queue: ended (%s) after %d item(s)", runner.ended_because, len(runner.outcomes))
+    log.info("queue: ended (%s) after %s", runner.ended_because, count(len(runner.outcomes), "item"))
     ended = {outcome.item_id for outcome in runner.outcomes}
     return [item for item in queue.items if item.id in ended]

@@ -20,6 +20,7 @@ from core.config.schema import GROUPS, SubsetParams, TrainConfig
 from core.config.overrides import apply_override
 from core.config.params import FieldError, param_specs, spec_for
 from core.config.presets import _suggest
+from core.system.words import count
 from core.training.validation import errors, validate
 
 SWEEPS_DIR = "sweeps"
@@ -161,7 +162,7 @@ def sweep_configs(base: TrainConfig, spec: SweepSpec) -> list[tuple[str, TrainCo
     if subset and int(subset.group(1)) >= len(base.dataset.subsets):
         # apply_override would append a new, empty subset: never what a sweep means
         raise SweepError(f"the sweep of {spec.field} cannot run:",
-                         [f"{spec.field}: the configuration has {len(base.dataset.subsets)} subset(s); "
+                         [f"{spec.field}: the configuration has {count(len(base.dataset.subsets), 'subset')}; "
                           "sweep a subset that exists"])
     problems: list[str] = []
     built: list[tuple[str, str, TrainConfig]] = []

@@ -26,6 +26,7 @@ from core.config.params import param_specs, range_problem
 from core.data.plan import bucket_settings
 from core.config.prompts import PromptError, parse_prompts
 from core.system.resources import is_builtin, resolve_builtin
+from core.system.words import count
 
 ERROR = "error"
 WARNING = "warning"
@@ -214,7 +215,7 @@ def estimate_output_bytes(config: TrainConfig, total_steps: int | None = None) -
     if out.keep_last_n:
         saves = min(saves, out.keep_last_n + 1)  # pruned after each save
     total = (saves + 1) * lora + LOG_BYTES
-    parts = f"{saves + 1} LoRA file(s) of {_size(lora)}"
+    parts = f"{count(saves + 1, 'LoRA file')} of {_size(lora)}"
     if out.save_state or saves:
         total += STATES_KEPT * weights * STATE_BYTES_PER_WEIGHT
         parts += f", training state up to {_size(STATES_KEPT * weights * STATE_BYTES_PER_WEIGHT)}"

@@ -11,6 +11,7 @@ waits until some steps are plotted, then grabs the Dataset, Parameters and Train
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,11 @@ sys.path.insert(0, str(ROOT))
 def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
-    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtCore import QEventLoop, QSettings, QTimer
+
+    # Settings in a temporary folder: the tour opens the demo project whatever was opened last,
+    # and the person's own settings are not touched.
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, tempfile.mkdtemp(prefix="lorakiln-shots-"))
 
     from gui.app import make_app
     from gui.main_window import DISCARD, MainWindow
@@ -42,6 +47,12 @@ def main() -> int:
             time.sleep(0.02)
 
     pump(3)  # the dataset scan and thumbnails
+    # Start once the VRAM forecast is made: a run started while the forecast's thread imports
+    # diffusers can fail with an ImportError (a race this tour leaves to its own fix).
+    window.vram.refresh_now()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (window.vram.state is not None and window.vram.state.complete):
+        pump(0.5)
     window.tabs.setCurrentWidget(window.training_tab)
     if not window.training_tab.start():
         print("training did not start:", window.training_tab.status_label.text())

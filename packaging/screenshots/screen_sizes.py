@@ -8,6 +8,7 @@ tab comparing the runs in a folder. Writes docs/screenshots/size_<tab>_<W>x<H>.p
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +19,11 @@ sys.path.insert(0, str(ROOT))
 def main() -> int:
     runs = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/sweep_runs")
     out = ROOT / "docs" / "screenshots"
-    from PySide6.QtCore import QEventLoop
+    from PySide6.QtCore import QEventLoop, QSettings
+
+    # Settings in a temporary folder: the tour opens the demo project whatever was opened last,
+    # and the person's own settings are not touched.
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, tempfile.mkdtemp(prefix="lorakiln-shots-"))
 
     from gui.app import make_app
     from gui.main_window import DISCARD, MainWindow

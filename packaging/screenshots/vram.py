@@ -28,11 +28,10 @@ TIMEOUT_S = 600  # a full-size forecast takes seconds on a desktop, longer on a 
 
 def project_config():  # noqa: ANN201 - TrainConfig
     from core.config.presets import find_preset, load_preset
-    from core.system.resources import resource_path
 
     config = load_preset(find_preset("sd15-lora-8gb")).config
     config.dataset.subsets = load_preset(find_preset("demo")).config.dataset.subsets
-    config.model.base_model = str(resource_path("sd15"))
+    config.model.base_model = "builtin:sd15"  # shown by name: a path would show where this copy lies
     config.training.batch_size = 4
     config.training.gradient_checkpointing = False
     config.dataset.resolution = (768, 768)
