@@ -55,6 +55,9 @@ def load_base_model(spec: str, *, family: str = "auto", vae: str = "", v_paramet
     ModelLoadCancelled when ``cancelled()`` turns True between components.
     """
     from core.models.family import UnsupportedFamily, built_in_models
+    from core.models.libraries import load_model_libraries
+
+    load_model_libraries()  # before any model code: another thread may be importing them
 
     _silence_harmless_messages()
     spec = spec.strip()

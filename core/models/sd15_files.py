@@ -37,7 +37,9 @@ def load_tokenizer(folder: str | Path | None = None) -> "CLIPTokenizer":
     Always goes through ``from_pretrained``: in transformers 5 the ``CLIPTokenizer``
     constructor ignores ``vocab_file``/``merges_file`` and would hand back wrong ids.
     """
-    from transformers import CLIPTokenizer
+    from core.models.libraries import imported
+
+    CLIPTokenizer = imported("transformers", "CLIPTokenizer")  # the scan's thread may meet a run's
 
     path = Path(folder) if folder is not None else tokenizer_dir()
     if not (path / "vocab.json").is_file() or not (path / "merges.txt").is_file():

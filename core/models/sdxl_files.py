@@ -34,7 +34,9 @@ def sdxl_config_dir() -> Path:
 def load_clip_tokenizer(folder: str | Path) -> CLIPTokenizer:
     """The CLIP tokenizer of ``folder``, offline: its own vocabulary when it has one (a
     downloaded diffusers folder), else the shipped vocabulary with ``folder``'s pad token."""
-    from transformers import CLIPTokenizer
+    from core.models.libraries import imported
+
+    CLIPTokenizer = imported("transformers", "CLIPTokenizer")  # the scan's thread may meet a run's
 
     path = Path(folder)
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():

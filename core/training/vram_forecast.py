@@ -167,6 +167,9 @@ def forecast_vram(config: TrainConfig, *, bucket: tuple[int, int] | None = None,
     captions can be cached (default: the config's). One at a time in a process: the app
     forecasts in background threads (one per window), and a dry run enters process-wide
     torch state (the meta device context's default device) that two at once could leave set."""
+    from core.models.libraries import load_model_libraries
+
+    load_model_libraries()  # a run or a grid may be importing them in another thread
     with _ONE_AT_A_TIME:
         return _forecast(config, bucket, subsets)
 
