@@ -56,12 +56,10 @@ class SummaryKeeper:
         if memory is not None:
             summary.peak_vram_mb, summary.peak_reserved_mb = memory.overall()
             summary.peak_by_phase = memory.by_phase()
-        losses = progress.epoch_losses
         summary.final_loss = progress.window.last
-        # A completed run's last epoch is its last whole one: an epoch cut short by max steps
-        # has no epoch loss. A run that ended early reports the epoch it was in.
-        partial = losses and status != "completed"
-        summary.mean_last_epoch_loss = sum(losses) / len(losses) if partial else progress.last_epoch_mean
+        # The last whole epoch's mean, or none: an epoch cut short (by max steps, Stop or a
+        # failure) has no epoch loss, so runs compare whole epochs with whole epochs.
+        summary.mean_last_epoch_loss = progress.last_epoch_mean
         summary.lora_path, summary.finished_at, summary.error = lora_path, time.time(), error
         summary.last_checkpoint, summary.skipped_steps = progress.last_checkpoint, skipped_steps
         # A resumed session that never validated still reports the best of the sessions before it.
