@@ -24,6 +24,7 @@ from gui.run_list import BackgroundCall, report
 DEFAULT_SMOOTHING = 0.9
 GROUP_DASHES = {"unet": False, "text_encoder": True}  # one colour per run; the group by line style
 DLR_NOTE = "d·lr appears with Prodigy and D-Adaptation"
+EPOCH_NOTE = "No run shown has a whole epoch yet"
 TABLE_ROWS_SHOWN = 6  # rows the comparison table shows before it scrolls
 RAW_ALPHA = "55"  # raw loss behind the smoothed curve of the same run: faint, same colour
 LR_LINES = "Learning rate: solid line U-Net, dashed text encoder"
@@ -66,21 +67,6 @@ class ComparePlot(LivePlot):
 
     def _show_title(self) -> None:
         self.plot_item.setTitle(html.escape(self.title))
-
-    def show_note(self, text: str) -> None:
-        """Stand in for the plot when it has nothing to draw (d·lr of optimizers that do not
-        adapt), so an empty frame does not suggest something broke."""
-        if not hasattr(self, "note"):
-            self.note = QLabel()
-            self.note.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            self.note.setWordWrap(True)
-            self.note.setStyleSheet("color: #777; background: white")
-            self.layout().addWidget(self.note, 1)
-        self.note.setText(text)
-        self.note.setVisible(bool(text))
-        self.plot_widget.setVisible(not text)
-        for button in (self.png_button, self.csv_button):
-            button.setEnabled(not text)
 
     def remove_all(self) -> None:
         for name in self.series_names():
@@ -315,6 +301,8 @@ class CompareView(QWidget):
             plot.refresh()
             plot.plot_item.enableAutoRange()
         self.dlr.show_note("" if self.dlr.series_names() else DLR_NOTE)
+        shown = [run for run in series if run is not None]
+        self.epoch_loss.show_note(EPOCH_NOTE if shown and not any(len(run.epoch) for run in shown) else "")
 
     def _show_legend(self) -> None:
         if not self.records:

@@ -36,7 +36,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._dirty_label = QLabel()
         self.statusBar().addPermanentWidget(self._dirty_label)
-        self.statusBar().showMessage("Ready")
+        self._on_training_running_changed(False)  # "Ready", or why it cannot start
         self.project.loaded.connect(self._on_project_loaded)
         self.project.dirty_changed.connect(self._on_project_dirty_changed)
         self._update_title()
@@ -299,6 +299,13 @@ class MainWindow(QMainWindow):
 
     def _on_parameters_validity_changed(self, has_errors: bool, messages: list) -> None:
         self.training_tab.set_start_blocked(list(messages) if has_errors else [])
+        if self.training_tab.is_running():
+            return
+        # The idle line follows the block ("Ready" beside a "Cannot start" would contradict
+        # it); a message of its own ("Opened …") stays until the next one.
+        current = self.statusBar().currentMessage()
+        if not current or current == "Ready" or current.startswith("Cannot start: "):
+            self._on_training_running_changed(False)
 
     def _on_parameters_problem_activated(self, path: str) -> None:
         if path.startswith("dataset.subsets"):

@@ -130,6 +130,22 @@ class LivePlot(QWidget):
                   + "&nbsp;&nbsp;".join(entries) + "</span>") if entries else ""
         self.plot_item.setTitle(f"{html.escape(self.title)}{legend}")
 
+    def show_note(self, text: str) -> None:
+        """Stand in for the plot while it has nothing to draw (d·lr of optimizers that do not
+        adapt, epoch losses before an epoch ends), so an empty frame does not suggest that
+        something broke; "" shows the plot again."""
+        if not hasattr(self, "note"):
+            self.note = QLabel()
+            self.note.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            self.note.setWordWrap(True)
+            self.note.setStyleSheet("color: #777; background: white")
+            self.layout().addWidget(self.note, 1)
+        self.note.setText(text)
+        self.note.setVisible(bool(text))
+        self.plot_widget.setVisible(not text)
+        for button in (self.png_button, self.csv_button):
+            button.setEnabled(not text)
+
     def set_axis_labels(self, x_label: str, y_label: str) -> None:
         self.x_label, self.y_label = x_label, y_label
         item = self.plot_item

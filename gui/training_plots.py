@@ -80,12 +80,20 @@ class LossPlot(LivePlot):
 
 
 class EpochLossPlot(LivePlot):
+    NOTE = "The mean loss of each epoch appears when the first whole epoch ends"
+
     def __init__(self) -> None:
         super().__init__("Loss per epoch", "epoch", "mean loss")
         self.add_series("mean loss", theme.SERIES[1], symbol="o")
+        self.show_note(self.NOTE)
 
     def add_point(self, epoch: int, mean_loss: float) -> None:
+        self.show_note("")
         self.append("mean loss", epoch, mean_loss)
+
+    def clear(self) -> None:
+        super().clear()
+        self.show_note(self.NOTE)
 
 
 class GroupPlot(LivePlot):
@@ -108,20 +116,8 @@ class DlrPlot(GroupPlot):
 
     def __init__(self) -> None:
         super().__init__("Adapted learning rate (d·lr)", "step", "d·lr", log_y=True)
-        self.note = QLabel(self.NOTE)
-        self.note.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.note.setWordWrap(True)
-        self.note.setStyleSheet("color: #777; background: white")
-        self.layout().addWidget(self.note, 1)
-        self._show_plot(False)
-
-    def _show_plot(self, shown: bool) -> None:
-        # Only optimizers that adapt their step size report d·lr; an empty plot would
-        # suggest something is broken.
-        self.plot_widget.setVisible(shown)
-        self.note.setVisible(not shown)
-        for button in (self.png_button, self.csv_button):
-            button.setEnabled(shown)
+        # Only optimizers that adapt their step size report d·lr.
+        self.show_note(self.NOTE)
 
     @property
     def active(self) -> bool:
@@ -129,12 +125,12 @@ class DlrPlot(GroupPlot):
 
     def add_point(self, step: float, values: dict[str, float]) -> None:
         if values and not self.active:
-            self._show_plot(True)
+            self.show_note("")
         super().add_point(step, values)
 
     def clear(self) -> None:
         super().clear()
-        self._show_plot(False)
+        self.show_note(self.NOTE)
 
 
 class MemoryPlot(LivePlot):
@@ -144,9 +140,9 @@ class MemoryPlot(LivePlot):
     memory, and the plot says so: every number shown must be what was measured."""
 
     LABELS = {
-        "cuda": ("VRAM", "VRAM (MB)", ("allocated", "training peak allocated", "training peak reserved",
-                                       "run peak allocated")),
-        "rss": ("Process memory", "process memory (RSS, MB)", ("RSS", "training peak RSS", None, "run peak RSS")),
+        # Short names: the legend shares the title line of a plot ~410 px wide at 1280x720.
+        "cuda": ("VRAM", "VRAM (MB)", ("allocated", "training peak", "training reserved", "run peak")),
+        "rss": ("Process memory", "RSS (MB)", ("RSS", "training peak", None, "run peak")),
     }
 
     def __init__(self) -> None:

@@ -151,6 +151,23 @@ def test_the_windows_status_bar_says_why_it_cannot_start(qtbot):
     assert window.statusBar().currentMessage() == "Cannot start: network.dim: must be at least 1"
 
 
+def test_the_idle_status_bar_follows_the_block_without_hiding_other_messages(qtbot):
+    from gui.main_window import DISCARD, MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.ask_unsaved = lambda: DISCARD
+    blocked = window.training_tab.blocked_reasons  # a new project has no images yet
+    assert blocked and window.statusBar().currentMessage() == f"Cannot start: {blocked[0]}"
+    window._on_parameters_validity_changed(True, ["network.dim: must be at least 1"])
+    assert window.statusBar().currentMessage() == "Cannot start: network.dim: must be at least 1"
+    window._on_parameters_validity_changed(False, [])
+    assert window.statusBar().currentMessage() == "Ready"
+    window.statusBar().showMessage("Opened my.toml")
+    window._on_parameters_validity_changed(True, ["network.dim: must be at least 1"])
+    assert window.statusBar().currentMessage() == "Opened my.toml"
+
+
 def test_save_and_sample_now_are_offered_while_paused(tab, tmp_path):
     config = tiny_config(tmp_path, steps=4)
     config.sampling.prompts = "kiln --w 64 --h 64 --s 1"

@@ -314,3 +314,15 @@ def test_the_compare_table_shows_forecast_and_ratio_and_the_list_says_why_one_is
     assert tab.run_list.table.horizontalHeaderItem(FORECAST_COLUMN).text() == "VRAM forecast"
     item = tab.run_list.table.item(names.index("kiln_768"), FORECAST_COLUMN)
     assert item.text() == "could not be made" and "OSError: no unet config" in item.toolTip()
+
+
+def test_a_run_without_a_whole_epoch_shows_a_note_in_place_of_the_epoch_plot(qtbot, tab, runs_root):
+    make_run(runs_root, "20250101-000005-kiln_short", 256, steps=4, started=1.7e9 + 5)  # 5 steps make an epoch
+    tab.refresh()
+    load(qtbot, tab)
+    select(qtbot, tab, [runs_root / "20250101-000005-kiln_short"])
+    view = tab.compare
+    assert view.epoch_loss.plot_widget.isHidden() and not view.epoch_loss.note.isHidden()
+    assert "whole epoch" in view.epoch_loss.note.text()
+    select(qtbot, tab, good_paths(runs_root)[:1])  # a run with epochs: the plot again
+    assert not view.epoch_loss.plot_widget.isHidden() and view.epoch_loss.note.isHidden()

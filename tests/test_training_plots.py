@@ -89,13 +89,13 @@ def test_dlr_shows_a_note_until_the_optimizer_reports_it(plots):
 def test_memory_axis_says_what_was_measured(plots):
     plots.add_step(step(1, kind="cuda", allocated=2100.0, peak=2500.0))
     assert plots.memory.y_label == "VRAM (MB)"
-    assert plots.memory.series_names() == ["allocated", "training peak allocated", "training peak reserved",
-                                           "run peak allocated"]
+    assert plots.memory.series_names() == ["allocated", "training peak", "training reserved",
+                                           "run peak"]
     assert plots.memory.plot_item.getAxis("left").labelText == "VRAM (MB)"
     plots.clear()
     plots.add_step(step(1, kind="rss"))
-    assert plots.memory.y_label == "process memory (RSS, MB)"
-    assert plots.memory.series_names() == ["RSS", "training peak RSS", "run peak RSS"]  # nothing "reserved"
+    assert plots.memory.y_label == "RSS (MB)"
+    assert plots.memory.series_names() == ["RSS", "training peak", "run peak"]  # nothing "reserved"
     assert len(plots.memory.series("RSS")) == 1
 
 
@@ -174,6 +174,28 @@ def test_the_memory_plot_shows_the_training_peak_allocated_and_reserved_and_the_
                       memory_peak_reserved_mb=2800.0, memory_run_peak_mb=6000.0)  # caching set the run's peak
     plots.add_step(metrics)
     memory = plots.memory
-    assert memory.series_names() == ["allocated", "training peak allocated", "training peak reserved",
-                                     "run peak allocated"]
+    assert memory.series_names() == ["allocated", "training peak", "training reserved",
+                                     "run peak"]
     assert [memory.series(name).last()[1] for name in memory.series_names()] == [2100.0, 2500.0, 2800.0, 6000.0]
+
+
+def test_the_epoch_plot_shows_a_note_until_the_first_whole_epoch(plots):
+    plots.add_step(step(1))
+    assert plots.epoch_loss.plot_widget.isHidden() and "first whole epoch" in plots.epoch_loss.note.text()
+    plots.add_epoch(EpochMetrics(1, 5, 0.5))
+    assert not plots.epoch_loss.plot_widget.isHidden() and plots.epoch_loss.note.isHidden()
+    plots.clear()  # the next run starts without epochs
+    assert plots.epoch_loss.plot_widget.isHidden() and not plots.epoch_loss.note.isHidden()
+
+
+@pytest.mark.parametrize("kind", ["cuda", "rss"])
+def test_the_memory_legend_fits_its_title_line_at_1280x720(qtbot, kind):
+    from gui.training_plots import MemoryPlot
+
+    plot = MemoryPlot()
+    qtbot.addWidget(plot)
+    plot.resize(410, 250)  # the memory plot's width in a 1280x720 window
+    plot.show()
+    plot.add_point(1, 100.0, 120.0, kind, peak_reserved_mb=150.0, run_peak_mb=200.0)
+    title = plot.plot_item.titleLabel.item
+    assert title.boundingRect().width() <= plot.plot_item.width()

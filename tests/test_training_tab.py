@@ -58,7 +58,7 @@ def test_a_run_started_from_the_tab_trains_plots_and_saves(qtbot, tab, tmp_path)
     assert curve_length(plots.loss, "raw") == 6  # the last points were drawn, not only stored
     assert plots.lr.series_names() == ["unet", "text_encoder"] and len(plots.lr.series("unet")) == 6
     assert len(plots.epoch_loss.series("mean loss")) >= 1
-    assert plots.memory.y_label == "process memory (RSS, MB)" and plots.memory.series_names() == ["RSS", "training peak RSS", "run peak RSS"]
+    assert plots.memory.y_label == "RSS (MB)" and plots.memory.series_names() == ["RSS", "training peak", "run peak"]
     assert not plots.dlr.active and plots.dlr.note.text() == "DLR appears with Prodigy and D-Adaptation"
     assert tab.progress.value() == tab.progress.maximum() == 6
     assert tab.progress.format().startswith("step 6/6 · epoch ")
