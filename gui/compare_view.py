@@ -302,6 +302,8 @@ class CompareView(QWidget):
             plot.plot_item.enableAutoRange()
         self.dlr.show_note("" if self.dlr.series_names() else DLR_NOTE)
         shown = [run for run in series if run is not None]
+        # The switch only where a run shown has a validation loss to draw.
+        self.validation_box.setVisible(any(run.validation[0].size for run in shown))
         self.epoch_loss.show_note(EPOCH_NOTE if shown and not any(len(run.epoch) for run in shown) else "")
 
     def _show_legend(self) -> None:

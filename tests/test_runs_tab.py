@@ -324,5 +324,6 @@ def test_a_run_without_a_whole_epoch_shows_a_note_in_place_of_the_epoch_plot(qtb
     view = tab.compare
     assert view.epoch_loss.plot_widget.isHidden() and not view.epoch_loss.note.isHidden()
     assert "whole epoch" in view.epoch_loss.note.text()
+    assert view.validation_box.isHidden()  # none of these runs has a validation loss
     select(qtbot, tab, good_paths(runs_root)[:1])  # a run with epochs: the plot again
     assert not view.epoch_loss.plot_widget.isHidden() and view.epoch_loss.note.isHidden()
