@@ -24,6 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from core.data.buckets import BucketAssignment
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
 Size = tuple[int, int]
@@ -82,17 +84,25 @@ def conversion_note(mode: str) -> str | None:
     return f"{mode} converted to RGB"
 
 
+def decode_upright(path: str | os.PathLike[str], convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """``convert`` of the decoded image at ``path``, turned upright by its EXIF orientation.
+    Pillow's errors pass through: each caller names them for its own kind of file."""
+    # core.data.imageinfo accepts sizes up to twice Pillow's warning threshold and reports
+    # larger ones itself, so the warning in between is noise here too.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            orientation = _header_orientation(image)
+            image.load()
+            converted = convert(image)
+    transpose = _UPRIGHT.get(orientation)
+    return converted.transpose(transpose) if transpose is not None else converted
+
+
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     """Decode ``path`` into an upright 8-bit RGB image, or raise :class:`ImageLoadError`."""
     try:
-        # core.data.imageinfo accepts sizes up to twice Pillow's warning threshold and reports
-        # larger ones itself, so the warning in between is noise here too.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                orientation = _header_orientation(image)
-                image.load()
-                rgb = _to_rgb(image)
+        return decode_upright(path, _to_rgb)
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None
     except PermissionError:
@@ -104,8 +114,6 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     except (OSError, ValueError, EOFError, SyntaxError, struct.error) as error:
         # Truncated or corrupt pixel data surfaces here, from whichever plugin decoded it.
         raise ImageLoadError(path, f"the file is damaged or truncated ({error})") from None
-    transpose = _UPRIGHT.get(orientation)
-    return rgb.transpose(transpose) if transpose is not None else rgb
 
 
 def _header_orientation(image: Image.Image) -> int:

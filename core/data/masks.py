@@ -11,7 +11,6 @@ flip of its image (core.data.images.prepare), so it stays on the pixels it was d
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from core.config.schema import DatasetParams, SubsetParams
 from core.data.buckets import BucketAssignment
 from core.data.imageinfo import is_image_file
-from core.data.images import _ALPHA_MODES, _UPRIGHT, ImageLoadError, _header_orientation, prepare
+from core.data.images import _ALPHA_MODES, ImageLoadError, decode_upright, prepare
 from core.system.words import agree, count
 
 if TYPE_CHECKING:
@@ -84,18 +83,11 @@ def missing_masks_message(missing: list[Path], mask_dir: str, shown: int = 5) ->
 
 def _open_upright(path: Path) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                orientation = _header_orientation(image)
-                image.load()
-                loaded = image.copy()
+        return decode_upright(path, Image.Image.copy)
     except FileNotFoundError:
         raise ImageLoadError(path, "mask file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError) as error:
         raise ImageLoadError(path, f"the mask cannot be read ({error})") from None
-    transpose = _UPRIGHT.get(orientation)
-    return loaded.transpose(transpose) if transpose is not None else loaded
 
 
 def _has_alpha(image: Image.Image) -> bool:
