@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from common import wait  # noqa: E402 - beside this script
 STOP_AFTER = 12  # steps plotted before Stop: enough for a curve
 
 
@@ -30,7 +31,7 @@ def main() -> int:
     out = ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="lorakiln-shots-"))
-    from PySide6.QtCore import QEventLoop, QSettings, Qt
+    from PySide6.QtCore import QSettings, Qt
 
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(home))
     from core.studies.run_queue import RunQueue
@@ -50,18 +51,7 @@ def main() -> int:
         window.project.set_value(field, value)
 
     def pump(seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
-            time.sleep(0.02)
-
-    def wait_for(done, seconds: float) -> bool:  # noqa: ANN001
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            pump(0.2)
-            if done():
-                return True
-        return False
+        wait(app, lambda: False, seconds)
 
     def grab(name: str) -> None:
         area = window.screen().availableGeometry()
@@ -72,17 +62,17 @@ def main() -> int:
     # Start once the VRAM forecast is made: a run started while the forecast's thread imports
     # diffusers can fail with an ImportError (a race this tour leaves to its own fix).
     window.vram.refresh_now()
-    wait_for(lambda: window.vram.state is not None and window.vram.state.complete, 300)
+    wait(app, lambda: window.vram.state is not None and window.vram.state.complete, 300)
     tab = window.training_tab
     window.tabs.setCurrentWidget(tab)
     if not tab.start():
         print("training did not start:", tab.status_label.text(), file=sys.stderr)
         return 1
-    if not wait_for(lambda: len(tab.plots.loss.series("raw")) >= STOP_AFTER, 900):
+    if not wait(app, lambda: len(tab.plots.loss.series("raw")) >= STOP_AFTER, 900):
         print(f"the run did not reach step {STOP_AFTER}", file=sys.stderr)
         return 1
     tab.stop()
-    if not wait_for(lambda: not tab.is_running() and tab.resume_run_button.isVisible(), 300):
+    if not wait(app, lambda: not tab.is_running() and tab.resume_run_button.isVisible(), 300):
         print("the stopped run offers no Resume", file=sys.stderr)
         return 1
     pump(1.0)
@@ -95,7 +85,7 @@ def main() -> int:
     runs.refresh()
     table = runs.run_list.table
     stopped = str(Path(tab.run_dir))
-    if not wait_for(lambda: runs.run_list.record(stopped) is not None, 120):
+    if not wait(app, lambda: runs.run_list.record(stopped) is not None, 120):
         print("the stopped run is not listed", file=sys.stderr)
         return 1
     runs.select_runs([stopped])
